@@ -1,0 +1,131 @@
+"""Architecture files: our versioned ``arch.yaml`` and MMRazor's subnet YAML.
+
+Ours::
+
+    format: dsnas-arch/1
+    space: shufflenet
+    settings: {num_classes: 1000, in_channels: 3, input_size: 224, width: 1.0, small_input: false}
+    choices: [shuffle_3x3, shuffle_7x7, ...]      # one op name per block, in order
+    metadata: {mflops: ..., macs_m: ..., params_m: ..., created_by: ...}
+
+MMRazor's: ``backbone.layers.<stage>.<block>: <op>`` or ``{chosen: <op>}``, keys optionally
+prefixed ``architecture.``.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import DsnasError
+from .files import write_text
+from .spaces.shufflenet import OPS, STAGE_REPEATS, ShuffleNetSettings, block_keys
+
+FORMAT = "dsnas-arch/1"
+_MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d+)\.(\d+)$")
+
+
+@dataclass
+class Architecture:
+    """One choice (op name) per block of a space, with the space's settings and metadata."""
+
+    choices: list[str]
+    space: str = "shufflenet"
+    settings: dict = field(default_factory=lambda: ShuffleNetSettings().as_dict())
+    metadata: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.choices = [str(c) for c in self.choices]
+        validate_choices(self.choices)
+        self.settings = ShuffleNetSettings(**self.settings).as_dict()
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "space": self.space, "settings": dict(self.settings),
+                "choices": list(self.choices), "metadata": dict(self.metadata)}
+
+    def to_mmrazor(self) -> dict:
+        return {key: {"chosen": op} for key, op in zip(block_keys(), self.choices)}
+
+
+def validate_choices(choices: list[str]) -> None:
+    expected = sum(STAGE_REPEATS)
+    if len(choices) != expected:
+        raise DsnasError(f"architecture has {len(choices)} blocks, the shufflenet space has {expected}")
+    for i, op in enumerate(choices):
+        if op not in OPS:
+            raise DsnasError(f"block {i}: unknown op {op!r} (expected one of {', '.join(OPS)})")
+
+
+def parse_arch(data, source: str = "architecture") -> Architecture:
+    """Build an `Architecture` from a parsed YAML document of either format."""
+    try:
+        if not isinstance(data, dict) or not data:
+            raise DsnasError("not a mapping of architecture settings")
+        if "format" in data:
+            if data["format"] != FORMAT:
+                raise DsnasError(f"unknown format {data['format']!r} (this version reads {FORMAT!r})")
+            if data.get("space", "shufflenet") != "shufflenet":
+                raise DsnasError(f"unknown space {data.get('space')!r} (known: shufflenet)")
+            choices = data.get("choices")
+            if not isinstance(choices, list):
+                raise DsnasError("'choices' must be a list of op names")
+            settings = data.get("settings") or {}
+            if not isinstance(settings, dict):
+                raise DsnasError("'settings' must be a mapping")
+            unknown = set(settings) - set(ShuffleNetSettings().as_dict())
+            if unknown:
+                raise DsnasError(f"unknown space setting(s): {', '.join(sorted(unknown))}")
+            try:
+                ShuffleNetSettings(**settings)
+            except (TypeError, ValueError) as e:
+                raise DsnasError(f"bad space settings: {e}") from None
+            return Architecture(choices, "shufflenet", {**ShuffleNetSettings().as_dict(), **settings},
+                                dict(data.get("metadata") or {}))
+        return Architecture(_parse_mmrazor(data))
+    except DsnasError as e:
+        raise DsnasError(f"{source}: {e}") from None
+
+
+def _parse_mmrazor(data: dict) -> list[str]:
+    found: dict[tuple[int, int], str] = {}
+    for key, value in data.items():
+        m = _MMRAZOR_KEY.match(str(key))
+        if not m:
+            raise DsnasError(f"unknown key {key!r} (expected 'format: {FORMAT}' or MMRazor's backbone.layers.<stage>.<block>)")
+        if isinstance(value, dict):
+            value = value.get("chosen")
+        if not isinstance(value, str):
+            raise DsnasError(f"{key}: expected an op name or {{chosen: <op>}}")
+        found[(int(m.group(1)), int(m.group(2)))] = value
+    expected = [tuple(map(int, k.split(".")[-2:])) for k in block_keys()]
+    extra = sorted(set(found) - set(expected))
+    if extra:
+        s, b = extra[0]
+        raise DsnasError(f"block backbone.layers.{s}.{b} is not in the shufflenet space")
+    missing = [k for k in expected if k not in found]
+    if missing:
+        raise DsnasError(f"architecture has {len(found)} blocks, the shufflenet space has {len(expected)}")
+    return [found[k] for k in expected]
+
+
+def load_arch(path: str | Path) -> Architecture:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DsnasError(f"arch file {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DsnasError(f"arch file {path} cannot be read: {e}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DsnasError(f"arch file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return parse_arch(data, f"arch file {path}")
+
+
+def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False) -> None:
+    data = arch.to_mmrazor() if mmrazor else arch.to_dict()
+    write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))

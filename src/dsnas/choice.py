@@ -1,0 +1,89 @@
+"""`Choice`: a choice point that runs one candidate op and gates its output with a mask Z.
+
+The mask is the DSNAS gate Z_i (value 1). After ``loss.backward()`` its gradient holds the
+per-block reward r_i = dL/dZ_i = <dL/dy_i, y_i>, which `DSNAS.compute_arch_grads` turns into
+the architecture gradient. The gate is an identity in the forward pass (no copy of the
+activation), so a search step keeps the memory of a plain training step. Because the reward
+needs the op's output as it was, a model must not modify a Choice's output in place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+
+class _Gate(torch.autograd.Function):
+    """y -> y (a view), with dL/dZ = sum(dL/dy * y) returned as Z's gradient; Z is 1."""
+
+    @staticmethod
+    def forward(ctx, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        out = y.view_as(y)
+        ctx.z_dtype = z.dtype
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (y,) = ctx.saved_tensors
+        grad_z = None
+        if ctx.needs_input_grad[1]:
+            g, v = grad.reshape(-1), y.reshape(-1)
+            if g.dtype != torch.float32:
+                g, v = g.float(), v.float()
+            grad_z = torch.dot(g, v).to(ctx.z_dtype)
+        return grad, grad_z
+
+
+class Choice(nn.Module):
+    """Candidates for one place in a network; only the active one runs.
+
+    ``Choice([op_a, op_b])`` names candidates ``"0"``, ``"1"``; ``Choice({"a": op_a, ...})`` keeps
+    the given names (used in architecture files and plots).
+    """
+
+    def __init__(self, candidates: Sequence[nn.Module] | Mapping[str, nn.Module]):
+        super().__init__()
+        if isinstance(candidates, Mapping):
+            names, ops = list(candidates.keys()), list(candidates.values())
+        else:
+            ops = list(candidates)
+            names = [str(i) for i in range(len(ops))]
+        if not ops:
+            raise ValueError("Choice needs at least one candidate")
+        if len(set(names)) != len(names):
+            raise ValueError(f"Choice candidate names must be unique, got {names}")
+        self.names: list[str] = [str(n) for n in names]
+        self.candidates = nn.ModuleList(ops)
+        self.active: int = 0
+        self.fixed: int | None = None
+        self.mask: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.candidates)
+
+    def index(self, name_or_index: str | int) -> int:
+        if isinstance(name_or_index, int):
+            if not 0 <= name_or_index < len(self):
+                raise ValueError(f"candidate index {name_or_index} out of range 0..{len(self) - 1}")
+            return name_or_index
+        if name_or_index not in self.names:
+            raise ValueError(f"unknown candidate {name_or_index!r}; expected one of {self.names}")
+        return self.names.index(name_or_index)
+
+    def fix(self, name_or_index: str | int) -> None:
+        """Fix this choice to one candidate for good: it stops being searched."""
+        self.fixed = self.active = self.index(name_or_index)
+        self.mask = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.candidates[self.active](x)
+        if self.mask is not None and torch.is_grad_enabled():
+            y = _Gate.apply(y, self.mask)
+        return y
+
+    def extra_repr(self) -> str:
+        state = f"fixed={self.names[self.fixed]}" if self.fixed is not None else f"active={self.names[self.active]}"
+        return f"names={self.names}, {state}"

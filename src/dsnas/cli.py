@@ -1,0 +1,171 @@
+"""Command line: argument parsing and dispatch only."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .errors import DsnasError
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
+def _settings_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--input-size", type=_positive_int, help="image size in pixels (default 224, or the arch file's)")
+    p.add_argument("--num-classes", type=_positive_int, help="classes (default 1000, or the arch file's)")
+    p.add_argument("--in-channels", type=_positive_int, help="image channels (default 3, or the arch file's)")
+    p.add_argument("--width", type=_positive_float, help="channel width multiplier (default 1.0, or the arch file's)")
+
+
+def _resolve_settings(args, arch=None) -> dict:
+    from .spaces import ShuffleNetSettings
+
+    base = dict(arch.settings) if arch is not None else ShuffleNetSettings().as_dict()
+    for key in ("input_size", "num_classes", "in_channels", "width"):
+        if getattr(args, key) is not None:
+            base[key] = getattr(args, key)
+            if key == "input_size":
+                base["small_input"] = None
+    return ShuffleNetSettings(**base).as_dict()
+
+
+def cmd_info(args) -> int:
+    from .arch import load_arch
+    from .cost import METRICS
+    from .spaces import ShuffleNetSpace
+
+    arch = load_arch(args.arch) if args.arch else None
+    settings = _resolve_settings(args, arch)
+    space = ShuffleNetSpace(**settings)
+    table = space.costs
+    if arch is not None:
+        out = {**table.costs(arch.choices), "choices": arch.choices, "settings": settings}
+        if args.json:
+            print(json.dumps(out))
+        else:
+            print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
+                  f"{settings['num_classes']} classes)")
+            print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.3f} M   params {out['params_m']:.3f} M")
+            for i, op in enumerate(arch.choices):
+                print(f"  block {i:2d}  {op}")
+        return 0
+    bounds = {m: {k: round(v, 3) for k, v in table.bounds(m).items()} for m in METRICS}
+    supernet_params = round(sum(p.numel() for p in space.parameters()) / 1e6, 3)
+    out = {"space": "shufflenet", "settings": settings, "blocks": table.num_blocks,
+           "candidates": space.ops, "candidates_per_block": [len(n) for n in table.names],
+           "mflops": bounds["mflops"], "macs_m": bounds["macs_m"], "params_m": bounds["params_m"],
+           "supernet_params_m": supernet_params}
+    if args.json:
+        print(json.dumps(out))
+    else:
+        print(f"shufflenet space: {table.num_blocks} blocks x {len(space.ops)} candidates "
+              f"({', '.join(space.ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
+              f"{settings['num_classes']} classes, width {settings['width']}")
+        for m, label in (("mflops", "MFLOPs"), ("macs_m", "MACs (M)"), ("params_m", "params (M)")):
+            b = bounds[m]
+            print(f"  {label:<11} min {b['min']:9.3f}   mean {b['mean']:9.3f}   max {b['max']:9.3f}")
+        print(f"  supernet params {supernet_params:.3f} M")
+    return 0
+
+
+def _load_run_child(args):
+    """(arch, child) from --run DIR or --arch FILE --weights FILE."""
+    from .arch import load_arch
+    from .export import load_child
+
+    if args.run:
+        run = Path(args.run)
+        if not run.is_dir():
+            raise DsnasError(f"run directory {run} does not exist")
+        arch_path, weights = run / "arch.yaml", run / "child.safetensors"
+        if not arch_path.exists():
+            raise DsnasError(f"{run} has no arch.yaml (is it a finished dsnas run?)")
+    else:
+        if not (args.arch and args.weights):
+            raise DsnasError("give --run DIR, or both --arch FILE and --weights FILE")
+        arch_path, weights = Path(args.arch), Path(args.weights)
+    arch = load_arch(arch_path)
+    return arch, load_child(arch, weights)
+
+
+def cmd_export(args) -> int:
+    from .arch import save_arch
+    from .export import export_onnx
+
+    if not (args.onnx or args.mmrazor):
+        raise DsnasError("nothing to export: give --onnx FILE and/or --mmrazor FILE")
+    arch, child = _load_run_child(args)
+    if args.mmrazor:
+        save_arch(arch, args.mmrazor, mmrazor=True)
+        print(f"wrote {args.mmrazor} (MMRazor subnet YAML)")
+    if args.onnx:
+        diff = export_onnx(child, args.onnx, arch.settings["input_size"], arch.settings["in_channels"],
+                           check=not args.no_check)
+        checked = "" if diff is None else f"; onnxruntime matches PyTorch within {diff:.1e}"
+        print(f"wrote {args.onnx}{checked}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="dsnas", description="DSNAS: direct neural architecture search "
+                                     "without parameter retraining.")
+    parser.add_argument("--version", action="version", version=f"dsnas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("info", help="costs (MFLOPs, MACs, params) of the space or of an architecture")
+    p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")
+    _settings_args(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")
+    p.add_argument("--run", help="run directory (holds arch.yaml and child.safetensors)")
+    p.add_argument("--arch", help="architecture file (instead of --run)")
+    p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
+    p.add_argument("--onnx", help="write ONNX here")
+    p.add_argument("--mmrazor", help="write the architecture as MMRazor subnet YAML here")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DsnasError as e:
+        print(f"dsnas: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dsnas: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

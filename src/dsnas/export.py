@@ -1,0 +1,67 @@
+"""Child weights (safetensors) and ONNX export with an onnxruntime parity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .arch import Architecture
+from .errors import DsnasError
+from .files import atomic_path
+from .spaces import ShuffleNetChild, ShuffleNetSettings
+
+
+def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> None:
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def load_child(arch: Architecture, weights: str | Path) -> ShuffleNetChild:
+    """Build the child for ``arch`` and load its safetensors weights (shapes must match)."""
+    child = ShuffleNetChild(arch.choices, ShuffleNetSettings(**arch.settings))
+    try:
+        state = load_file(str(weights))
+    except FileNotFoundError:
+        raise DsnasError(f"weights file {weights} does not exist") from None
+    except (SafetensorError, OSError, ValueError) as e:
+        raise DsnasError(f"weights file {weights} is not a readable safetensors file: {e}") from None
+    expected = child.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or wrong:
+        what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the architecture needs {tuple(expected[wrong[0]].shape)}")
+        raise DsnasError(f"weights file {weights} does not match the architecture ({what})")
+    child.load_state_dict(state)
+    return child
+
+
+def export_onnx(child: torch.nn.Module, path: str | Path, input_size: int, in_channels: int,
+                check: bool = True, atol: float = 1e-4) -> float | None:
+    """Write ONNX (dynamic batch); with ``check`` run it in onnxruntime and return the largest
+    absolute difference from PyTorch (raises if it exceeds ``atol``)."""
+    child = child.eval().cpu()
+    x = torch.randn(2, in_channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
+    with atomic_path(path) as tmp:
+        torch.onnx.export(child, (x,), str(tmp), input_names=["images"], output_names=["logits"],
+                          dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
+                          dynamo=False)
+    if not check:
+        return None
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise DsnasError("onnxruntime is not installed; install dsnas[onnx] or pass --no-check") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"images": x.numpy()})[0]
+    with torch.no_grad():
+        want = child(x).numpy()
+    diff = float(abs(got - want).max())
+    if diff > atol:
+        raise DsnasError(f"ONNX output differs from PyTorch by {diff:.2e} (> {atol:.0e})")
+    return diff

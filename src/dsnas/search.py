@@ -1,0 +1,209 @@
+"""`DSNAS`: architecture logits, single-path sampling, the DSNAS estimator, resource penalty,
+early fix and derivation, for any model built from `Choice` modules.
+
+One training step::
+
+    path = search.sample()            # one candidate per unfixed block, drawn from softmax(alpha)
+    loss = criterion(model(x), y)
+    loss.backward()                   # one backward: weight grads and the mask rewards dL/dZ
+    search.compute_arch_grads()       # alpha.grad = (onehot(s) - p) * dL/dZ (+ resource term)
+    arch_optimizer.step(); weight_optimizer.step()
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from .choice import Choice
+
+
+def dsnas_alpha_grad(alpha: torch.Tensor, sampled: int, reward: torch.Tensor) -> torch.Tensor:
+    """The DSNAS gradient of one block's logits: g = (onehot(s) - softmax(alpha)) * dL/dZ.
+
+    A score-function gradient whose reward is the first-order credit dL/dZ of the sampled op's
+    gate. It is exactly the gradient of E_s[L] when L is linear in the gates, and otherwise
+    differs from it only by the first-order Taylor credit.
+    """
+    p = torch.softmax(alpha.detach().float(), dim=0)
+    onehot = torch.zeros_like(p)
+    onehot[sampled] = 1.0
+    return ((onehot - p) * reward.float()).to(alpha.dtype)
+
+
+def resource_alpha_grad(alpha: torch.Tensor, sampled: int, cost: torch.Tensor) -> torch.Tensor:
+    """Gradient of p[s] * cost[s] w.r.t. alpha (flows through the softmax only)."""
+    p = torch.softmax(alpha.detach().float(), dim=0)
+    onehot = torch.zeros_like(p)
+    onehot[sampled] = 1.0
+    return (p[sampled] * cost[sampled] * (onehot - p)).to(alpha.dtype)
+
+
+class DSNAS:
+    """Searches the `Choice` blocks of ``model`` (in ``model.modules()`` order).
+
+    Args:
+        model: any ``nn.Module`` containing `Choice` modules.
+        costs: per-block candidate costs for the resource penalty (a `CostTable` or a list of
+            1-D tensors), in the unit of ``budget``; ``None`` disables the penalty.
+        metric: which `CostTable` metric to use (``mflops`` or ``params_m``).
+        budget: threshold tau; the penalty applies to steps whose sampled path costs >= tau.
+            ``None`` applies it on every step (when ``penalty`` > 0).
+        penalty: lambda, alpha-gradient per unit of cost.
+        early_fix: h; a block whose top-1 minus top-2 probability reaches h is fixed to its argmax.
+        generator: random generator for path sampling (CPU).
+    """
+
+    def __init__(self, model: nn.Module, *, costs=None, metric: str = "mflops", budget: float | None = None,
+                 penalty: float = 0.0, early_fix: float = 0.3, generator: torch.Generator | None = None):
+        self.model = model
+        self.choices: list[Choice] = [m for m in model.modules() if isinstance(m, Choice)]
+        if not self.choices:
+            raise ValueError("the model has no Choice modules to search")
+        param = next(model.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        self.alphas = [nn.Parameter(torch.zeros(len(c), device=device)) for c in self.choices]
+        self.base_cost = 0.0
+        if costs is not None and hasattr(costs, "tensors"):
+            self.base_cost = costs.base[metric]
+            costs = costs.tensors(metric)
+        self.costs = None if costs is None else [torch.as_tensor(c, dtype=torch.float32, device=device) for c in costs]
+        if self.costs is not None and [len(c) for c in self.costs] != [len(c) for c in self.choices]:
+            raise ValueError("costs must have one entry per candidate of every Choice")
+        self.budget, self.penalty, self.threshold = budget, float(penalty), float(early_fix)
+        self.generator = generator
+        self._masks = [torch.ones((), device=device, requires_grad=True) for _ in self.choices]
+        self.path: list[int] = [c.active for c in self.choices]
+
+    # --- sampling -------------------------------------------------------------------------
+    def probs(self) -> list[torch.Tensor]:
+        """softmax(alpha) of every block, detached, on the CPU."""
+        with torch.no_grad():
+            return [torch.softmax(a.detach().float().cpu(), dim=0) for a in self.alphas]
+
+    def sample(self) -> list[int]:
+        """Draw one candidate per unfixed block from softmax(alpha), make it active and arm its
+        gate; fixed blocks run their fixed op ungated. Returns the path (index per block)."""
+        probs = self.probs()
+        width = max(len(p) for p in probs)
+        table = torch.stack([nn.functional.pad(p, (0, width - len(p))) for p in probs])
+        drawn = torch.multinomial(table, 1, generator=self.generator).squeeze(1).tolist()
+        for i, (choice, mask) in enumerate(zip(self.choices, self._masks)):
+            if choice.fixed is None:
+                choice.active = drawn[i]
+                mask.grad = None
+                choice.mask = mask
+            else:
+                choice.active, choice.mask = choice.fixed, None
+        self.path = [c.active for c in self.choices]
+        return self.path
+
+    def set_path(self, path: list[int]) -> None:
+        """Run ``path`` ungated (evaluation, fixed-child training)."""
+        for choice, idx in zip(self.choices, path):
+            choice.active, choice.mask = idx, None
+
+    def path_cost(self, path: list[int] | None = None) -> float:
+        if self.costs is None:
+            raise ValueError("no cost table was given")
+        path = self.path if path is None else path
+        return self.base_cost + sum(float(c[i]) for c, i in zip(self.costs, path))
+
+    # --- the estimator --------------------------------------------------------------------
+    def compute_arch_grads(self) -> None:
+        """Write the DSNAS alpha-gradient (and the resource term) into ``alpha.grad``.
+
+        Call after ``loss.backward()`` and before the architecture optimizer's step. Under
+        torch.distributed the gradients are averaged over ranks, so every rank keeps the same alpha.
+        """
+        penalize = self.costs is not None and self.penalty > 0 and (
+            self.budget is None or self.path_cost() >= self.budget)
+        grads = []
+        for i, (choice, alpha) in enumerate(zip(self.choices, self.alphas)):
+            g = torch.zeros_like(alpha)
+            if choice.fixed is None and choice.mask is not None and choice.mask.grad is not None:
+                s = choice.active
+                g = dsnas_alpha_grad(alpha, s, choice.mask.grad)
+                if penalize:
+                    g = g + self.penalty * resource_alpha_grad(alpha, s, self.costs[i])
+            grads.append(g)
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            flat = torch.cat(grads)
+            dist.all_reduce(flat)
+            flat /= dist.get_world_size()
+            grads = list(flat.split([len(a) for a in self.alphas]))
+        for choice, alpha, g in zip(self.choices, self.alphas, grads):
+            alpha.grad = None if choice.fixed is not None else g.clone()
+
+    # --- early fix and derivation ---------------------------------------------------------
+    def fixed(self) -> list[int | None]:
+        return [c.fixed for c in self.choices]
+
+    def early_fix(self) -> list[int]:
+        """Fix every unfixed block whose top-1 minus top-2 probability is >= h to its argmax.
+        Returns the indices of the blocks fixed now."""
+        newly = []
+        for i, (choice, p) in enumerate(zip(self.choices, self.probs())):
+            if choice.fixed is not None or len(p) < 2:
+                continue
+            top = torch.topk(p, 2)
+            if float(top.values[0] - top.values[1]) >= self.threshold:
+                choice.fix(int(top.indices[0]))
+                newly.append(i)
+        return newly
+
+    def fix_all(self, path: list[int]) -> None:
+        for choice, idx in zip(self.choices, path):
+            choice.fix(idx)
+
+    def derive(self) -> list[int]:
+        """The architecture: argmax of alpha per block (the fixed op for fixed blocks)."""
+        return [c.fixed if c.fixed is not None else int(torch.argmax(p)) for c, p in zip(self.choices, self.probs())]
+
+    def derive_within(self, budget: float) -> list[int]:
+        """`derive`, then if the argmax child costs more than ``budget``, swap unfixed blocks to
+        cheaper candidates, each time taking the swap that saves the most cost per unit of
+        log-probability given up, until it fits (or nothing cheaper is left)."""
+        path = self.derive()
+        if self.costs is None:
+            raise ValueError("no cost table was given")
+        logp = [torch.log(p.clamp_min(1e-12)) for p in self.probs()]
+        while self.path_cost(path) > budget:
+            best = None
+            for i, (choice, cost) in enumerate(zip(self.choices, self.costs)):
+                if choice.fixed is not None:
+                    continue
+                for k in range(len(cost)):
+                    saved = float(cost[path[i]] - cost[k])
+                    if saved <= 0:
+                        continue
+                    score = saved / (float(logp[i][path[i]] - logp[i][k]) + 1e-6)
+                    if best is None or score > best[0]:
+                        best = (score, i, k)
+            if best is None:
+                break
+            path[best[1]] = best[2]
+        return path
+
+    def entropy(self) -> float:
+        """Mean entropy (nats) of the unfixed blocks' distributions (0 when all are fixed)."""
+        ents = [-(p * torch.log(p.clamp_min(1e-12))).sum() for c, p in zip(self.choices, self.probs()) if c.fixed is None]
+        return float(torch.stack(ents).mean()) if ents else 0.0
+
+    # --- state ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        return {"alphas": torch.stack([a.detach().cpu() for a in self.alphas]) if len({len(a) for a in self.alphas}) == 1
+                else [a.detach().cpu() for a in self.alphas],
+                "fixed": [-1 if f is None else f for f in self.fixed()]}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            for alpha, saved in zip(self.alphas, state["alphas"]):
+                alpha.copy_(saved)
+        for choice, f in zip(self.choices, state["fixed"]):
+            f = int(f)
+            if f >= 0:
+                choice.fix(f)
+            else:
+                choice.fixed = None

@@ -1,0 +1,219 @@
+"""The ShuffleNetV2 search space (SPOS layout, MMRazor block design) and its deployable child.
+
+Stem conv 3x3 (3->16, stride 2, or 1 for small images) + BN + ReLU; four stages of choice
+blocks with 64/160/320/640 channels and 4/4/8/4 repeats (first block of a stage has stride 2);
+head conv 1x1 -> 1024 + BN + ReLU, global average pool, linear classifier. Each block picks one
+of `OPS`. BN eps is 0.01, convolutions have no bias.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from functools import cached_property
+
+import torch
+from torch import nn
+
+from ..choice import Choice
+
+OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
+STEM_CHANNELS = 16
+STAGE_CHANNELS = (64, 160, 320, 640)
+STAGE_REPEATS = (4, 4, 8, 4)
+HEAD_CHANNELS = 1024
+BN_EPS = 0.01
+SMALL_INPUT_BELOW = 64  # images smaller than this use a stride-1 stem
+
+
+def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False, relu: bool = True):
+    layers = [
+        nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=cin if depthwise else 1, bias=False),
+        nn.BatchNorm2d(cout, eps=BN_EPS),
+    ]
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
+
+
+def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    n, c, h, w = x.shape
+    return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
+
+
+class ShuffleUnit(nn.Module):
+    """A ShuffleNetV2 unit; ``kernel`` in {3, 5, 7}, or ``xception=True`` for the Xception unit."""
+
+    def __init__(self, cin: int, cout: int, stride: int, kernel: int = 3, xception: bool = False):
+        super().__init__()
+        if stride == 1 and cin != cout:
+            raise ValueError(f"a stride-1 unit needs cin == cout, got {cin} and {cout}")
+        half = cout // 2
+        self.stride = stride
+        self.branch_a = None
+        if stride > 1:
+            k = 3 if xception else kernel
+            self.branch_a = nn.Sequential(
+                _conv_bn(cin, cin, k, stride, depthwise=True, relu=False), _conv_bn(cin, half, 1)
+            )
+        b_in = cin if stride > 1 else half
+        if xception:
+            mid = cout // 2
+            self.branch_b = nn.Sequential(
+                _conv_bn(b_in, b_in, 3, stride, depthwise=True, relu=False), _conv_bn(b_in, mid, 1),
+                _conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), _conv_bn(mid, mid, 1),
+                _conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), _conv_bn(mid, half, 1),
+            )
+        else:
+            self.branch_b = nn.Sequential(
+                _conv_bn(b_in, half, 1),
+                _conv_bn(half, half, kernel, stride, depthwise=True, relu=False),
+                _conv_bn(half, half, 1),
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.branch_a is None:
+            x1, x2 = x.chunk(2, dim=1)
+            out = torch.cat((x1, self.branch_b(x2)), dim=1)
+        else:
+            out = torch.cat((self.branch_a(x), self.branch_b(x)), dim=1)
+        return channel_shuffle(out, 2)
+
+
+def make_op(name: str, cin: int, cout: int, stride: int) -> ShuffleUnit:
+    if name == "shuffle_xception":
+        return ShuffleUnit(cin, cout, stride, xception=True)
+    if name in OPS:
+        return ShuffleUnit(cin, cout, stride, kernel=int(name[-1]))
+    raise ValueError(f"unknown op {name!r}; expected one of {list(OPS)}")
+
+
+def _round_channels(c: float) -> int:
+    return max(8, int(round(c / 8)) * 8)
+
+
+@dataclass(frozen=True)
+class ShuffleNetSettings:
+    """Everything that fixes the shape of the space (stored in arch files and checkpoints)."""
+
+    num_classes: int = 1000
+    in_channels: int = 3
+    input_size: int = 224
+    width: float = 1.0
+    small_input: bool | None = None  # None: chosen from input_size
+
+    def __post_init__(self):
+        if self.small_input is None:
+            object.__setattr__(self, "small_input", self.input_size < SMALL_INPUT_BELOW)
+        for key in ("num_classes", "in_channels", "input_size"):
+            if int(getattr(self, key)) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not self.width > 0:
+            raise ValueError(f"width must be > 0, got {self.width}")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def layout(self) -> list[tuple[int, int, int]]:
+        """(in_channels, out_channels, stride) of every choice block, in order."""
+        blocks, cin = [], STEM_CHANNELS
+        for channels, repeats in zip(STAGE_CHANNELS, STAGE_REPEATS):
+            cout = _round_channels(channels * self.width)
+            for j in range(repeats):
+                blocks.append((cin, cout, 2 if j == 0 else 1))
+                cin = cout
+        return blocks
+
+    @property
+    def head_channels(self) -> int:
+        return _round_channels(HEAD_CHANNELS * self.width)
+
+
+def block_keys() -> list[str]:
+    """MMRazor's name of each block: ``backbone.layers.<stage>.<block>``."""
+    return [f"backbone.layers.{s}.{j}" for s, r in enumerate(STAGE_REPEATS) for j in range(r)]
+
+
+class _ShuffleNet(nn.Module):
+    def __init__(self, settings: ShuffleNetSettings, blocks: list[nn.Module]):
+        super().__init__()
+        self.settings = settings
+        s = settings
+        self.stem = _conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2)
+        self.blocks = nn.Sequential(*blocks)
+        self.head = _conv_bn(s.layout()[-1][1], s.head_channels, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(s.head_channels, s.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.head(self.blocks(self.stem(x)))
+        return self.classifier(torch.flatten(self.pool(x), 1))
+
+
+class ShuffleNetChild(_ShuffleNet):
+    """A plain network holding only the chosen ops: what gets deployed."""
+
+    def __init__(self, choices: list[str], settings: ShuffleNetSettings | None = None, **kwargs):
+        settings = settings or ShuffleNetSettings(**kwargs)
+        layout = settings.layout()
+        if len(choices) != len(layout):
+            raise ValueError(f"expected {len(layout)} choices, got {len(choices)}")
+        super().__init__(settings, [make_op(op, *shape) for op, shape in zip(choices, layout)])
+        self.choices = list(choices)
+
+
+class ShuffleNetSpace(_ShuffleNet):
+    """The supernet: every block is a `Choice` over `OPS`.
+
+    ``ShuffleNetSpace(num_classes=1000, in_channels=3, input_size=224, width=1.0, small_input=None)``;
+    ``small_input`` defaults to True below 64 px (stride-1 stem, so 28-32 px images end at 2x2).
+    """
+
+    name = "shufflenet"
+    ops = OPS
+
+    def __init__(self, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
+                 width: float = 1.0, small_input: bool | None = None):
+        settings = ShuffleNetSettings(num_classes, in_channels, input_size, width, small_input)
+        blocks = [Choice({op: make_op(op, *shape) for op in OPS}) for shape in settings.layout()]
+        super().__init__(settings, blocks)
+
+    @classmethod
+    def from_settings(cls, settings: ShuffleNetSettings | dict) -> "ShuffleNetSpace":
+        return cls(**(settings if isinstance(settings, dict) else settings.as_dict()))
+
+    @property
+    def choices(self) -> list[Choice]:
+        return list(self.blocks)
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @cached_property
+    def costs(self):
+        """Per-candidate cost table at this space's input size (computed once)."""
+        from ..cost import cost_table
+
+        x = torch.zeros(1, self.settings.in_channels, self.settings.input_size, self.settings.input_size)
+        return cost_table(self, x)
+
+    def set_path(self, choices: list[str] | list[int]) -> None:
+        """Make the given candidates active (no fixing, masks untouched)."""
+        if len(choices) != self.num_blocks:
+            raise ValueError(f"expected {self.num_blocks} choices, got {len(choices)}")
+        for block, c in zip(self.choices, choices):
+            block.active = block.index(c)
+
+    def child(self, choices) -> ShuffleNetChild:
+        """The deployable child for ``choices`` (op names, indices or an `Architecture`), with
+        weights copied from this supernet."""
+        choices = getattr(choices, "choices", choices)
+        names = [block.names[block.index(c)] for block, c in zip(self.choices, choices)]
+        child = ShuffleNetChild(names, self.settings)
+        child.to(next(self.parameters()).device)
+        child.stem.load_state_dict(self.stem.state_dict())
+        for src, dst, name in zip(self.choices, child.blocks, names):
+            dst.load_state_dict(src.candidates[src.index(name)].state_dict())
+        child.head.load_state_dict(self.head.state_dict())
+        child.classifier.load_state_dict(self.classifier.state_dict())
+        return child
