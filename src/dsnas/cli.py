@@ -126,6 +126,64 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_search(args) -> int:
+    from .config import load_config
+    from .train import run_search
+
+    if args.resume and args.out and args.resume != args.out:
+        raise DsnasError("give the run directory once: --resume DIR (without --out)")
+    out = args.resume or args.out
+    if args.resume:
+        from .config import Config, apply, read_yaml
+
+        saved = read_yaml(Path(args.resume) / "config.yaml", "run config")
+        if not isinstance(saved, dict):
+            raise DsnasError(f"{args.resume}/config.yaml is not a run configuration")
+        saved.pop("world_size", None)
+        cfg = apply(Config(), saved, f"{args.resume}/config.yaml").validate()
+        if args.config or args.set:
+            raise DsnasError("--resume continues a run with its saved config.yaml; --config/--set cannot change it")
+    else:
+        cfg = load_config(args.config, args.set)
+        if args.data:
+            cfg.data = args.data
+    run_search(cfg, Path(out) if out else None, resume=bool(args.resume), quiet=args.quiet)
+    return 0
+
+
+def cmd_eval(args) -> int:
+    import torch
+
+    from .config import Config, apply, read_yaml
+    from .data import Loader, load_data
+    from .evaluate import accuracy, recalibrate_bn
+    from .files import write_text
+
+    arch, child = _load_run_child(args)
+    data_spec = args.data
+    if data_spec is None and args.run and (Path(args.run) / "config.yaml").exists():
+        saved = read_yaml(Path(args.run) / "config.yaml", "run config") or {}
+        data_spec = saved.get("data", "embedded")
+    data = load_data(data_spec or "embedded", arch.settings["input_size"] if arch.settings["input_size"] > 64 else None)
+    s = arch.settings
+    if (data.num_classes, data.in_channels, data.input_size) != (s["num_classes"], s["in_channels"], s["input_size"]):
+        raise DsnasError(f"data {data.name} has {data.num_classes} classes, {data.in_channels} channels, "
+                         f"{data.input_size} px; the architecture expects {s['num_classes']}, {s['in_channels']}, "
+                         f"{s['input_size']}")
+    device = torch.device("cpu")
+    if args.bn_recalibrate:
+        recalibrate_bn(child, Loader(data, "train", 256, 0, device, train=True), args.bn_recalibrate)
+    metrics = accuracy(child, Loader(data, "test", 256, 0, device, train=False))
+    out = {"top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2), "loss": round(metrics["loss"], 4),
+           "images": metrics["images"], "bn_recalibrate": args.bn_recalibrate, "data": data.name}
+    print(json.dumps(out) if args.json else
+          f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {data.name} test images"
+          + (f" (BN re-estimated on {args.bn_recalibrate} training images)" if args.bn_recalibrate else ""))
+    if args.run:
+        write_text(Path(args.run) / "eval.json", json.dumps(out, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -133,6 +191,25 @@ def build_parser() -> argparse.ArgumentParser:
                                      "without parameter retraining.")
     parser.add_argument("--version", action="version", version=f"dsnas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("search", help="run a DSNAS search (default: the embedded Fashion-MNIST demo)")
+    p.add_argument("--config", help="YAML config file or preset name (demo, fmnist, imagenet); default demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
+    p.add_argument("--data", help="dataset: 'embedded', an IDX folder or an ImageFolder tree (same as --set data=...)")
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a child on the test split")
+    p.add_argument("--run", help="run directory (holds arch.yaml and child.safetensors)")
+    p.add_argument("--arch", help="architecture file (instead of --run)")
+    p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
+    p.add_argument("--data", help="dataset (default: the run's, else the embedded set)")
+    p.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
+                   help="re-estimate BN statistics on N training images first")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="costs (MFLOPs, MACs, params) of the space or of an architecture")
     p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")

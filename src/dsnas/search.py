@@ -82,18 +82,24 @@ class DSNAS:
         with torch.no_grad():
             return [torch.softmax(a.detach().float().cpu(), dim=0) for a in self.alphas]
 
-    def sample(self) -> list[int]:
-        """Draw one candidate per unfixed block from softmax(alpha), make it active and arm its
-        gate; fixed blocks run their fixed op ungated. Returns the path (index per block)."""
+    def sample(self, gate: bool = True) -> list[int]:
+        """Draw one candidate per unfixed block from softmax(alpha), make it active and (with
+        ``gate``) arm its gate; fixed blocks run their fixed op ungated. Returns the path.
+        ``gate=False`` samples without collecting rewards (warm-up, where alpha is frozen)."""
         probs = self.probs()
         width = max(len(p) for p in probs)
         table = torch.stack([nn.functional.pad(p, (0, width - len(p))) for p in probs])
         drawn = torch.multinomial(table, 1, generator=self.generator).squeeze(1).tolist()
-        for i, (choice, mask) in enumerate(zip(self.choices, self._masks)):
+        return self.arm(drawn, gate)
+
+    def arm(self, path: list[int], gate: bool = True) -> list[int]:
+        """Run ``path`` on the unfixed blocks with their gates armed (fresh rewards); fixed
+        blocks run their fixed op. Returns the path actually taken."""
+        for choice, mask, idx in zip(self.choices, self._masks, path):
             if choice.fixed is None:
-                choice.active = drawn[i]
+                choice.active = choice.index(idx)
                 mask.grad = None
-                choice.mask = mask
+                choice.mask = mask if gate else None
             else:
                 choice.active, choice.mask = choice.fixed, None
         self.path = [c.active for c in self.choices]
@@ -193,8 +199,7 @@ class DSNAS:
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"alphas": torch.stack([a.detach().cpu() for a in self.alphas]) if len({len(a) for a in self.alphas}) == 1
-                else [a.detach().cpu() for a in self.alphas],
+        return {"alphas": [a.detach().cpu().clone() for a in self.alphas],
                 "fixed": [-1 if f is None else f for f in self.fixed()]}
 
     def load_state_dict(self, state: dict) -> None:

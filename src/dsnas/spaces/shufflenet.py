@@ -134,15 +134,18 @@ def block_keys() -> list[str]:
 
 
 class _ShuffleNet(nn.Module):
-    def __init__(self, settings: ShuffleNetSettings, blocks: list[nn.Module]):
+    def __init__(self, settings: ShuffleNetSettings, blocks: list[nn.Module], modules=None):
         super().__init__()
-        self.settings = settings
-        s = settings
-        self.stem = _conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2)
+        self.settings = s = settings
+        if modules is None:
+            modules = (_conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2),
+                       _conv_bn(s.layout()[-1][1], s.head_channels, 1),
+                       nn.Linear(s.head_channels, s.num_classes))
+        self.stem = modules[0]
         self.blocks = nn.Sequential(*blocks)
-        self.head = _conv_bn(s.layout()[-1][1], s.head_channels, 1)
+        self.head = modules[1]
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(s.head_channels, s.num_classes)
+        self.classifier = modules[2]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
@@ -204,11 +207,20 @@ class ShuffleNetSpace(_ShuffleNet):
         for block, c in zip(self.choices, choices):
             block.active = block.index(c)
 
-    def child(self, choices) -> ShuffleNetChild:
+    def child(self, choices, share: bool = False) -> ShuffleNetChild:
         """The deployable child for ``choices`` (op names, indices or an `Architecture`), with
-        weights copied from this supernet."""
+        weights copied from this supernet; ``share=True`` reuses the supernet's modules instead
+        (no copy: training the child trains the supernet's chosen ops)."""
         choices = getattr(choices, "choices", choices)
+        if len(choices) != self.num_blocks:
+            raise ValueError(f"expected {self.num_blocks} choices, got {len(choices)}")
         names = [block.names[block.index(c)] for block, c in zip(self.choices, choices)]
+        if share:
+            child = ShuffleNetChild.__new__(ShuffleNetChild)
+            _ShuffleNet.__init__(child, self.settings, [b.candidates[b.index(n)] for b, n in zip(self.choices, names)],
+                                 modules=(self.stem, self.head, self.classifier))
+            child.choices = names
+            return child
         child = ShuffleNetChild(names, self.settings)
         child.to(next(self.parameters()).device)
         child.stem.load_state_dict(self.stem.state_dict())

@@ -1,0 +1,154 @@
+"""Run configuration: one flat dataclass, YAML files under configs/, ``--set key=value`` overrides.
+
+Every key is typed; unknown keys, wrong types and out-of-range values are one-line errors.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, fields
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from .errors import DsnasError
+
+
+@dataclass
+class Config:
+    # data
+    data: str = "embedded"             # 'embedded', an IDX folder, or an ImageFolder tree (train/, val/)
+    input_size: int = 0                # ImageFolder of large images: crop size (0 = 224); others: from data
+    train_limit: int = 0               # cap on training images (0 = all)
+    test_limit: int = 0                # cap on test images (0 = all)
+    workers: int = 4                   # DataLoader workers for streamed (large-image) data
+    # space
+    width: float = 1.0                 # channel width multiplier of the ShuffleNet space
+    # schedule (epochs are counted from 0; finetune runs from search_epochs to epochs)
+    epochs: int = 240
+    warmup_epochs: int = 15            # weights only, alpha frozen
+    search_epochs: int = 85            # end of the search stage; then finetune the argmax child
+    batch_size: int = 1024             # total over all ranks
+    lr: float = 0.5                    # SGD learning rate at batch_size
+    lr_warmup_epochs: float = 5.0      # linear LR warm-up, then cosine to 0
+    momentum: float = 0.9
+    weight_decay: float = 4e-5         # not applied to BN and biases
+    label_smoothing: float = 0.1
+    # architecture
+    arch_lr: float = 1e-3              # Adam on alpha
+    arch_beta1: float = 0.5
+    arch_beta2: float = 0.999
+    early_fix: float = 0.3             # h: fix a block when top-1 minus top-2 probability >= h
+    budget_mflops: float = 0.0         # tau: penalise sampled paths at or above this (0 = no budget)
+    penalty: float = 0.0               # lambda: alpha-gradient per MFLOP above the budget
+    # evaluation, logging, checkpoints
+    eval_bn_recalibrate: int = 0       # training images used to re-estimate BN stats before each search-stage eval
+    checkpoint_every: int = 0          # also checkpoint every N steps (0 = at epoch ends only)
+    seed: int = 0
+    # hardware (ignored on CPU where noted)
+    device: str = "auto"               # auto | cpu | cuda
+    amp: str = "auto"                  # auto (bf16 on CUDA when supported) | off | bf16 | fp16
+    channels_last: bool = True         # CUDA only
+    compile: bool = False              # torch.compile the model (CUDA only)
+
+    def validate(self) -> "Config":
+        def need(cond: bool, msg: str):
+            if not cond:
+                raise DsnasError(f"config: {msg}")
+
+        for key in ("epochs", "batch_size"):
+            need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
+        for key in ("warmup_epochs", "search_epochs", "train_limit", "test_limit", "workers", "input_size",
+                    "eval_bn_recalibrate", "checkpoint_every", "seed"):
+            need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
+        for key in ("lr", "width"):
+            need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        for key in ("arch_lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs", "budget_mflops",
+                    "penalty"):
+            need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
+        need(self.warmup_epochs <= self.search_epochs,
+             f"warmup_epochs ({self.warmup_epochs}) must be <= search_epochs ({self.search_epochs})")
+        need(self.search_epochs <= self.epochs, f"search_epochs ({self.search_epochs}) must be <= epochs ({self.epochs})")
+        need(self.lr_warmup_epochs <= self.epochs, f"lr_warmup_epochs ({self.lr_warmup_epochs}) must be <= epochs ({self.epochs})")
+        need(0 < self.early_fix <= 1, f"early_fix must be in (0, 1], got {self.early_fix}")
+        need(self.label_smoothing < 1, f"label_smoothing must be < 1, got {self.label_smoothing}")
+        need(0 <= self.arch_beta1 < 1 and 0 <= self.arch_beta2 < 1, "arch_beta1 and arch_beta2 must be in [0, 1)")
+        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+             f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        return self
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(key: str, value):
+    kind = {"int": int, "float": float, "str": str, "bool": bool}[_TYPES[key]]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise DsnasError(f"config: {key} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def apply(cfg: Config, updates: dict, source: str) -> Config:
+    if not isinstance(updates, dict):
+        raise DsnasError(f"{source}: expected a mapping of config keys")
+    known = set(_TYPES)
+    for key, value in updates.items():
+        if key not in known:
+            close = [k for k in known if k.split("_")[0] == str(key).split("_")[0]]
+            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+            raise DsnasError(f"{source}: unknown config key {key!r}{hint}")
+        setattr(cfg, key, _coerce(key, value))
+    return cfg
+
+
+def builtin_configs() -> dict[str, Path]:
+    """Presets shipped with the package (configs/*.yaml), by name."""
+    folder = Path(str(resources.files("dsnas") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def read_yaml(path: Path, what: str = "config file"):
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DsnasError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DsnasError(f"{what} {path} cannot be read: {e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DsnasError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults <- preset or YAML file (``config``: a path or a preset name) <- ``key=value`` overrides."""
+    cfg = Config()
+    name = config or "demo"
+    presets = builtin_configs()
+    path = presets.get(name) if name in presets and not Path(name).exists() else Path(name)
+    data = read_yaml(path)
+    if data is not None:
+        apply(cfg, data, f"config file {path}")
+    for item in overrides:
+        if "=" not in item:
+            raise DsnasError(f"--set expects key=value, got {item!r}")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            value = text
+        if _TYPES.get(key.strip()) == "str":
+            value = text
+        apply(cfg, {key.strip(): value}, "--set")
+    return cfg.validate()

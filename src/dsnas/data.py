@@ -1,0 +1,308 @@
+"""Data: the embedded Fashion-MNIST subset, IDX folders, ImageFolder trees; batching and augmentation.
+
+Small images (the embedded set, any IDX folder, an ImageFolder of images up to 64 px) are held in
+memory as uint8 tensors and batched by index, with augmentation (padded random crop, horizontal
+flip) applied to whole batches. Larger ImageFolder images stream through a DataLoader with the
+standard ImageNet transforms. Both are ordered by `BatchPlan`, which shards a seeded per-epoch
+permutation across ranks and can start mid-epoch (for resume).
+"""
+
+from __future__ import annotations
+
+import gzip
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import DsnasError
+
+EMBEDDED = "embedded"
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot"]
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+SMALL_IMAGE_MAX = 64  # ImageFolder images up to this size are loaded into memory
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+@dataclass
+class Split:
+    """An in-memory split: ``images`` uint8 (N, C, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def limit(self, n: int | None, seed: int = 0) -> "Split":
+        """A stratified-at-random subset of at most ``n`` images (seeded)."""
+        if not n or n >= len(self):
+            return self
+        keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        return Split(self.images[keep], self.labels[keep])
+
+
+@dataclass
+class Data:
+    """A dataset ready for training: splits (in-memory `Split` or a torchvision dataset) and its shape."""
+
+    name: str
+    train: object
+    test: object
+    num_classes: int
+    in_channels: int
+    input_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    classes: list[str] = field(default_factory=list)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.train, Split)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+def read_idx(path: Path) -> np.ndarray:
+    """Read an IDX file (optionally gzipped) of unsigned bytes."""
+    try:
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as e:
+        raise DsnasError(f"{path} cannot be read: {e}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] < 1:
+        raise DsnasError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    if len(raw) - header != math.prod(shape):
+        raise DsnasError(f"{path} is truncated or corrupt (header says {shape}, "
+                         f"{len(raw) - header} bytes of data)")
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx_file(folder: Path, stem: str) -> Path | None:
+    for name in (f"{stem}.gz", stem):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def _load_idx_split(folder: Path, prefix: str) -> Split:
+    img_path = _idx_file(folder, f"{prefix}-images-idx3-ubyte")
+    lab_path = _idx_file(folder, f"{prefix}-labels-idx1-ubyte")
+    if img_path is None or lab_path is None:
+        raise DsnasError(f"{folder} lacks {prefix}-images-idx3-ubyte[.gz] or {prefix}-labels-idx1-ubyte[.gz]")
+    images, labels = read_idx(img_path), read_idx(lab_path)
+    if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+        raise DsnasError(f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match")
+    if len(labels) == 0:
+        raise DsnasError(f"{folder}: the {prefix} split is empty")
+    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+
+
+def _is_idx_folder(path: Path) -> bool:
+    return _idx_file(path, "train-images-idx3-ubyte") is not None
+
+
+def _class_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+
+
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return im.copy()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise DsnasError(f"image {path} cannot be read: {e}") from None
+
+
+def _image_folder_splits(root: Path) -> tuple[Path, Path]:
+    train = root / "train"
+    for name in ("val", "test"):
+        if (root / name).is_dir() and train.is_dir():
+            return train, root / name
+    raise DsnasError(f"{root} is neither an IDX folder (train-images-idx3-ubyte.gz, ...) nor an image "
+                     "tree with train/ and val/ (or test/) folders of class subfolders")
+
+
+def _scan_image_folder(split: Path, classes: list[str] | None) -> tuple[list[str], list[tuple[Path, int]]]:
+    found = _class_folders(split)
+    names = [p.name for p in found]
+    if classes is not None and names != classes:
+        raise DsnasError(f"{split} has classes {names}, the train split has {classes}")
+    samples = [(f, i) for i, folder in enumerate(found) for f in _image_files(folder)]
+    if not found or not samples:
+        raise DsnasError(f"{split} holds no images in class subfolders")
+    return names, samples
+
+
+def _load_small_images(samples: list[tuple[Path, int]], mode: str, size: int) -> Split:
+    arrays = []
+    for path, _ in samples:
+        im = _open_image(path).convert(mode)
+        if im.size != (size, size):
+            raise DsnasError(f"image {path} is {im.size[0]}x{im.size[1]}, the others are {size}x{size}")
+        a = np.asarray(im, dtype=np.uint8)
+        arrays.append(a[None] if a.ndim == 2 else a.transpose(2, 0, 1))
+    return Split(torch.from_numpy(np.stack(arrays)), torch.tensor([y for _, y in samples], dtype=torch.int64))
+
+
+def _load_image_folder(root: Path, input_size: int | None) -> Data:
+    from torchvision import datasets, transforms
+
+    train_dir, test_dir = _image_folder_splits(root)
+    classes, train_samples = _scan_image_folder(train_dir, None)
+    _, test_samples = _scan_image_folder(test_dir, classes)
+    first = _open_image(train_samples[0][0])
+    mode = "L" if first.mode in ("L", "1", "I;16", "I") else "RGB"
+    channels = 1 if mode == "L" else 3
+    if max(first.size) <= SMALL_IMAGE_MAX and not input_size:
+        size = first.size[0]
+        if first.size[0] != first.size[1]:
+            raise DsnasError(f"image {train_samples[0][0]} is not square ({first.size[0]}x{first.size[1]})")
+        train, test = _load_small_images(train_samples, mode, size), _load_small_images(test_samples, mode, size)
+        return _with_stats(Data(root.name, train, test, len(classes), channels, size, (), (), classes))
+    size = input_size or 224
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
+    convert = transforms.Lambda(lambda im: im.convert(mode))
+    norm = [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    train_tf = transforms.Compose([convert, transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *norm])
+    test_tf = transforms.Compose([convert, transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size), *norm])
+    train = datasets.ImageFolder(str(train_dir), transform=train_tf)
+    test = datasets.ImageFolder(str(test_dir), transform=test_tf)
+    return Data(root.name, train, test, len(classes), channels, size, mean, std, classes)
+
+
+def _with_stats(data: Data) -> Data:
+    x = data.train.images[:20000].float() / 255
+    data.mean = tuple(x.mean(dim=(0, 2, 3)).tolist())
+    data.std = tuple(x.std(dim=(0, 2, 3)).clamp_min(1e-3).tolist())
+    return data
+
+
+def load_data(spec: str = EMBEDDED, input_size: int | None = None) -> Data:
+    """``embedded`` (the shipped Fashion-MNIST subset), an IDX folder in Fashion-MNIST's layout,
+    or an ImageFolder tree with ``train/`` and ``val/`` (or ``test/``)."""
+    if spec in (EMBEDDED, "", None):
+        folder = Path(str(resources.files("dsnas") / "embedded" / "fashion_mnist"))
+        data = Data("fashion-mnist-embedded", _load_idx_split(folder, "train"), _load_idx_split(folder, "t10k"),
+                    10, 1, 28, (), (), list(FASHION_MNIST_CLASSES))
+        return _with_stats(data)
+    root = Path(spec).expanduser()
+    if not root.exists():
+        raise DsnasError(f"data path {root} does not exist")
+    if not root.is_dir():
+        raise DsnasError(f"data path {root} is not a folder")
+    if not any(root.iterdir()):
+        raise DsnasError(f"data folder {root} is empty")
+    if _is_idx_folder(root):
+        train, test = _load_idx_split(root, "train"), _load_idx_split(root, "t10k")
+        if train.images.shape[1:] != test.images.shape[1:]:
+            raise DsnasError(f"{root}: train images are {tuple(train.images.shape[2:])}, test images "
+                             f"{tuple(test.images.shape[2:])}")
+        h, w = train.images.shape[2:]
+        if h != w:
+            raise DsnasError(f"{root}: images are {h}x{w}; square images are expected")
+        num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        fmnist = num_classes == 10 and "fashion" in root.name.lower()
+        classes = list(FASHION_MNIST_CLASSES) if fmnist else [str(i) for i in range(num_classes)]
+        return _with_stats(Data(root.name, train, test, num_classes, 1, h, (), (), classes))
+    return _load_image_folder(root, input_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+class BatchPlan:
+    """Batches of indices for one rank: a seeded permutation per epoch (shared by all ranks),
+    dealt out round-robin, ``drop_last`` so every rank takes the same number of steps."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1,
+                 shuffle: bool = True, drop_last: bool = True):
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.rank, self.world, self.shuffle, self.drop_last = rank, world, shuffle, drop_last
+        self.epoch, self.start = 0, 0
+
+    def __len__(self) -> int:
+        per_rank = self.n // self.world if self.drop_last else math.ceil(self.n / self.world)
+        return per_rank // self.batch_size if self.drop_last else math.ceil(per_rank / self.batch_size)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def __iter__(self):
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 100003 + self.epoch))
+        else:
+            order = torch.arange(self.n)
+        if self.drop_last:
+            order = order[: (self.n // self.world) * self.world]
+        mine = order[self.rank:: self.world]
+        for b in range(self.start, len(self)):
+            yield mine[b * self.batch_size: (b + 1) * self.batch_size].tolist()
+
+
+def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
+    """Padded random crop and horizontal flip for a float batch (N, C, H, W)."""
+    n, c, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(images.device)
+    rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, :, None]
+    cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, :]
+    out = padded.permute(0, 2, 3, 1)[torch.arange(n, device=images.device)[:, None, None], rows, cols]
+    out = out.permute(0, 3, 1, 2)
+    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
+
+
+class Loader:
+    """Iterates (images, labels) batches on ``device`` for one split and one rank.
+
+    In-memory splits are augmented here (train) from a generator seeded per (seed, epoch, step,
+    rank), so a run resumed mid-epoch sees exactly the batches it would have seen.
+    """
+
+    def __init__(self, data: Data, split: str, batch_size: int, seed: int, device: torch.device,
+                 rank: int = 0, world: int = 1, train: bool = True, workers: int = 0, pad: int = 2):
+        self.data, self.device, self.train, self.pad, self.seed, self.rank = data, device, train, pad, seed, rank
+        self.source = getattr(data, split)
+        self.plan = BatchPlan(len(self.source), batch_size, seed, rank, world, shuffle=train, drop_last=train)
+        self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
+        self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
+        self.loader = None
+        if not isinstance(self.source, Split):
+            self.loader = torch.utils.data.DataLoader(self.source, batch_sampler=self.plan, num_workers=workers,
+                                                      pin_memory=device.type == "cuda",
+                                                      persistent_workers=workers > 0)
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.plan.set_epoch(epoch, start)
+
+    def __iter__(self):
+        if self.loader is not None:
+            for x, y in self.loader:
+                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            return
+        for step, idx in enumerate(self.plan, start=self.plan.start):
+            index = torch.tensor(idx)
+            x = self.source.images[index].to(self.device, non_blocking=True).float().div_(255)
+            y = self.source.labels[index].to(self.device, non_blocking=True)
+            if self.train and self.pad:
+                g = torch.Generator().manual_seed(hash((self.seed, self.plan.epoch, step, self.rank)) & 0xFFFFFFFF)
+                x = augment(x, self.pad, g)
+            yield (x - self.mean) / self.std, y

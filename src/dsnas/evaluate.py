@@ -1,0 +1,62 @@
+"""Accuracy of a network on a split, and BN statistics re-estimation."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader, amp_dtype: torch.dtype | None = None) -> dict:
+    """top-1 / top-5 (percent) and mean cross-entropy; summed over ranks under torch.distributed."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    totals = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss sum, count
+    for x, y in loader:
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            logits = model(x)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top.eq(y[:, None])
+        totals += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum(),
+                               nn.functional.cross_entropy(logits, y, reduction="sum"),
+                               torch.tensor(float(len(y)), device=device)]).double()
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(totals)
+    model.train(was_training)
+    n = max(float(totals[3]), 1.0)
+    return {"top1": 100 * float(totals[0]) / n, "top5": 100 * float(totals[1]) / n,
+            "loss": float(totals[2]) / n, "images": int(totals[3])}
+
+
+def reset_bn_stats(model: nn.Module) -> None:
+    """Forget BN running statistics (affine weights are kept)."""
+    for m in model.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, loader, images: int) -> None:
+    """Re-estimate BN running statistics as an exact average over ``images`` training images."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was_training = model.training
+    model.train()
+    seen = 0
+    try:
+        for x, _ in loader:
+            model(x)
+            seen += len(x)
+            if seen >= images:
+                break
+    finally:
+        for m, mom in zip(bns, saved):
+            m.momentum = mom
+        model.train(was_training)

@@ -1,0 +1,72 @@
+"""Records of alpha over a run: ``alpha.csv`` and the figure ``alpha.png``."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .files import atomic_path, write_text
+
+
+def alpha_rows(epoch: int, stage: str, names: list[list[str]], probs: list[list[float]], fixed: list[int | None]) -> list[dict]:
+    return [{"epoch": epoch, "stage": stage, "block": i, "fixed": "" if f is None else n[f],
+             **{op: round(p, 6) for op, p in zip(n, pr)}}
+            for i, (n, pr, f) in enumerate(zip(names, probs, fixed))]
+
+
+def write_alpha_csv(path: Path, rows: list[dict]) -> None:
+    ops = []
+    for r in rows:
+        for k in r:
+            if k not in ("epoch", "stage", "block", "fixed") and k not in ops:
+                ops.append(k)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, ["epoch", "stage", "block", *ops, "fixed"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
+    """One panel per block: the probability of every candidate over epochs; the epoch a block
+    was fixed is marked with a dashed line and the fixed op named."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if not rows:
+        return
+    blocks = sorted({r["block"] for r in rows})
+    ops = [k for k in rows[0] if k not in ("epoch", "stage", "block", "fixed")]
+    cols = 5
+    nrows = (len(blocks) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.1 * nrows), sharex=True, sharey=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, b in zip(axes.flat, blocks):
+        mine = [r for r in rows if r["block"] == b]
+        epochs = [r["epoch"] for r in mine]
+        for j, op in enumerate(ops):
+            ax.plot(epochs, [r[op] for r in mine], color=colors[j % len(colors)], lw=1.6, label=op)
+        fixed = next((r for r in mine if r["fixed"]), None)
+        if fixed is not None:
+            ax.axvline(fixed["epoch"], color="0.3", ls="--", lw=0.9)
+            ax.set_title(f"block {b}: fixed {fixed['fixed']}", fontsize=8)
+        else:
+            ax.set_title(f"block {b}", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(blocks):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("probability", fontsize=8)
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(ops), fontsize=9, frameon=False)
+    fig.suptitle(title or "softmax(alpha) per block", y=0.995, fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)

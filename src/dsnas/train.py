@@ -1,0 +1,344 @@
+"""The training loop: warm-up, search and finetune ("search-from-search") in one run, on CPU,
+one GPU or many (torchrun + DistributedDataParallel)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+from . import __version__
+from .arch import Architecture, save_arch
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import Config
+from .data import Loader, Split, load_data
+from .errors import DsnasError
+from .evaluate import accuracy, recalibrate_bn, reset_bn_stats
+from .export import save_weights
+from .files import write_text
+from .report import alpha_rows, plot_alpha, write_alpha_csv
+from .search import DSNAS
+from .spaces import ShuffleNetSpace
+
+
+# --- process and device ---------------------------------------------------------------------
+@dataclass
+class Runtime:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(cfg: Config) -> Runtime:
+    """Join the torchrun process group when launched by torchrun; pick device and precision."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise DsnasError(f"device {cfg.device!r} requested but CUDA is not available")
+    if want_cuda:
+        device = torch.device(cfg.device if ":" in cfg.device else f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    amp_dtype = None
+    if device.type == "cuda" and cfg.amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
+        amp_dtype = torch.bfloat16
+    elif device.type == "cuda" and cfg.amp == "fp16":
+        amp_dtype = torch.float16
+    return Runtime(rank, world, device, amp_dtype)
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: Config) -> float:
+    """Linear warm-up over ``lr_warmup_epochs``, then cosine to 0 at the last step."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.lr_warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
+
+
+def stage_of(epoch: int, cfg: Config) -> str:
+    if epoch < cfg.warmup_epochs:
+        return "warmup"
+    return "search" if epoch < cfg.search_epochs else "finetune"
+
+
+def weight_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only (not on BN or biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def new_run_dir(data_name: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{data_name}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    return path
+
+
+class Logger:
+    """Rank 0 writes: epoch lines, TensorBoard scalars."""
+
+    def __init__(self, out: Path, enabled: bool):
+        self.enabled = enabled
+        self.tb = None
+        if enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+# --- the run ------------------------------------------------------------------------------------
+def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
+    """Run a DSNAS search with ``cfg``; files go to ``out``. Returns the final metrics."""
+    started = time.time()
+    rt = setup_runtime(cfg)
+    data = load_data(cfg.data, cfg.input_size or None)
+    if isinstance(data.train, Split):
+        data.train = data.train.limit(cfg.train_limit, cfg.seed)
+        data.test = data.test.limit(cfg.test_limit, cfg.seed)
+    if cfg.batch_size % rt.world:
+        raise DsnasError(f"config: batch_size {cfg.batch_size} is not divisible by the {rt.world} processes")
+    per_rank_batch = cfg.batch_size // rt.world
+    if per_rank_batch * rt.world > len(data.train):
+        raise DsnasError(f"config: batch_size {cfg.batch_size} is larger than the {len(data.train)} training images")
+
+    out = Path(out) if out is not None else new_run_dir(data.name)
+    if resume and not (out / "checkpoints").is_dir():
+        raise DsnasError(f"nothing to resume: {out} has no checkpoints")
+    if not resume and out.exists() and any(out.iterdir()):
+        raise DsnasError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+
+    torch.manual_seed(cfg.seed)
+    space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
+                            width=cfg.width)
+    table = space.costs  # counted once, on the CPU, before the model moves
+    space.to(rt.device)
+    if rt.device.type == "cuda" and cfg.channels_last:
+        space.to(memory_format=torch.channels_last)
+    search = DSNAS(space, costs=table, budget=cfg.budget_mflops or None, penalty=cfg.penalty,
+                   early_fix=cfg.early_fix, generator=torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank))
+    optimizer = torch.optim.SGD(weight_groups(space, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    arch_optimizer = torch.optim.Adam(search.alphas, lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+
+    train_loader = Loader(data, "train", per_rank_batch, cfg.seed, rt.device, rt.rank, rt.world, train=True,
+                          workers=cfg.workers)
+    test_loader = Loader(data, "test", max(per_rank_batch, 256), cfg.seed, rt.device, rt.rank, rt.world,
+                         train=False, workers=cfg.workers)
+    steps_per_epoch = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
+
+    state = {"epoch": 0, "step": 0, "global_step": 0, "alpha_rows": [], "history": []}
+    if resume:
+        ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict())
+        space.load_state_dict(ckpt["model"])
+        search.load_state_dict(ckpt["search"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        arch_optimizer.load_state_dict(ckpt["arch_optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        search.generator.set_state(ckpt["sampler_rng"][rt.rank] if rt.rank < len(ckpt["sampler_rng"]) else ckpt["sampler_rng"][0])
+        torch.set_rng_state(ckpt["torch_rng"])
+        state.update(ckpt["progress"])
+    elif rt.main:
+        out.mkdir(parents=True, exist_ok=True)
+        write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
+
+    log = Logger(out, rt.main and not quiet)
+    if rt.main and not quiet and not resume:
+        b = table.bounds()
+        log.line(f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
+                 f"{data.num_classes} classes, {data.input_size} px; space {table.num_blocks} blocks x "
+                 f"{len(space.ops)} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; {rt.world} x {rt.device.type}; "
+                 f"run dir {out}")
+
+    def checkpoint(epoch: int, step: int) -> None:
+        rngs = [search.generator.get_state()]
+        if rt.world > 1:
+            gathered = [None] * rt.world
+            dist.all_gather_object(gathered, rngs[0])
+            rngs = gathered
+        if rt.main:
+            save_checkpoint(out / "checkpoints", {
+                "model": space.state_dict(), "search": search.state_dict(), "optimizer": optimizer.state_dict(),
+                "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "sampler_rng": rngs, "torch_rng": torch.get_rng_state(),
+                "progress": {**state, "epoch": epoch, "step": step}, "config": cfg.to_dict(),
+            }, space.settings.as_dict())
+
+    model = space
+    ddp = None
+    child = None
+    for epoch in range(state["epoch"], cfg.epochs):
+        stage = stage_of(epoch, cfg)
+        start_step = state["step"] if epoch == state["epoch"] else 0
+        if stage == "search" and start_step == 0:
+            _early_fix(search, cfg)
+        if stage == "finetune":
+            if child is None:
+                if epoch == cfg.search_epochs and start_step == 0:  # the switch: fix the argmax, reset BN
+                    search.fix_all(_derive(search, cfg))
+                    child = space.child(search.derive(), share=True)
+                    reset_bn_stats(child)
+                else:  # resumed inside the finetune stage
+                    child = space.child(search.derive(), share=True)
+            model = child
+        if rt.world > 1 and (ddp is None or ddp.module is not model):
+            ddp = nn.parallel.DistributedDataParallel(
+                model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+                find_unused_parameters=stage != "finetune", broadcast_buffers=False)
+        net = ddp if rt.world > 1 else model
+        if cfg.compile and rt.device.type == "cuda" and stage == "finetune":
+            net = torch.compile(net)
+
+        train_loader.set_epoch(epoch, start_step)
+        space.train()
+        loss_sum = torch.zeros((), device=rt.device)
+        seen = 0
+        bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs} {stage}",
+                   leave=False, disable=None if rt.main and not quiet else True, dynamic_ncols=True)
+        for step, (x, y) in enumerate(train_loader, start=start_step):
+            if stage != "finetune":
+                search.sample(gate=stage == "search")
+            if rt.device.type == "cuda" and cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
+                loss = criterion(net(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if stage == "search":
+                search.compute_arch_grads()
+                arch_optimizer.step()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach()
+            seen += 1
+            state["global_step"] += 1
+            bar.update(1)
+            if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
+                _check_finite(loss_sum, epoch, step, out)
+                checkpoint(epoch, step + 1)
+        bar.close()
+        _check_finite(loss_sum, epoch, steps_per_epoch - 1, out)
+
+        # evaluate the argmax child
+        arch = search.derive() if stage != "finetune" else [c.fixed for c in search.choices]
+        eval_child = child if child is not None else space.child(arch, share=True)
+        if stage != "finetune":
+            if cfg.eval_bn_recalibrate:
+                train_loader.set_epoch(epoch)
+                recalibrate_bn(eval_child, train_loader, cfg.eval_bn_recalibrate // rt.world)
+        metrics = accuracy(eval_child, test_loader, rt.amp_dtype)
+        train_loss = float(loss_sum) / max(seen, 1)
+        if rt.world > 1:
+            t = torch.tensor([train_loss], device=rt.device)
+            dist.all_reduce(t)
+            train_loss = float(t) / rt.world
+        fixed = sum(f is not None for f in search.fixed())
+        mflops = table.total(arch)
+        record = {"epoch": epoch + 1, "stage": stage, "train_loss": round(train_loss, 4),
+                  "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),
+                  "entropy": round(search.entropy(), 4), "fixed": fixed, "mflops": round(mflops, 3),
+                  "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 1)}
+        state["history"].append(record)
+        state["alpha_rows"] += alpha_rows(epoch + 1, stage, [c.names for c in search.choices],
+                                          [p.tolist() for p in search.probs()], search.fixed())
+        log.line(f"epoch {epoch + 1:3d}/{cfg.epochs} {stage:<8} loss {train_loss:.3f}  top1 {metrics['top1']:5.2f}%  "
+                 f"H(alpha) {record['entropy']:.3f}  fixed {fixed:2d}/{len(search.choices)}  "
+                 f"child {mflops:.2f} MFLOPs  {record['elapsed_s']:.0f}s")
+        log.scalars(epoch + 1, {"train/loss": train_loss, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"],
+                                "alpha/entropy": record["entropy"], "alpha/fixed": fixed, "child/mflops": mflops,
+                                "train/lr": record["lr"]})
+        state["epoch"], state["step"] = epoch + 1, 0
+        checkpoint(epoch + 1, 0)
+        if rt.main:
+            write_alpha_csv(out / "alpha.csv", state["alpha_rows"])
+
+    # --- the result -----------------------------------------------------------------------------
+    arch_idx = [c.fixed for c in search.choices] if all(f is not None for f in search.fixed()) else _derive(search, cfg)
+    final_child = space.child(arch_idx).cpu().float()
+    result = state["history"][-1] if state["history"] else {}
+    costs = table.costs(arch_idx)
+    metrics = {"top1": result.get("top1"), "top5": result.get("top5"), **costs,
+               "budget_mflops": cfg.budget_mflops or None,
+               "within_budget": None if not cfg.budget_mflops else costs["mflops"] <= cfg.budget_mflops,
+               "wall_s": round(time.time() - started, 1), "epochs": cfg.epochs, "world_size": rt.world,
+               "device": rt.device.type, "data": data.name, "train_images": len(data.train),
+               "test_images": len(data.test), "history": state["history"]}
+    if rt.main:
+        names = [c.names[i] for c, i in zip(search.choices, arch_idx)]
+        arch = Architecture(names, "shufflenet", space.settings.as_dict(),
+                            {**costs, "input_size": data.input_size, "top1": metrics["top1"],
+                             "created_by": f"dsnas {__version__} search", "run": str(out)})
+        save_arch(arch, out / "arch.yaml")
+        save_weights(final_child, out / "child.safetensors", {"format": "dsnas-child/1"})
+        write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+        plot_alpha(out / "alpha.png", state["alpha_rows"], f"DSNAS on {data.name}: softmax(alpha) per block")
+        log.line(f"done in {metrics['wall_s']:.0f}s: child top1 {metrics['top1']}%  top5 {metrics['top5']}%  "
+                 f"{costs['mflops']:.2f} MFLOPs  {costs['params_m']:.3f} M params -> {out}")
+    log.close()
+    if rt.world > 1:
+        dist.barrier()
+    return {**metrics, "out": str(out)}
+
+
+def _early_fix(search: DSNAS, cfg: Config) -> list[int]:
+    """Early fix at the start of a search epoch; with a budget, a block is fixed only if the
+    cheapest completion of the remaining blocks still fits."""
+    if not cfg.budget_mflops:
+        return search.early_fix()
+    before = search.fixed()
+    newly = search.early_fix()
+    for i in newly:
+        floor = search.base_cost + sum(float(c[f]) if f is not None else float(c.min())
+                                       for c, f in zip(search.costs, search.fixed()))
+        if floor > cfg.budget_mflops:
+            search.choices[i].fixed = before[i]
+    return [i for i in newly if search.choices[i].fixed is not None]
+
+
+def _derive(search: DSNAS, cfg: Config) -> list[int]:
+    return search.derive_within(cfg.budget_mflops) if cfg.budget_mflops else search.derive()
+
+
+def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, out: Path) -> None:
+    if not torch.isfinite(loss_sum):
+        raise DsnasError(f"the loss became NaN or infinite in epoch {epoch + 1} (by step {step + 1}); "
+                         f"training stopped, the last good checkpoint is kept in {out / 'checkpoints'}")
