@@ -6,6 +6,7 @@ Every key is typed; unknown keys, wrong types and out-of-range values are one-li
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -92,6 +93,13 @@ def _coerce(key: str, value):
     kind = {"int": int, "float": float, "str": str, "bool": bool}[_TYPES[key]]
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if kind in (int, float) and isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
+        try:
+            value = kind(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, float) and not math.isfinite(value):
+        raise DsnasError(f"config: {key} must be a finite number, got {value!r}")
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):

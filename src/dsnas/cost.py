@@ -113,22 +113,24 @@ def cost_table(model: nn.Module, example: torch.Tensor) -> CostTable:
     inputs: dict[int, torch.Tensor] = {}
     handles = [c.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i, c in enumerate(choices)]
     was_training = model.training
-    model.eval()
+    model.eval()  # counting must not touch BN running statistics
+    entries = {m: [] for m in METRICS}
     try:
         for c in choices:
             c.active, c.mask = 0, None
         whole, _ = count(model, example)
+        for h in handles:
+            h.remove()
+        for i, choice in enumerate(choices):
+            rows = [count(op, inputs[i])[0] for op in choice.candidates]
+            for m in METRICS:
+                entries[m].append([r[m] for r in rows])
     finally:
         for h in handles:
             h.remove()
         for c, (active, mask) in zip(choices, saved):
             c.active, c.mask = active, mask
         model.train(was_training)
-    entries = {m: [] for m in METRICS}
-    for i, choice in enumerate(choices):
-        rows = [count(op, inputs[i])[0] for op in choice.candidates]
-        for m in METRICS:
-            entries[m].append([r[m] for r in rows])
     base = {m: whole[m] - sum(row[0] for row in entries[m]) for m in METRICS}
     # parameters of unchosen candidates were counted in `whole`; base holds only the fixed parts
     base["params_m"] = (sum(p.numel() for p in model.parameters()) / 1e6

@@ -102,13 +102,19 @@ class ShuffleNetSettings:
     small_input: bool | None = None  # None: chosen from input_size
 
     def __post_init__(self):
+        for key in ("num_classes", "in_channels", "input_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{key} must be a positive integer, got {value!r}")
+        if self.input_size > 4096:
+            raise ValueError(f"input_size must be <= 4096, got {self.input_size}")
+        if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not 0 < self.width <= 8:
+            raise ValueError(f"width must be a number in (0, 8], got {self.width!r}")
         if self.small_input is None:
             object.__setattr__(self, "small_input", self.input_size < SMALL_INPUT_BELOW)
-        for key in ("num_classes", "in_channels", "input_size"):
-            if int(getattr(self, key)) < 1:
-                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
-        if not self.width > 0:
-            raise ValueError(f"width must be > 0, got {self.width}")
+        elif not isinstance(self.small_input, bool):
+            raise ValueError(f"small_input must be true, false or null, got {self.small_input!r}")
+        object.__setattr__(self, "width", float(self.width))
 
     def as_dict(self) -> dict:
         return asdict(self)

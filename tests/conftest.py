@@ -1,0 +1,99 @@
+"""Shared helpers for the dsnas tests.
+
+All tests run on the CPU. The models here run batch-1 (or tiny-batch) forwards, for which
+intra-op threading only costs: on a small shared machine, OpenMP threads spinning against other
+processes make a 224 px forward ~100x slower. So this process and every CLI subprocess use one
+thread.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+TESTS_DIR = Path(__file__).resolve().parent
+SRC_DIR = TESTS_DIR.parent / "src"
+
+# The 20 blocks of the shufflenet space, in order (MMRazor's names).
+BLOCK_KEYS = [f"backbone.layers.{s}.{j}" for s, r in enumerate((4, 4, 8, 4)) for j in range(r)]
+
+
+@dataclass
+class CliResult:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def cli_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(SRC_DIR) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env["OMP_NUM_THREADS"] = "1"
+    env["MKL_NUM_THREADS"] = "1"
+    return env
+
+
+def _command(args) -> list[str]:
+    return [sys.executable, "-m", "dsnas", *[str(a) for a in args]]
+
+
+def run_cli(*args, timeout: float = 120) -> CliResult:
+    """Run ``python -m dsnas ARGS`` as a subprocess with PYTHONPATH pointing at ``src``."""
+    p = subprocess.run(_command(args), env=cli_env(), capture_output=True, text=True, timeout=timeout,
+                       cwd=TESTS_DIR.parent)
+    return CliResult(p.returncode, p.stdout, p.stderr)
+
+
+def run_cli_many(arg_lists, timeout: float = 180) -> list[CliResult]:
+    """Run several ``python -m dsnas`` commands at once (each starts a fresh interpreter, whose
+    torch import dominates the time); results in the order given."""
+    procs = [subprocess.Popen(_command(args), env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=TESTS_DIR.parent) for args in arg_lists]
+    results = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            results.append(CliResult(p.returncode, out, err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return results
+
+
+@pytest.fixture
+def dsnas_main(capsys):
+    """Call ``dsnas.cli.main(argv)`` in this process; returns a CliResult."""
+    from dsnas.cli import main
+
+    def call(*args) -> CliResult:
+        capsys.readouterr()
+        rc = main([str(a) for a in args])
+        captured = capsys.readouterr()
+        return CliResult(rc, captured.out, captured.err)
+
+    return call
+
+
+def random_arch(seed: int, num_blocks: int = 20) -> list[str]:
+    from dsnas.spaces.shufflenet import OPS
+
+    g = torch.Generator().manual_seed(seed)
+    return [OPS[int(i)] for i in torch.randint(len(OPS), (num_blocks,), generator=g)]
+
+
+@pytest.fixture(scope="session")
+def table_224():
+    """The cost table of the full-size space (224 px, 1000 classes, 3 channels), built once."""
+    from dsnas import ShuffleNetSpace
+
+    return ShuffleNetSpace().costs
