@@ -1,13 +1,32 @@
-"""dsnas: Direct Neural Architecture Search without parameter retraining (Hu et al., CVPR 2020)."""
+"""dsnas: Direct Neural Architecture Search without parameter retraining (Hu et al., CVPR 2020).
 
-from .arch import Architecture, load_arch, save_arch
-from .choice import Choice
-from .cost import CostTable, cost_table
-from .errors import DsnasError
-from .search import DSNAS
-from .spaces import ShuffleNetChild, ShuffleNetSpace
+The public names are imported on first use, so that the command line answers bad input
+without loading PyTorch first.
+"""
+
+from importlib import import_module
 
 __version__ = "0.1.0"
 
-__all__ = ["DSNAS", "Architecture", "Choice", "CostTable", "DsnasError", "ShuffleNetChild", "ShuffleNetSpace",
-           "cost_table", "load_arch", "save_arch", "__version__"]
+_EXPORTS = {
+    "Architecture": "arch", "load_arch": "arch", "save_arch": "arch",
+    "Choice": "choice",
+    "CostTable": "cost", "cost_table": "cost",
+    "DsnasError": "errors",
+    "DSNAS": "search",
+    "ShuffleNetChild": "spaces", "ShuffleNetSpace": "spaces",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'dsnas' has no attribute {name!r}")
+
+
+def __dir__():
+    return __all__

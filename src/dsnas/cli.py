@@ -128,7 +128,6 @@ def cmd_export(args) -> int:
 
 def cmd_search(args) -> int:
     from .config import load_config
-    from .train import run_search
 
     if args.resume and args.out and args.resume != args.out:
         raise DsnasError("give the run directory once: --resume DIR (without --out)")
@@ -147,6 +146,11 @@ def cmd_search(args) -> int:
         cfg = load_config(args.config, args.set)
         if args.data:
             cfg.data = args.data
+        if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+            raise DsnasError(f"{out} already exists and is not empty; pass --resume {out} to continue a run "
+                             "there, or choose another --out")
+    from .train import run_search
+
     run_search(cfg, Path(out) if out else None, resume=bool(args.resume), quiet=args.quiet)
     return 0
 

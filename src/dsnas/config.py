@@ -52,7 +52,7 @@ class Config:
     # hardware (ignored on CPU where noted)
     device: str = "auto"               # auto | cpu | cuda
     amp: str = "auto"                  # auto (bf16 on CUDA when supported) | off | bf16 | fp16
-    channels_last: bool = True         # CUDA only
+    channels_last: bool = True         # channels-last memory format (faster on CPU and GPU)
     compile: bool = False              # torch.compile the model (CUDA only)
 
     def validate(self) -> "Config":

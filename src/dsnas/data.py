@@ -39,7 +39,7 @@ class Split:
         return len(self.labels)
 
     def limit(self, n: int | None, seed: int = 0) -> "Split":
-        """A stratified-at-random subset of at most ``n`` images (seeded)."""
+        """A seeded random subset of at most ``n`` images."""
         if not n or n >= len(self):
             return self
         keep = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n].sort().values
@@ -251,7 +251,9 @@ class BatchPlan:
             order = order[: (self.n // self.world) * self.world]
         mine = order[self.rank:: self.world]
         for b in range(self.start, len(self)):
-            yield mine[b * self.batch_size: (b + 1) * self.batch_size].tolist()
+            batch = mine[b * self.batch_size: (b + 1) * self.batch_size].tolist()
+            if batch:  # without drop_last a rank's share can end exactly on a batch boundary
+                yield batch
 
 
 def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:

@@ -103,10 +103,10 @@ def new_run_dir(data_name: str) -> Path:
 class Logger:
     """Rank 0 writes: epoch lines, TensorBoard scalars."""
 
-    def __init__(self, out: Path, enabled: bool):
-        self.enabled = enabled
+    def __init__(self, out: Path, main: bool, quiet: bool):
+        self.enabled = main and not quiet
         self.tb = None
-        if enabled:
+        if main:
             from torch.utils.tensorboard import SummaryWriter
 
             self.tb = SummaryWriter(str(out / "tensorboard"))
@@ -126,8 +126,16 @@ class Logger:
 
 
 # --- the run ------------------------------------------------------------------------------------
-def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet: bool = False) -> dict:
-    """Run a DSNAS search with ``cfg``; files go to ``out``. Returns the final metrics."""
+@dataclass
+class RunResult:
+    metrics: dict
+    out: Path
+    space: ShuffleNetSpace
+    search: DSNAS
+
+
+def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet: bool = False) -> RunResult:
+    """Run a DSNAS search with ``cfg``; files go to ``out`` (rank 0 writes them)."""
     started = time.time()
     rt = setup_runtime(cfg)
     data = load_data(cfg.data, cfg.input_size or None)
@@ -151,7 +159,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                             width=cfg.width)
     table = space.costs  # counted once, on the CPU, before the model moves
     space.to(rt.device)
-    if rt.device.type == "cuda" and cfg.channels_last:
+    if cfg.channels_last:
         space.to(memory_format=torch.channels_last)
     search = DSNAS(space, costs=table, budget=cfg.budget_mflops or None, penalty=cfg.penalty,
                    early_fix=cfg.early_fix, generator=torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank))
@@ -181,7 +189,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
 
-    log = Logger(out, rt.main and not quiet)
+    log = Logger(out, rt.main, quiet)
     if rt.main and not quiet and not resume:
         b = table.bounds()
         log.line(f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
@@ -237,7 +245,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         for step, (x, y) in enumerate(train_loader, start=start_step):
             if stage != "finetune":
                 search.sample(gate=stage == "search")
-            if rt.device.type == "cuda" and cfg.channels_last:
+            if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
                 loss = criterion(net(x), y)
@@ -258,6 +266,8 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         bar.close()
         _check_finite(loss_sum, epoch, steps_per_epoch - 1, out)
 
+        if rt.world > 1:
+            check_consistent(search, epoch)
         # evaluate the argmax child
         arch = search.derive() if stage != "finetune" else [c.fixed for c in search.choices]
         eval_child = child if child is not None else space.child(arch, share=True)
@@ -316,7 +326,20 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     log.close()
     if rt.world > 1:
         dist.barrier()
-    return {**metrics, "out": str(out)}
+    return RunResult(metrics, out, space, search)
+
+
+def check_consistent(search: DSNAS, epoch: int) -> None:
+    """All ranks must hold bitwise the same alpha and fixed set; abort with a clear error if not."""
+    alpha = torch.cat([a.detach().flatten().float() for a in search.alphas])
+    fixed = torch.tensor([-1 if f is None else f for f in search.fixed()], dtype=torch.float32, device=alpha.device)
+    mine = torch.cat([alpha, fixed])
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    bad = [r for r, t in enumerate(gathered) if not torch.equal(t, gathered[0])]
+    if bad:
+        raise DsnasError(f"ranks {bad} hold a different alpha or fixed set than rank 0 after epoch {epoch + 1}; "
+                         "the architecture state diverged, stopping")
 
 
 def _early_fix(search: DSNAS, cfg: Config) -> list[int]:

@@ -1,0 +1,239 @@
+"""Run configuration: presets, YAML files, ``--set`` overrides, one-line errors (also through the CLI)."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import run_cli_many
+from dsnas import DsnasError
+from dsnas.config import Config, builtin_configs, load_config
+
+CONFIGS = Path(str(resources.files("dsnas") / "configs"))
+KNOWN = {f.name for f in dataclasses.fields(Config)}
+
+
+def preset(name: str) -> dict:
+    return yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+
+
+DEMO = preset("demo")
+
+
+def error_message(*args, **kwargs) -> str:
+    with pytest.raises(DsnasError) as e:
+        load_config(*args, **kwargs)
+    msg = str(e.value)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+def assert_matches(cfg: Config, expected: dict) -> None:
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        want = expected.get(f.name, getattr(defaults, f.name))
+        got = getattr(cfg, f.name)
+        assert got == pytest.approx(want) if isinstance(want, float) else got == want, (f.name, got, want)
+        assert isinstance(got, type(getattr(defaults, f.name))), (f.name, got)
+
+
+# --- presets --------------------------------------------------------------------------------------
+def test_default_is_demo():
+    assert_matches(load_config(), DEMO)
+    assert_matches(load_config("demo"), DEMO)
+    assert DEMO["data"] == "embedded"
+
+
+@pytest.mark.parametrize("name", ["fmnist", "imagenet"])
+def test_presets_load(name):
+    assert_matches(load_config(name), preset(name))
+
+
+def test_builtin_presets_listed():
+    assert set(builtin_configs()) >= {"demo", "fmnist", "imagenet"}
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_presets_use_known_keys(path):
+    data = yaml.safe_load(path.read_text())
+    assert isinstance(data, dict) and data
+    assert set(data) <= KNOWN, set(data) - KNOWN
+    load_config(str(path))  # and validate as a file path too
+
+
+def test_config_file_and_overrides(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("epochs: 20\nsearch_epochs: 10\nwarmup_epochs: 2\nlr: 0.05\nwidth: 1\n")
+    cfg = load_config(str(f), ["lr=0.3"])
+    assert cfg.epochs == 20 and cfg.width == 1.0 and isinstance(cfg.width, float)
+    assert cfg.lr == 0.3
+    assert cfg.batch_size == Config().batch_size  # keys a file leaves out keep the defaults, not demo's
+
+
+def test_empty_config_file_gives_defaults(tmp_path):
+    f = tmp_path / "empty.yaml"
+    f.write_text("# nothing\n")
+    assert_matches(load_config(str(f)), {})
+
+
+# --- overrides ------------------------------------------------------------------------------------
+def test_set_float_exponent():
+    cfg = load_config(None, ["lr=1e-3"])  # YAML 1.1 reads 1e-3 as a string
+    assert isinstance(cfg.lr, float) and cfg.lr == 0.001
+    cfg = load_config(None, ["weight_decay=5e-5", "arch_lr=2E-2"])
+    assert cfg.weight_decay == 5e-5 and cfg.arch_lr == 0.02
+
+
+def test_set_int():
+    cfg = load_config(None, ["epochs=5", "search_epochs=4"])
+    assert cfg.epochs == 5 and type(cfg.epochs) is int
+    assert cfg.search_epochs == 4
+
+
+def test_set_bool():
+    cfg = load_config(None, ["channels_last=false"])
+    assert cfg.channels_last is False
+    assert load_config(None, ["channels_last=true"]).channels_last is True
+
+
+def test_set_str():
+    assert load_config(None, ["data=/some/path"]).data == "/some/path"
+    assert load_config(None, ["data=123"]).data == "123"  # str keys keep the text as typed
+    assert load_config(None, ["data=1e-3"]).data == "1e-3"
+    assert load_config(None, ["data=007"]).data == "007"  # not YAML's int 7
+    assert load_config(None, ["data=yes"]).data == "yes"  # not YAML 1.1's bool
+    assert load_config(None, ["data=/a: b"]).data == "/a: b"
+
+
+def test_set_later_wins_and_int_to_float():
+    cfg = load_config(None, ["lr=0.1", "lr=0.2", "width=1"])
+    assert cfg.lr == 0.2
+    assert cfg.width == 1.0 and isinstance(cfg.width, float)
+
+
+# --- errors ---------------------------------------------------------------------------------------
+def test_unknown_key_set():
+    msg = error_message(None, ["nosuchkey=1"])
+    assert "nosuchkey" in msg and "unknown" in msg
+
+
+def test_unknown_key_file(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("epochs: 20\nlearning_rate: 0.1\n")
+    msg = error_message(str(f))
+    assert "learning_rate" in msg and "unknown" in msg and "c.yaml" in msg
+
+
+@pytest.mark.parametrize("item, key", [("epochs=abc", "epochs"), ("lr=fast", "lr"), ("channels_last=maybe", "channels_last"),
+                                       ("epochs=2.5", "epochs"), ("batch_size=true", "batch_size"), ("lr=[1]", "lr")])
+def test_wrong_type(item, key):
+    msg = error_message(None, [item])
+    assert key in msg and item.split("=", 1)[1].lower() in msg.lower()
+
+
+def test_set_without_equals():
+    msg = error_message(None, ["lr"])
+    assert "key=value" in msg and "'lr'" in msg
+
+
+@pytest.mark.parametrize("item, key", [
+    ("lr=-1", "lr"),
+    ("lr=0", "lr"),
+    ("batch_size=0", "batch_size"),
+    (f"warmup_epochs={DEMO['search_epochs'] + 1}", "warmup_epochs"),
+    (f"search_epochs={DEMO['epochs'] + 1}", "search_epochs"),
+    ("early_fix=0", "early_fix"),
+    ("early_fix=1.5", "early_fix"),
+    ("lr=.inf", "lr"),
+    ("lr=inf", "lr"),
+    ("lr=nan", "lr"),
+    ("momentum=-0.5", "momentum"),
+    ("device=gpu", "device"),
+    ("amp=fp8", "amp"),
+])
+def test_out_of_range(item, key):
+    msg = error_message(None, [item])
+    assert key in msg
+
+
+def test_early_fix_one_is_allowed():
+    assert load_config(None, ["early_fix=1"]).early_fix == 1.0
+
+
+def test_malformed_yaml(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("epochs: [1, 2\nlr: {\n")
+    msg = error_message(str(f))
+    assert "broken.yaml" in msg and "YAML" in msg
+
+
+def test_yaml_not_a_mapping(tmp_path):
+    f = tmp_path / "list.yaml"
+    f.write_text("- epochs\n- 3\n")
+    msg = error_message(str(f))
+    assert "list.yaml" in msg and "mapping" in msg
+
+
+def test_missing_config_file(tmp_path):
+    msg = error_message(str(tmp_path / "nope.yaml"))
+    assert "nope.yaml" in msg and "does not exist" in msg
+    msg = error_message("nosuchpreset")
+    assert "nosuchpreset" in msg
+
+
+def test_config_path_is_a_folder(tmp_path):
+    msg = error_message(str(tmp_path))
+    assert str(tmp_path) in msg
+
+
+# --- through the CLI (subprocesses, run at once) --------------------------------------------------
+METRICS = '{"top1": 12.5, "note": "keep me"}\n'
+
+
+@pytest.fixture(scope="module")
+def cli_errors(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    broken = base / "broken.yaml"
+    broken.write_text("epochs: [1, 2\n")
+    existing = base / "existing"
+    existing.mkdir()
+    (existing / "metrics.json").write_text(METRICS)
+    cases = {
+        "unknown": ["search", "--set", "nosuchkey=1", "--out", base / "out_unknown"],
+        "range": ["search", "--set", "lr=-1", "--out", base / "out_range"],
+        "yaml": ["search", "--config", broken, "--out", base / "out_yaml"],
+        "exists": ["search", "--quiet", "--out", existing],
+    }
+    results = dict(zip(cases, run_cli_many(list(cases.values()))))
+    return base, results
+
+
+@pytest.mark.parametrize("case, words", [("unknown", ["nosuchkey"]), ("range", ["lr"]),
+                                         ("yaml", ["broken.yaml", "YAML"]), ("exists", ["--resume"])])
+def test_cli_one_line_error(cli_errors, case, words):
+    _, results = cli_errors
+    r = results[case]
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith("dsnas: error:")
+    for w in words:
+        assert w in lines[0]
+
+
+@pytest.mark.parametrize("case", ["unknown", "range", "yaml"])
+def test_cli_config_error_creates_nothing(cli_errors, case):
+    base, _ = cli_errors
+    assert not (base / f"out_{case}").exists()
+
+
+def test_cli_existing_run_untouched(cli_errors):
+    base, _ = cli_errors
+    existing = base / "existing"
+    assert [p.name for p in existing.iterdir()] == ["metrics.json"]
+    assert (existing / "metrics.json").read_text() == METRICS

@@ -1,0 +1,121 @@
+"""The training loop end to end on tiny settings: files, stages, finetune semantics, determinism, eval."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+
+from dsnas.arch import load_arch
+from dsnas.config import load_config
+from dsnas.export import load_child
+from dsnas.train import run_search
+
+TINY = ["width=0.25", "train_limit=256", "test_limit=200", "batch_size=64", "epochs=3", "warmup_epochs=1",
+        "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=128", "seed=3"]
+
+
+def tiny_cfg(*extra):
+    return load_config(None, TINY + list(extra))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    return out, run_search(tiny_cfg(), out, quiet=True).metrics
+
+
+def test_search_writes_every_output(tiny_run):
+    out, metrics = tiny_run
+    for name in ("arch.yaml", "child.safetensors", "metrics.json", "alpha.csv", "alpha.png", "config.yaml",
+                 "checkpoints/last.pt"):
+        assert (out / name).is_file(), name
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    saved = json.loads((out / "metrics.json").read_text())
+    for key in ("top1", "top5", "mflops", "macs_m", "params_m", "wall_s", "epochs", "world_size"):
+        assert key in saved, key
+    assert saved["epochs"] == 3 and saved["world_size"] == 1
+    assert [h["stage"] for h in saved["history"]] == ["warmup", "search", "finetune"]
+    arch = load_arch(out / "arch.yaml")
+    assert arch.metadata["mflops"] == saved["mflops"]
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["width"] == 0.25 and cfg["train_limit"] == 256
+    rows = (out / "alpha.csv").read_text().strip().splitlines()
+    assert rows[0].startswith("epoch,stage,block,shuffle_3x3")
+    assert len(rows) == 1 + 3 * 20
+    assert (out / "alpha.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_child_weights_reproduce_reported_accuracy(tiny_run):
+    """The exported child, loaded from its files, scores what the run reported."""
+    out, metrics = tiny_run
+    from dsnas.data import Loader, load_data
+    from dsnas.evaluate import accuracy
+
+    child = load_child(load_arch(out / "arch.yaml"), out / "child.safetensors")
+    data = load_data()
+    data.test = data.test.limit(200, 3)
+    got = accuracy(child, Loader(data, "test", 256, 3, torch.device("cpu"), train=False))
+    assert abs(got["top1"] - metrics["top1"]) < 1e-6
+
+
+def test_finetune_trains_only_the_child_and_resets_bn(tiny_run):
+    out, _ = tiny_run
+    before = torch.load(out / "checkpoints" / "prev.pt", weights_only=True)  # end of the search stage
+    after = torch.load(out / "checkpoints" / "last.pt", weights_only=True)   # end of finetune
+    arch = load_arch(out / "arch.yaml")
+    ops = ["shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception"]
+    chosen = {f"blocks.{i}.candidates.{ops.index(op)}." for i, op in enumerate(arch.choices)}
+    steps = 256 // 64
+    changed_unchosen, checked_bn = [], 0
+    for key, value in after["model"].items():
+        if not key.startswith("blocks."):
+            continue
+        prefix = ".".join(key.split(".")[:4]) + "."
+        if prefix in chosen:
+            if key.endswith("num_batches_tracked"):
+                # reset at the switch, then one count per finetune step
+                assert int(value) == steps, key
+                checked_bn += 1
+        elif not torch.equal(value, before["model"][key]):
+            changed_unchosen.append(key)
+    assert checked_bn > 0
+    assert changed_unchosen == []
+    assert before["search"]["alphas"][0].tolist() == after["search"]["alphas"][0].tolist()  # alpha frozen
+
+
+def test_same_seed_same_result(tiny_run, tmp_path):
+    out, metrics = tiny_run
+    again = run_search(tiny_cfg(), tmp_path / "again", quiet=True).metrics
+    assert load_arch(tmp_path / "again" / "arch.yaml").choices == load_arch(out / "arch.yaml").choices
+    a = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    assert again["top1"] == metrics["top1"]
+
+
+def test_budget_is_respected(tmp_path):
+    from dsnas.spaces import ShuffleNetSpace
+
+    table = ShuffleNetSpace(num_classes=10, in_channels=1, input_size=28, width=0.25).costs
+    budget = round(table.bounds()["min"] + 0.05, 3)  # barely above the cheapest child
+    metrics = run_search(tiny_cfg(f"budget_mflops={budget}", "penalty=0.5", "epochs=2", "test_limit=64",
+                                  "eval_bn_recalibrate=0"), tmp_path / "b", quiet=True).metrics
+    assert metrics["mflops"] <= budget
+    assert metrics["within_budget"] is True
+
+
+def test_eval_command_matches(tiny_run):
+    out, metrics = tiny_run
+    env_path = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
+    res = subprocess.run([sys.executable, "-m", "dsnas", "eval", "--run", str(out), "--json"],
+                         capture_output=True, text=True, env={"PYTHONPATH": env_path, "OMP_NUM_THREADS": "1",
+                                                              "PATH": "/usr/bin:/bin"})
+    assert res.returncode == 0, res.stderr
+    got = json.loads(res.stdout)
+    assert got["images"] == 3000  # eval uses the whole test split of the run's data
+    assert 0 <= got["top1"] <= 100
+    assert (out / "eval.json").is_file()
