@@ -21,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DsnasError
-from .files import write_text
+from .files import read_yaml, write_text
 from .spaces.shufflenet import OPS, STAGE_REPEATS, ShuffleNetSettings, block_keys
 
 FORMAT = "dsnas-arch/1"
@@ -62,6 +62,8 @@ def validate_choices(choices: list[str]) -> None:
 def parse_arch(data, source: str = "architecture") -> Architecture:
     """Build an `Architecture` from a parsed YAML document of either format."""
     try:
+        if data is None:
+            raise DsnasError("the file is empty")
         if not isinstance(data, dict) or not data:
             raise DsnasError("not a mapping of architecture settings")
         if "format" in data:
@@ -112,18 +114,7 @@ def _parse_mmrazor(data: dict) -> list[str]:
 
 
 def load_arch(path: str | Path) -> Architecture:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DsnasError(f"arch file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DsnasError(f"arch file {path} cannot be read: {e}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise DsnasError(f"arch file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    return parse_arch(data, f"arch file {path}")
+    return parse_arch(read_yaml(path, "arch file"), f"arch file {path}")
 
 
 def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False) -> None:

@@ -37,6 +37,12 @@ def _settings_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=_positive_float, help="channel width multiplier (default 1.0, or the arch file's)")
 
 
+def _child_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", help="run directory (holds arch.yaml and child.safetensors)")
+    p.add_argument("--arch", help="architecture file (instead of --run)")
+    p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
+
+
 def _resolve_settings(args, arch=None) -> dict:
     from .spaces import ShuffleNetSettings
 
@@ -133,7 +139,8 @@ def cmd_search(args) -> int:
         raise DsnasError("give the run directory once: --resume DIR (without --out)")
     out = args.resume or args.out
     if args.resume:
-        from .config import Config, apply, read_yaml
+        from .config import Config, apply
+        from .files import read_yaml
 
         saved = read_yaml(Path(args.resume) / "config.yaml", "run config")
         if not isinstance(saved, dict):
@@ -158,10 +165,9 @@ def cmd_search(args) -> int:
 def cmd_eval(args) -> int:
     import torch
 
-    from .config import Config, apply, read_yaml
     from .data import Loader, load_data
     from .evaluate import accuracy, recalibrate_bn
-    from .files import write_text
+    from .files import read_yaml, write_text
 
     arch, child = _load_run_child(args)
     data_spec = args.data
@@ -206,9 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a child on the test split")
-    p.add_argument("--run", help="run directory (holds arch.yaml and child.safetensors)")
-    p.add_argument("--arch", help="architecture file (instead of --run)")
-    p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
+    _child_args(p)
     p.add_argument("--data", help="dataset (default: the run's, else the embedded set)")
     p.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
                    help="re-estimate BN statistics on N training images first")
@@ -222,9 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")
-    p.add_argument("--run", help="run directory (holds arch.yaml and child.safetensors)")
-    p.add_argument("--arch", help="architecture file (instead of --run)")
-    p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
+    _child_args(p)
     p.add_argument("--onnx", help="write ONNX here")
     p.add_argument("--mmrazor", help="write the architecture as MMRazor subnet YAML here")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")

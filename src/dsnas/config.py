@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from .errors import DsnasError
+from .files import read_yaml
 
 
 @dataclass
@@ -126,26 +127,13 @@ def builtin_configs() -> dict[str, Path]:
     return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
 
 
-def read_yaml(path: Path, what: str = "config file"):
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise DsnasError(f"{what} {path} does not exist") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise DsnasError(f"{what} {path} cannot be read: {e}") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise DsnasError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
-
-
 def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
     """Defaults <- preset or YAML file (``config``: a path or a preset name) <- ``key=value`` overrides."""
     cfg = Config()
     name = config or "demo"
     presets = builtin_configs()
     path = presets.get(name) if name in presets and not Path(name).exists() else Path(name)
-    data = read_yaml(path)
+    data = read_yaml(path, "config file")
     if data is not None:
         apply(cfg, data, f"config file {path}")
     for item in overrides:

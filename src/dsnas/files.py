@@ -28,3 +28,22 @@ def atomic_path(path: str | os.PathLike):
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "file"):
+    """Parse a YAML file safely; a missing, unreadable or malformed file is a one-line `DsnasError`."""
+    import yaml
+
+    from .errors import DsnasError
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise DsnasError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise DsnasError(f"{what} {path} cannot be read: {e}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise DsnasError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None

@@ -174,7 +174,8 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     steps_per_epoch = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
 
-    state = {"epoch": 0, "step": 0, "global_step": 0, "alpha_rows": [], "history": []}
+    state = {"epoch": 0, "step": 0, "global_step": 0, "alpha_rows": [], "history": [],
+             "epoch_loss": torch.zeros(()), "epoch_seen": 0}
     if resume:
         ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict())
         space.load_state_dict(ckpt["model"])
@@ -185,6 +186,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         search.generator.set_state(ckpt["sampler_rng"][rt.rank] if rt.rank < len(ckpt["sampler_rng"]) else ckpt["sampler_rng"][0])
         torch.set_rng_state(ckpt["torch_rng"])
         state.update(ckpt["progress"])
+        started = time.time() - state.pop("elapsed", 0.0)  # wall time counts the work before the interruption
     elif rt.main:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
@@ -208,7 +210,8 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                 "model": space.state_dict(), "search": search.state_dict(), "optimizer": optimizer.state_dict(),
                 "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "sampler_rng": rngs, "torch_rng": torch.get_rng_state(),
-                "progress": {**state, "epoch": epoch, "step": step}, "config": cfg.to_dict(),
+                "progress": {**state, "epoch": epoch, "step": step, "elapsed": time.time() - started},
+                "config": cfg.to_dict(),
             }, space.settings.as_dict())
 
     model = space
@@ -240,6 +243,9 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         space.train()
         loss_sum = torch.zeros((), device=rt.device)
         seen = 0
+        if start_step:  # resumed mid-epoch: the epoch's running loss continues
+            loss_sum += state["epoch_loss"].to(rt.device)
+            seen = state["epoch_seen"]
         bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs} {stage}",
                    leave=False, disable=None if rt.main and not quiet else True, dynamic_ncols=True)
         for step, (x, y) in enumerate(train_loader, start=start_step):
@@ -262,6 +268,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             bar.update(1)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
                 _check_finite(loss_sum, epoch, step, out)
+                state["epoch_loss"], state["epoch_seen"] = loss_sum.detach().cpu().clone(), seen
                 checkpoint(epoch, step + 1)
         bar.close()
         _check_finite(loss_sum, epoch, steps_per_epoch - 1, out)

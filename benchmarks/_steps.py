@@ -1,0 +1,104 @@
+"""A full DSNAS search step and a plain training step of the fixed child, built identically."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+from torch import nn
+
+from dsnas import DSNAS
+from dsnas.spaces import ShuffleNetSpace
+
+
+class Pair:
+    """The supernet with its DSNAS state and optimizers, and the child of one path with its own."""
+
+    def __init__(self, input_size: int, batch: int, width: float = 1.0, num_classes: int = 10, in_channels: int = 3,
+                 device: str = "cpu", channels_last: bool = True, amp: torch.dtype | None = None, seed: int = 0):
+        torch.manual_seed(seed)
+        self.device, self.amp = torch.device(device), amp
+        self.space = ShuffleNetSpace(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
+                                     width=width)
+        table = self.space.costs
+        self.space.to(self.device)
+        self.search = DSNAS(self.space, costs=table, budget=0.0, penalty=1e-3,
+                            generator=torch.Generator().manual_seed(seed))
+        path = self.search.sample()
+        self.child = self.space.child(path).to(self.device)
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        self.space.to(memory_format=fmt)
+        self.child.to(memory_format=fmt)
+        self.opt = torch.optim.SGD(self.space.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
+        self.arch_opt = torch.optim.Adam(self.search.alphas, lr=1e-3, betas=(0.5, 0.999))
+        self.child_opt = torch.optim.SGD(self.child.parameters(), lr=0.01, momentum=0.9, weight_decay=4e-5)
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(batch, in_channels, input_size, input_size, generator=g).to(self.device, memory_format=fmt)
+        self.y = torch.randint(0, num_classes, (batch,), generator=g).to(self.device)
+        self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+
+    def _loss(self, model):
+        with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
+            return self.criterion(model(self.x), self.y)
+
+    def search_step(self) -> None:
+        self.search.sample()
+        loss = self._loss(self.space)
+        self.opt.zero_grad(set_to_none=True)
+        self.arch_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.search.compute_arch_grads()
+        self.arch_opt.step()
+        self.opt.step()
+
+    def child_step(self) -> None:
+        loss = self._loss(self.child)
+        self.child_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        self.child_opt.step()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def interleaved(self, reps: int, warmup: int = 3) -> tuple[list[float], list[float]]:
+        """Seconds of ``reps`` search steps and ``reps`` child steps, taken in turn."""
+        for _ in range(warmup):
+            self.search_step()
+            self.child_step()
+        search_t, child_t = [], []
+        for _ in range(reps):
+            search_t.append(self.timed(self.search_step))
+            child_t.append(self.timed(self.child_step))
+        return search_t, child_t
+
+    def timed(self, fn) -> float:
+        self.sync()
+        t = time.perf_counter()
+        fn()
+        self.sync()
+        return time.perf_counter() - t
+
+
+def saved_activation_bytes(fn_forward) -> int:
+    """Bytes of the distinct tensors autograd saves for backward during ``fn_forward()``."""
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        try:
+            storage = t.untyped_storage()
+            seen[storage.data_ptr()] = storage.nbytes()
+        except (RuntimeError, NotImplementedError):
+            pass
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn_forward()
+    del out
+    return sum(seen.values())
+
+
+def median(xs: list[float]) -> float:
+    xs = sorted(xs)
+    n = len(xs)
+    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])

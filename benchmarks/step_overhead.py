@@ -1,0 +1,76 @@
+"""What a DSNAS search step costs against a training step of the fixed child on the same path.
+
+A search step = sample a path, forward, backward, alpha-gradient (with the resource term), the
+alpha (Adam) step and the weight (SGD) step; a child step = forward, backward, SGD step of the
+plain child network. The two are interleaved, many repetitions, median time. Memory: the bytes
+autograd keeps for backward in one forward (CPU), or peak allocated memory (CUDA).
+
+    python benchmarks/step_overhead.py [--reps 40] [--json] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+
+from _report import machine, write_section
+from _steps import Pair, median, saved_activation_bytes
+
+SETTINGS = [  # (name, input size, batch, width, classes, channels)
+    ("28 px, batch 64 (small-image space)", 28, 64, 1.0, 10, 1),
+    ("224 px, batch 16", 224, 16, 1.0, 1000, 3),
+]
+
+
+def measure(input_size, batch, width, classes, channels, reps, device):
+    pair = Pair(input_size, batch, width, classes, channels, device=device)
+    search_t, child_t = pair.interleaved(reps)
+    if pair.device.type == "cuda":
+        peaks = []
+        for step in (pair.search_step, pair.child_step):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            step()
+            torch.cuda.synchronize()
+            peaks.append(torch.cuda.max_memory_allocated())
+        search_mem, child_mem, mem_kind = peaks[0], peaks[1], "peak allocated"
+    else:
+        pair.search.arm(pair.search.path)
+        search_mem = saved_activation_bytes(lambda: pair._loss(pair.space))
+        child_mem = saved_activation_bytes(lambda: pair._loss(pair.child))
+        mem_kind = "saved for backward"
+    s, c = median(search_t), median(child_t)
+    return {"search_ms": round(1000 * s, 2), "child_ms": round(1000 * c, 2), "time_ratio": round(s / c, 3),
+            "search_mib": round(search_mem / 2**20, 2), "child_mib": round(child_mem / 2**20, 2),
+            "mem_ratio": round(search_mem / child_mem, 3), "memory": mem_kind, "reps": reps}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--reps", type=int, default=40)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-write", action="store_true")
+    args = p.parse_args()
+    results = {name: measure(*rest, args.reps, args.device) for name, *rest in SETTINGS}
+    if args.json:
+        print(json.dumps({"device": args.device, "settings": results}))
+    lines = ["## Search-step overhead (`benchmarks/step_overhead.py`)", "", f"Machine: {machine()}; device {args.device}.",
+             f"Command: `python benchmarks/step_overhead.py --reps {args.reps}`. Median of {args.reps} interleaved "
+             "repetitions; synthetic data; ShuffleNet space at width 1.0.", "",
+             "| setting | search step (ms) | child step (ms) | time ratio | search mem (MiB) | child mem (MiB) | mem ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for name, r in results.items():
+        lines.append(f"| {name} | {r['search_ms']} | {r['child_ms']} | {r['time_ratio']} | {r['search_mib']} | "
+                     f"{r['child_mib']} | {r['mem_ratio']} |")
+    lines += ["", f"Memory is the {next(iter(results.values()))['memory']} bytes of one step. Target: both ratios ≤ 1.05."]
+    if not args.json:
+        print("\n".join(lines))
+    if not args.no_write:
+        write_section(f"step_overhead_{args.device}", "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

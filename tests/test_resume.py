@@ -1,0 +1,124 @@
+"""Kill a search with SIGKILL at several points (mid-epoch, inside a checkpoint write, between
+the renames of a checkpoint rotation, at the finetune switch), resume it, and get bitwise the
+same architecture, alpha and child weights as a run that was never interrupted."""
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+SETTINGS = ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=3", "warmup_epochs=1",
+            "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=64",
+            "checkpoint_every=2", "seed=11", "early_fix=0.05"]
+
+# Runs `dsnas search` in a child process that SIGKILLs itself at the chosen point.
+KILLER = textwrap.dedent("""
+    import io, os, signal, sys
+    import torch
+    import dsnas.train as train
+    import dsnas.checkpoint as ck
+    mode, k = sys.argv[1], int(sys.argv[2])
+    calls = {"save": 0, "replace": 0}
+    die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+    real_save, real_torch_save, real_replace = train.save_checkpoint, torch.save, os.replace
+
+    def save_then_die(*a, **kw):
+        out = real_save(*a, **kw)
+        calls["save"] += 1
+        if mode == "after_save" and calls["save"] == k:
+            die()
+        return out
+
+    def half_write(obj, f, *a, **kw):
+        calls["save"] += 1
+        if calls["save"] == k:
+            buf = io.BytesIO()
+            real_torch_save(obj, buf)
+            f.write(buf.getvalue()[: len(buf.getvalue()) // 2])
+            f.flush()
+            die()
+        return real_torch_save(obj, f, *a, **kw)
+
+    def rotate_then_die(src, dst):
+        real_replace(src, dst)
+        if str(src).endswith("last.pt"):
+            calls["replace"] += 1
+            if calls["replace"] == k:
+                die()
+
+    train.save_checkpoint = save_then_die
+    if mode == "mid_write":
+        ck.torch.save = half_write
+    if mode == "between_renames":
+        ck.os.replace = rotate_then_die
+    from dsnas.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+def _run(args, kill=None, check=True):
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    if kill is None:
+        cmd = [sys.executable, "-m", "dsnas", *args]
+    else:
+        cmd = [sys.executable, "-c", KILLER, kill[0], str(kill[1]), *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if check:
+        assert res.returncode == 0, res.stderr[-2000:]
+    return res
+
+
+def _search_args(out):
+    args = ["search", "--quiet", "--out", str(out)]
+    for s in SETTINGS:
+        args += ["--set", s]
+    return args
+
+
+def _result(out: Path):
+    ckpt = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    return ((out / "arch.yaml").read_text().split("metadata:")[0], ckpt["search"],
+            load_file(str(out / "child.safetensors")), ckpt["progress"]["history"])
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ref") / "run"
+    _run(_search_args(out))
+    return _result(out)
+
+
+# 4 steps per epoch, checkpoints every 2 steps and at epoch ends: saves 1, 2 in epoch 1,
+# 3, 4 in epoch 2 (search), 5, 6 in epoch 3 (finetune); save 4 ends the search stage.
+@pytest.mark.parametrize("kill", [("after_save", 1), ("after_save", 3), ("mid_write", 4),
+                                  ("between_renames", 3), ("after_save", 4)],
+                         ids=["mid-epoch-1", "mid-epoch-2", "inside-checkpoint-write",
+                              "between-checkpoint-renames", "at-finetune-switch"])
+def test_kill_and_resume_is_exact(reference, tmp_path, kill):
+    out = tmp_path / "run"
+    res = _run(_search_args(out), kill=kill, check=False)
+    assert res.returncode == -9, (res.returncode, res.stderr[-1000:])
+    assert not (out / "child.safetensors").exists()
+    _run(["search", "--quiet", "--resume", str(out)])
+    arch, search, child, history = _result(out)
+    ref_arch, ref_search, ref_child, ref_history = reference
+    assert arch == ref_arch
+    assert search["fixed"] == ref_search["fixed"]
+    for a, b in zip(search["alphas"], ref_search["alphas"]):
+        assert torch.equal(a, b)
+    assert child.keys() == ref_child.keys()
+    for key in child:
+        assert torch.equal(child[key], ref_child[key]), key
+    assert [h["top1"] for h in history] == [h["top1"] for h in ref_history]
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in ref_history]
+
+
+def test_resume_of_finished_or_missing_run(tmp_path):
+    res = _run(["search", "--resume", str(tmp_path / "nothing")], check=False)
+    assert res.returncode == 2 and "dsnas: error:" in res.stderr and "Traceback" not in res.stderr
