@@ -141,7 +141,7 @@ BAD_FILES = {
     "unknown_format": ("format: something/9\nchoices: []\n", ["something/9", "format"]),
     "invalid_yaml": ("format: dsnas-arch/1\nchoices: [shuffle_3x3, shuffle_5x5\n", ["YAML"]),
     "missing_file": (None, ["does not exist"]),
-    "empty_file": ("", ["not a mapping"]),
+    "empty_file": ("", ["is empty"]),
 }
 
 

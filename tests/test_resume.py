@@ -24,7 +24,7 @@ KILLER = textwrap.dedent("""
     import dsnas.train as train
     import dsnas.checkpoint as ck
     mode, k = sys.argv[1], int(sys.argv[2])
-    calls = {"save": 0, "replace": 0}
+    calls = {"save": 0, "write": 0, "replace": 0}
     die = lambda: os.kill(os.getpid(), signal.SIGKILL)
     real_save, real_torch_save, real_replace = train.save_checkpoint, torch.save, os.replace
 
@@ -36,8 +36,8 @@ KILLER = textwrap.dedent("""
         return out
 
     def half_write(obj, f, *a, **kw):
-        calls["save"] += 1
-        if calls["save"] == k:
+        calls["write"] += 1
+        if calls["write"] == k:
             buf = io.BytesIO()
             real_torch_save(obj, buf)
             f.write(buf.getvalue()[: len(buf.getvalue()) // 2])

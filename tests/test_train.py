@@ -44,7 +44,8 @@ def test_search_writes_every_output(tiny_run):
     assert cfg["width"] == 0.25 and cfg["train_limit"] == 256
     rows = (out / "alpha.csv").read_text().strip().splitlines()
     assert rows[0].startswith("epoch,stage,block,shuffle_3x3")
-    assert len(rows) == 1 + 3 * 20
+    assert len(rows) == 1 + (1 + 3) * 20  # initial alpha, then every epoch
+    assert rows[1].startswith("0,init,0,0.25,0.25,0.25,0.25")
     assert (out / "alpha.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -119,3 +120,14 @@ def test_eval_command_matches(tiny_run):
     assert got["images"] == 3000  # eval uses the whole test split of the run's data
     assert 0 <= got["top1"] <= 100
     assert (out / "eval.json").is_file()
+
+
+def test_non_finite_loss_stops_with_clear_error(tmp_path):
+    from dsnas import DsnasError
+
+    out = tmp_path / "nan"
+    with pytest.raises(DsnasError, match=r"NaN or infinite at step \d+ of epoch 1"):
+        run_search(tiny_cfg("lr=1e30", "epochs=2", "search_epochs=1", "warmup_epochs=0", "lr_warmup_epochs=0"),
+                   out, quiet=True)
+    assert not (out / "checkpoints" / "last.pt").exists()
+    assert (out / "config.yaml").exists()

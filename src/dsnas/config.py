@@ -27,6 +27,7 @@ class Config:
     train_limit: int = 0               # cap on training images (0 = all)
     test_limit: int = 0                # cap on test images (0 = all)
     workers: int = 4                   # DataLoader workers for streamed (large-image) data
+    augment: bool = True               # in-memory data: padded random crop (2 px) and horizontal flip
     # space
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
     # schedule (epochs are counted from 0; finetune runs from search_epochs to epochs)

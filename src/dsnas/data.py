@@ -304,7 +304,7 @@ class Loader:
             index = torch.tensor(idx)
             x = self.source.images[index].to(self.device, non_blocking=True).float().div_(255)
             y = self.source.labels[index].to(self.device, non_blocking=True)
-            if self.train and self.pad:
+            if self.train and self.pad:  # pad=0: no augmentation
                 g = torch.Generator().manual_seed(hash((self.seed, self.plan.epoch, step, self.rank)) & 0xFFFFFFFF)
                 x = augment(x, self.pad, g)
             yield (x - self.mean) / self.std, y

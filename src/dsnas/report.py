@@ -64,9 +64,10 @@ def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
     for ax in axes[:, 0]:
         ax.set_ylabel("probability", fontsize=8)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="upper center", ncol=len(ops), fontsize=9, frameon=False)
-    fig.suptitle(title or "softmax(alpha) per block", y=0.995, fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.suptitle(title or "softmax(alpha) per block", y=0.995, fontsize=11)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=len(ops), fontsize=9,
+               frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")
     plt.close(fig)

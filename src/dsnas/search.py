@@ -87,6 +87,8 @@ class DSNAS:
         ``gate``) arm its gate; fixed blocks run their fixed op ungated. Returns the path.
         ``gate=False`` samples without collecting rewards (warm-up, where alpha is frozen)."""
         probs = self.probs()
+        if not all(bool(torch.isfinite(p).all()) for p in probs):
+            raise FloatingPointError("the architecture logits are NaN or infinite")
         width = max(len(p) for p in probs)
         table = torch.stack([nn.functional.pad(p, (0, width - len(p))) for p in probs])
         drawn = torch.multinomial(table, 1, generator=self.generator).squeeze(1).tolist()

@@ -168,7 +168,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     train_loader = Loader(data, "train", per_rank_batch, cfg.seed, rt.device, rt.rank, rt.world, train=True,
-                          workers=cfg.workers)
+                          workers=cfg.workers, pad=2 if cfg.augment else 0)
     test_loader = Loader(data, "test", max(per_rank_batch, 256), cfg.seed, rt.device, rt.rank, rt.world,
                          train=False, workers=cfg.workers)
     steps_per_epoch = len(train_loader)
@@ -187,7 +187,10 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         torch.set_rng_state(ckpt["torch_rng"])
         state.update(ckpt["progress"])
         started = time.time() - state.pop("elapsed", 0.0)  # wall time counts the work before the interruption
-    elif rt.main:
+    else:
+        state["alpha_rows"] = alpha_rows(0, "init", [c.names for c in search.choices],
+                                         [p.tolist() for p in search.probs()], search.fixed())
+    if rt.main and not resume:
         out.mkdir(parents=True, exist_ok=True)
         write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
 
@@ -243,6 +246,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         space.train()
         loss_sum = torch.zeros((), device=rt.device)
         seen = 0
+        first_bad = torch.full((), -1, dtype=torch.long, device=rt.device)
         if start_step:  # resumed mid-epoch: the epoch's running loss continues
             loss_sum += state["epoch_loss"].to(rt.device)
             seen = state["epoch_seen"]
@@ -250,7 +254,11 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                    leave=False, disable=None if rt.main and not quiet else True, dynamic_ncols=True)
         for step, (x, y) in enumerate(train_loader, start=start_step):
             if stage != "finetune":
-                search.sample(gate=stage == "search")
+                try:
+                    search.sample(gate=stage == "search")
+                except FloatingPointError:  # alpha took a non-finite step from a non-finite loss
+                    _check_finite(first_bad, epoch, out)
+                    raise DsnasError("the architecture logits became NaN or infinite; training stopped") from None
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
@@ -263,15 +271,16 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             optimizer.step()
             scheduler.step()
             loss_sum += loss.detach()
+            first_bad = torch.where(torch.isfinite(loss.detach()) | (first_bad >= 0), first_bad, step)  # no sync
             seen += 1
             state["global_step"] += 1
             bar.update(1)
             if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps_per_epoch:
-                _check_finite(loss_sum, epoch, step, out)
+                _check_finite(first_bad, epoch, out)
                 state["epoch_loss"], state["epoch_seen"] = loss_sum.detach().cpu().clone(), seen
                 checkpoint(epoch, step + 1)
         bar.close()
-        _check_finite(loss_sum, epoch, steps_per_epoch - 1, out)
+        _check_finite(first_bad, epoch, out)
 
         if rt.world > 1:
             check_consistent(search, epoch)
@@ -368,7 +377,11 @@ def _derive(search: DSNAS, cfg: Config) -> list[int]:
     return search.derive_within(cfg.budget_mflops) if cfg.budget_mflops else search.derive()
 
 
-def _check_finite(loss_sum: torch.Tensor, epoch: int, step: int, out: Path) -> None:
-    if not torch.isfinite(loss_sum):
-        raise DsnasError(f"the loss became NaN or infinite in epoch {epoch + 1} (by step {step + 1}); "
-                         f"training stopped, the last good checkpoint is kept in {out / 'checkpoints'}")
+def _check_finite(first_bad: torch.Tensor, epoch: int, out: Path) -> None:
+    """Stop at the first non-finite loss, before anything from that step on is saved."""
+    step = int(first_bad)
+    if step >= 0:
+        last = out / "checkpoints" / "last.pt"
+        kept = f"the last good checkpoint is kept in {last}" if last.exists() else "no checkpoint had been written yet"
+        raise DsnasError(f"the loss became NaN or infinite at step {step + 1} of epoch {epoch + 1}; training "
+                         f"stopped and {kept} (try a lower lr)")
