@@ -1,6 +1,6 @@
 """Data: the embedded Fashion-MNIST subset, IDX folders, ImageFolder trees; batching and augmentation.
 
-Small images (the embedded set, any IDX folder, an ImageFolder of images up to 64 px) are held in
+Small images (the embedded set, any IDX folder, CIFAR-10, an ImageFolder of images up to 64 px) are held in
 memory as uint8 tensors and batched by index, with augmentation (padded random crop, horizontal
 flip) applied to whole batches. Larger ImageFolder images stream through a DataLoader with the
 standard ImageNet transforms. Both are ordered by `BatchPlan`, which shards a seeded per-epoch
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gzip
 import math
+import pickle
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -106,6 +107,59 @@ def _load_idx_split(folder: Path, prefix: str) -> Split:
     return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Reads CIFAR's pickled batches: numpy arrays and plain containers only, never other code."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"), ("_codecs", "encode")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _cifar_folder(root: Path) -> Path | None:
+    for candidate in (root, root / "cifar-10-batches-py", root / "cifar-10-batches-bin"):
+        if (candidate / "data_batch_1").is_file() or (candidate / "data_batch_1.bin").is_file():
+            return candidate
+    return None
+
+
+def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        if path.suffix == ".bin":
+            raw = np.fromfile(path, dtype=np.uint8)
+            if raw.size == 0 or raw.size % 3073:
+                raise DsnasError(f"{path} is not a CIFAR-10 binary batch ({raw.size} bytes)")
+            records = raw.reshape(-1, 3073)
+            return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="bytes").load()
+        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        return images, np.asarray(batch[b"labels"], dtype=np.int64)
+    except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
+        raise DsnasError(f"{path} cannot be read as a CIFAR-10 batch: {e}") from None
+
+
+def _load_cifar10(folder: Path) -> Data:
+    suffix = ".bin" if (folder / "data_batch_1.bin").is_file() else ""
+    parts = [_load_cifar_batch(folder / f"data_batch_{i}{suffix}") for i in range(1, 6)
+             if (folder / f"data_batch_{i}{suffix}").is_file()]
+    test_path = folder / f"test_batch{suffix}"
+    if not test_path.is_file():
+        raise DsnasError(f"{folder} has no test_batch{suffix}")
+    test = _load_cifar_batch(test_path)
+    train = Split(torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                  torch.from_numpy(np.concatenate([p[1] for p in parts])))
+    return _with_stats(Data("cifar10", train, Split(torch.from_numpy(test[0].copy()), torch.from_numpy(test[1])),
+                            10, 3, 32, (), (), list(CIFAR10_CLASSES)))
+
+
 def _is_idx_folder(path: Path) -> bool:
     return _idx_file(path, "train-images-idx3-ubyte") is not None
 
@@ -195,7 +249,8 @@ def _with_stats(data: Data) -> Data:
 
 def load_data(spec: str = EMBEDDED, input_size: int | None = None) -> Data:
     """``embedded`` (the shipped Fashion-MNIST subset), an IDX folder in Fashion-MNIST's layout,
-    or an ImageFolder tree with ``train/`` and ``val/`` (or ``test/``)."""
+    a local CIFAR-10 folder (torchvision's python batches or the binary version; never
+    downloaded), or an ImageFolder tree with ``train/`` and ``val/`` (or ``test/``)."""
     if spec in (EMBEDDED, "", None):
         folder = Path(str(resources.files("dsnas") / "embedded" / "fashion_mnist"))
         data = Data("fashion-mnist-embedded", _load_idx_split(folder, "train"), _load_idx_split(folder, "t10k"),
@@ -208,6 +263,9 @@ def load_data(spec: str = EMBEDDED, input_size: int | None = None) -> Data:
         raise DsnasError(f"data path {root} is not a folder")
     if not any(root.iterdir()):
         raise DsnasError(f"data folder {root} is empty")
+    cifar = _cifar_folder(root)
+    if cifar is not None:
+        return _load_cifar10(cifar)
     if _is_idx_folder(root):
         train, test = _load_idx_split(root, "train"), _load_idx_split(root, "t10k")
         if train.images.shape[1:] != test.images.shape[1:]:
