@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import platform
 import re
+import sys
 from datetime import date
 from pathlib import Path
 
-import torch
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))  # the checkout's dsnas, installed or not
+
+import torch  # noqa: E402
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEvery section below is written by the script it names; rerun the script to refresh it.\n"
 

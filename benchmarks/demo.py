@@ -7,6 +7,7 @@ wall time, child top-1/top-5, MFLOPs. Writes the `demo` section of BENCHMARKS.md
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -24,15 +25,17 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--set", action="append", default=[])
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    p.add_argument("--keep", help="keep the run directories under this folder (one per seed)")
     args = p.parse_args()
     rows = []
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            out = Path(tmp) / "run"
+            out = Path(args.keep) / f"seed{seed}" if args.keep else Path(tmp) / "run"
             cmd = [sys.executable, "-m", "dsnas", "search", "--quiet", "--out", str(out), "--set", f"seed={seed}"]
             for s in args.set:
                 cmd += ["--set", s]
-            subprocess.run(cmd, check=True, cwd=ROOT)
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
+            subprocess.run(cmd, check=True, cwd=ROOT, env=env)
             m = json.loads((out / "metrics.json").read_text())
             rows.append(m)
             print(f"seed {seed}: top1 {m['top1']:.2f}%  top5 {m['top5']:.2f}%  {m['mflops']:.2f} MFLOPs  "
