@@ -24,8 +24,8 @@ class Pair:
         self.space.to(self.device)
         self.search = DSNAS(self.space, costs=table, budget=0.0, penalty=1e-3,
                             generator=torch.Generator().manual_seed(seed))
-        path = self.search.sample()
-        self.child = self.space.child(path).to(self.device)
+        self.child_path = self.search.sample()
+        self.child = self.space.child(self.child_path).to(self.device)
         fmt = torch.channels_last if channels_last else torch.contiguous_format
         self.space.to(memory_format=fmt)
         self.child.to(memory_format=fmt)
@@ -41,8 +41,12 @@ class Pair:
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
             return self.criterion(model(self.x), self.y)
 
-    def search_step(self) -> None:
-        self.search.sample()
+    def search_step(self, path: list[int] | None = None) -> None:
+        """A full search step on a freshly sampled path (or on ``path``, for like-for-like memory)."""
+        if path is None:
+            self.search.sample()
+        else:
+            self.search.arm(path)
         loss = self._loss(self.space)
         self.opt.zero_grad(set_to_none=True)
         self.arch_opt.zero_grad(set_to_none=True)

@@ -2,8 +2,9 @@
 
 A search step = sample a path, forward, backward, alpha-gradient (with the resource term), the
 alpha (Adam) step and the weight (SGD) step; a child step = forward, backward, SGD step of the
-plain child network. The two are interleaved, many repetitions, median time. Memory: the bytes
-autograd keeps for backward in one forward (CPU), or peak allocated memory (CUDA).
+plain child network. The two are interleaved, many repetitions, median time. Memory, on the child's
+path for both: the bytes autograd keeps for backward in one forward (CPU), or the peak allocated
+memory of a whole step (CUDA).
 
     python benchmarks/step_overhead.py [--reps 40] [--json] [--no-write]
 """
@@ -29,7 +30,7 @@ def measure(input_size, batch, width, classes, channels, reps, device):
     search_t, child_t = pair.interleaved(reps)
     if pair.device.type == "cuda":
         peaks = []
-        for step in (pair.search_step, pair.child_step):
+        for step in (lambda: pair.search_step(pair.child_path), pair.child_step):
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             step()
@@ -37,7 +38,7 @@ def measure(input_size, batch, width, classes, channels, reps, device):
             peaks.append(torch.cuda.max_memory_allocated())
         search_mem, child_mem, mem_kind = peaks[0], peaks[1], "peak allocated"
     else:
-        pair.search.arm(pair.search.path)
+        pair.search.arm(pair.child_path)  # the same path as the child, gates armed
         search_mem = saved_activation_bytes(lambda: pair._loss(pair.space))
         child_mem = saved_activation_bytes(lambda: pair._loss(pair.child))
         mem_kind = "saved for backward"
@@ -45,6 +46,7 @@ def measure(input_size, batch, width, classes, channels, reps, device):
     return {"search_ms": round(1000 * s, 2), "child_ms": round(1000 * c, 2), "time_ratio": round(s / c, 3),
             "search_mib": round(search_mem / 2**20, 2), "child_mib": round(child_mem / 2**20, 2),
             "mem_ratio": round(search_mem / child_mem, 3), "memory": mem_kind, "reps": reps}
+
 
 
 def main() -> None:
@@ -65,7 +67,7 @@ def main() -> None:
     for name, r in results.items():
         lines.append(f"| {name} | {r['search_ms']} | {r['child_ms']} | {r['time_ratio']} | {r['search_mib']} | "
                      f"{r['child_mib']} | {r['mem_ratio']} |")
-    lines += ["", f"Memory is the {next(iter(results.values()))['memory']} bytes of one step. Target: both ratios ≤ 1.05."]
+    lines += ["", f"Memory: {next(iter(results.values()))['memory']} (bytes of one step, on the child's path for both). Target: both ratios ≤ 1.05."]
     if not args.json:
         print("\n".join(lines))
     if not args.no_write:
