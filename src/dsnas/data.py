@@ -355,8 +355,11 @@ class Loader:
 
     def __iter__(self):
         if self.loader is not None:
-            for x, y in self.loader:
-                yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            try:
+                for x, y in self.loader:
+                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            except (OSError, ValueError) as e:  # a file that fails to decode, in a worker or here
+                raise DsnasError(f"an image of {self.data.name} cannot be read: {str(e).splitlines()[0]}") from None
             return
         for step, idx in enumerate(self.plan, start=self.plan.start):
             index = torch.tensor(idx)
