@@ -218,8 +218,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             }, space.settings.as_dict())
 
     model = space
-    ddp = None
-    child = None
+    ddp = child = compiled = None
     for epoch in range(state["epoch"], cfg.epochs):
         stage = stage_of(epoch, cfg)
         start_step = state["step"] if epoch == state["epoch"] else 0
@@ -240,7 +239,9 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                 find_unused_parameters=stage != "finetune", broadcast_buffers=False)
         net = ddp if rt.world > 1 else model
         if cfg.compile and rt.device.type == "cuda" and stage == "finetune":
-            net = torch.compile(net)
+            if compiled is None or compiled[0] is not net:  # compile the fixed child once
+                compiled = (net, torch.compile(net))
+            net = compiled[1]
 
         train_loader.set_epoch(epoch, start_step)
         space.train()
