@@ -66,3 +66,18 @@ def test_other_space_or_format_is_refused(tmp_path):
     os.remove(tmp_path / "prev.pt") if (tmp_path / "prev.pt").exists() else None
     with pytest.raises(DsnasError, match="format"):
         load_checkpoint(tmp_path, SETTINGS)
+
+
+def test_global_rng_states_round_trip(tmp_path):
+    import random
+
+    import numpy as np
+
+    from dsnas.train import _global_rng_states, _set_global_rng_states
+
+    random.seed(1), np.random.seed(2), torch.manual_seed(3)
+    save_checkpoint(tmp_path, _global_rng_states(), SETTINGS)
+    want = (random.random(), float(np.random.rand()), float(torch.rand(())))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    _set_global_rng_states(load_checkpoint(tmp_path, SETTINGS))
+    assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == want

@@ -131,3 +131,19 @@ def test_non_finite_loss_stops_with_clear_error(tmp_path):
                    out, quiet=True)
     assert not (out / "checkpoints" / "last.pt").exists()
     assert (out / "config.yaml").exists()
+
+
+def test_eval_with_data_of_other_channels_is_refused(tmp_path, capsys):
+    """An RGB architecture evaluated on the 1-channel embedded data: one line, exit 2."""
+    from dsnas.arch import Architecture, save_arch
+    from dsnas.cli import main
+    from dsnas.export import save_weights
+    from dsnas.spaces import ShuffleNetChild, ShuffleNetSettings
+
+    settings = ShuffleNetSettings(num_classes=10, in_channels=3, input_size=28, width=0.25)
+    arch = Architecture(["shuffle_3x3"] * 20, settings=settings.as_dict())
+    save_arch(arch, tmp_path / "a.yaml")
+    save_weights(ShuffleNetChild(arch.choices, settings), tmp_path / "w.safetensors")
+    assert main(["eval", "--arch", str(tmp_path / "a.yaml"), "--weights", str(tmp_path / "w.safetensors")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1 channels" in err[0] and "expects" in err[0]

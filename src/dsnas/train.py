@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import time
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import yaml
@@ -184,7 +186,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         arch_optimizer.load_state_dict(ckpt["arch_optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         search.generator.set_state(ckpt["sampler_rng"][rt.rank] if rt.rank < len(ckpt["sampler_rng"]) else ckpt["sampler_rng"][0])
-        torch.set_rng_state(ckpt["torch_rng"])
+        _set_global_rng_states(ckpt)
         state.update(ckpt["progress"])
         started = time.time() - state.pop("elapsed", 0.0)  # wall time counts the work before the interruption
     else:
@@ -212,7 +214,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             save_checkpoint(out / "checkpoints", {
                 "model": space.state_dict(), "search": search.state_dict(), "optimizer": optimizer.state_dict(),
                 "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "sampler_rng": rngs, "torch_rng": torch.get_rng_state(),
+                "sampler_rng": rngs, **_global_rng_states(),
                 "progress": {**state, "epoch": epoch, "step": step, "elapsed": time.time() - started},
                 "config": cfg.to_dict(),
             }, space.settings.as_dict())
@@ -344,6 +346,25 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     if rt.world > 1:
         dist.barrier()
     return RunResult(metrics, out, space, search)
+
+
+def _global_rng_states() -> dict:
+    """torch, numpy and Python generator states, as tensors and plain data (weights_only-safe)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch_rng": torch.get_rng_state(),
+            "numpy_rng": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python_rng": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                           "gauss_next": gauss_next}}
+
+
+def _set_global_rng_states(ckpt: dict) -> None:
+    torch.set_rng_state(ckpt["torch_rng"])
+    n = ckpt["numpy_rng"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = ckpt["python_rng"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"]), p["gauss_next"]))
 
 
 def check_consistent(search: DSNAS, epoch: int) -> None:
