@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -153,7 +154,8 @@ def cmd_search(args) -> int:
         cfg = load_config(args.config, args.set)
         if args.data:
             cfg.data = args.data
-        if out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
+        first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 checks (it alone writes)
+        if first_rank and out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
             raise DsnasError(f"{out} already exists and is not empty; pass --resume {out} to continue a run "
                              "there, or choose another --out")
     from .train import run_search
@@ -180,7 +182,8 @@ def cmd_eval(args) -> int:
         raise DsnasError(f"data {data.name} has {data.num_classes} classes, {data.in_channels} channels, "
                          f"{data.input_size} px; the architecture expects {s['num_classes']}, {s['in_channels']}, "
                          f"{s['input_size']}")
-    device = torch.device("cpu")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    child.to(device)
     if args.bn_recalibrate:
         recalibrate_bn(child, Loader(data, "train", 256, 0, device, train=True), args.bn_recalibrate)
     metrics = accuracy(child, Loader(data, "test", 256, 0, device, train=False))

@@ -153,7 +153,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     out = Path(out) if out is not None else new_run_dir(data.name)
     if resume and not (out / "checkpoints").is_dir():
         raise DsnasError(f"nothing to resume: {out} has no checkpoints")
-    if not resume and out.exists() and any(out.iterdir()):
+    if rt.main and not resume and out.exists() and any(out.iterdir()):
         raise DsnasError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
 
     torch.manual_seed(cfg.seed)
