@@ -288,7 +288,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         if rt.world > 1:
             check_consistent(search, epoch)
         # evaluate the argmax child
-        arch = search.derive() if stage != "finetune" else [c.fixed for c in search.choices]
+        arch = search.derive()  # fixed blocks give their fixed op
         eval_child = child if child is not None else space.child(arch, share=True)
         if stage != "finetune":
             if cfg.eval_bn_recalibrate:
@@ -321,7 +321,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             write_alpha_csv(out / "alpha.csv", state["alpha_rows"])
 
     # --- the result -----------------------------------------------------------------------------
-    arch_idx = [c.fixed for c in search.choices] if all(f is not None for f in search.fixed()) else _derive(search, cfg)
+    arch_idx = _derive(search, cfg)  # once everything is fixed this is the fixed child
     final_child = space.child(arch_idx).cpu().float()
     result = state["history"][-1] if state["history"] else {}
     costs = table.costs(arch_idx)
