@@ -2,6 +2,7 @@
 the renames of a checkpoint rotation, at the finetune switch), resume it, and get bitwise the
 same architecture, alpha and child weights as a run that was never interrupted."""
 
+import json
 import os
 import subprocess
 import sys
@@ -122,3 +123,28 @@ def test_kill_and_resume_is_exact(reference, tmp_path, kill):
 def test_resume_of_finished_or_missing_run(tmp_path):
     res = _run(["search", "--resume", str(tmp_path / "nothing")], check=False)
     assert res.returncode == 2 and "dsnas: error:" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_spos_killed_at_the_selection_resumes_to_the_same_winner(tmp_path):
+    """Killed right after the supernet's last checkpoint, an SPOS run ranks its candidates again
+    on resume and ends exactly where an uninterrupted run ends."""
+    spos = [s for s in SETTINGS if not s.startswith(("warmup_epochs", "early_fix"))] + [
+        "method=spos", "train_limit=384", "select_images=128", "candidates=4", "population=2"]
+
+    def args(out):
+        return ["search", "--quiet", "--out", str(out), *sum((["--set", s] for s in spos), [])]
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    _run(args(ref))
+    res = _run(args(out), kill=("after_save", 4), check=False)
+    assert res.returncode == -9, res.stderr[-1000:]
+    assert not (out / "candidates.csv").exists()
+    _run(["search", "--quiet", "--resume", str(out)])
+    assert (out / "candidates.csv").read_text() == (ref / "candidates.csv").read_text()
+    arch, _, child, history = _result(out)
+    ref_arch, _, ref_child, ref_history = _result(ref)
+    assert arch == ref_arch and [h["top1"] for h in history] == [h["top1"] for h in ref_history]
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in ref_history]
+    assert all(torch.equal(child[k], ref_child[k]) for k in ref_child)
+    a, b = (json.loads((d / "metrics.json").read_text())["selection"] for d in (out, ref))
+    assert {k: v for k, v in a.items() if k != "wall_s"} == {k: v for k, v in b.items() if k != "wall_s"}

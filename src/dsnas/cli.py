@@ -140,6 +140,9 @@ def cmd_search(args) -> int:
         raise DsnasError("give the run directory once: --resume DIR (without --out)")
     out = args.resume or args.out
     if args.resume:
+        if args.config or args.set or args.data or getattr(args, "method", None):
+            raise DsnasError("--resume continues a run with its saved config.yaml; --config/--set/--data/--method "
+                             "cannot change it")
         from .config import Config, apply
         from .files import read_yaml
 
@@ -148,12 +151,15 @@ def cmd_search(args) -> int:
             raise DsnasError(f"{args.resume}/config.yaml is not a run configuration")
         saved.pop("world_size", None)
         cfg = apply(Config(), saved, f"{args.resume}/config.yaml").validate()
-        if args.config or args.set:
-            raise DsnasError("--resume continues a run with its saved config.yaml; --config/--set cannot change it")
     else:
         cfg = load_config(args.config, args.set)
         if args.data:
             cfg.data = args.data
+        if getattr(args, "arch", None):  # dsnas train ARCH
+            cfg.method, cfg.arch = "fixed", args.arch
+        elif getattr(args, "method", None):
+            cfg.method = args.method
+        cfg.validate()
         first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 checks (it alone writes)
         if first_rank and out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
             raise DsnasError(f"{out} already exists and is not empty; pass --resume {out} to continue a run "
@@ -205,14 +211,26 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dsnas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    def run_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", help="YAML config file or preset name (demo, fmnist, imagenet); default demo")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config key (repeatable)")
+        p.add_argument("--data", help="dataset: 'embedded', an IDX folder, a CIFAR-10 folder or an ImageFolder tree "
+                       "(same as --set data=...)")
+        p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+        p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+        p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+        p.set_defaults(func=cmd_search)
+
     p = sub.add_parser("search", help="run a DSNAS search (default: the embedded Fashion-MNIST demo)")
-    p.add_argument("--config", help="YAML config file or preset name (demo, fmnist, imagenet); default demo")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key (repeatable)")
-    p.add_argument("--data", help="dataset: 'embedded', an IDX folder or an ImageFolder tree (same as --set data=...)")
-    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
-    p.set_defaults(func=cmd_search)
+    p.add_argument("--method", choices=("dsnas", "spos", "random"),
+                   help="dsnas (default), or a baseline on the same supernet: spos (uniform single-path "
+                   "training, then evolution) or random (uniform training, then random candidates)")
+    run_args(p)
+
+    p = sub.add_parser("train", help="train one architecture from scratch (the same loop, no search)")
+    p.add_argument("arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")
+    run_args(p)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a child on the test split")
     _child_args(p)

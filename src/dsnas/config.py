@@ -28,8 +28,10 @@ class Config:
     test_limit: int = 0                # cap on test images (0 = all)
     workers: int = 4                   # DataLoader workers for streamed (large-image) data
     augment: bool = True               # in-memory data: padded random crop (2 px) and horizontal flip
-    # space
+    # space and method
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
+    method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
+    arch: str = ""                     # method fixed: the architecture file to train
     # schedule (epochs are counted from 0; finetune runs from search_epochs to epochs)
     epochs: int = 240
     warmup_epochs: int = 15            # weights only, alpha frozen
@@ -47,6 +49,13 @@ class Config:
     early_fix: float = 0.3             # h: fix a block when top-1 minus top-2 probability >= h
     budget_mflops: float = 0.0         # tau: penalise sampled paths at or above this (0 = no budget)
     penalty: float = 0.0               # lambda: alpha-gradient per MFLOP above the budget
+    # spos / random: the supernet trains with uniform single paths until search_epochs, then
+    # `candidates` architectures within the budget are ranked by top-1 on `select_images` training
+    # images held out from weight training (BN re-estimated on eval_bn_recalibrate images each)
+    candidates: int = 100              # architectures evaluated
+    population: int = 20               # spos: architectures per generation
+    mutation_prob: float = 0.1         # spos: chance that a mutation resamples a block
+    select_images: int = 5000          # held-out training images that rank the candidates
     # evaluation, logging, checkpoints
     eval_bn_recalibrate: int = 0       # training images used to re-estimate BN stats before each search-stage eval
     checkpoint_every: int = 0          # also checkpoint every N steps (0 = at epoch ends only)
@@ -81,6 +90,15 @@ class Config:
         need(0 <= self.arch_beta1 < 1 and 0 <= self.arch_beta2 < 1, "arch_beta1 and arch_beta2 must be in [0, 1)")
         need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
              f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        need(bool(self.arch) == (self.method == "fixed"),
+             "method fixed needs arch (an architecture file)" if self.method == "fixed"
+             else "arch is only used with method fixed")
+        if self.method in ("spos", "random"):
+            for key in ("candidates", "select_images", "eval_bn_recalibrate"):
+                need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
+            need(self.population >= 2, f"population must be >= 2, got {self.population}")
+            need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
         need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         return self
 
@@ -88,6 +106,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
+METHODS = ("dsnas", "spos", "random", "fixed")
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 

@@ -9,6 +9,8 @@ permutation across ranks and can start mid-epoch (for resume).
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import gzip
 import math
 import pickle
@@ -279,6 +281,25 @@ def load_data(spec: str = EMBEDDED, input_size: int | None = None) -> Data:
         classes = list(FASHION_MNIST_CLASSES) if fmnist else [str(i) for i in range(num_classes)]
         return _with_stats(Data(root.name, train, test, num_classes, 1, h, (), (), classes))
     return _load_image_folder(root, input_size)
+
+
+def hold_out(data: Data, n: int, seed: int = 0) -> tuple[Data, Data]:
+    """Split ``n`` seeded random training images off ``data``: (data without them, data whose
+    test split is them). Held-out images of a streamed dataset get the test transforms."""
+    source = data.train
+    if n >= len(source):
+        raise DsnasError(f"config: select_images ({n}) must be smaller than the {len(source)} training images")
+    order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + 7))
+    held, rest = order[:n].sort().values, order[n:].sort().values
+    if isinstance(source, Split):
+        kept, out = Split(source.images[rest], source.labels[rest]), Split(source.images[held], source.labels[held])
+    else:
+        evaluated = copy.copy(source)
+        if hasattr(data.test, "transform"):
+            evaluated.transform = data.test.transform
+        kept = torch.utils.data.Subset(source, rest.tolist())
+        out = torch.utils.data.Subset(evaluated, held.tolist())
+    return dataclasses.replace(data, train=kept), dataclasses.replace(data, name=f"{data.name}-held-out", test=out)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Records of alpha over a run: ``alpha.csv`` and the figure ``alpha.png``."""
+"""Records of a run: alpha over epochs (``alpha.csv``, ``alpha.png``) and the candidates a
+baseline ranked (``candidates.csv``)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,18 @@ def write_alpha_csv(path: Path, rows: list[dict]) -> None:
     writer = csv.DictWriter(buf, ["epoch", "stage", "block", *ops, "fixed"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def write_candidates_csv(path: Path, candidates, names: list[list[str]]) -> None:
+    """The architectures a baseline ranked, in evaluation order: generation, MFLOPs, held-out
+    top-1 and the op of every block."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["order", "generation", "mflops", "held_out_top1", *[f"block_{i}" for i in range(len(names))]])
+    for i, c in enumerate(candidates):
+        writer.writerow([i, c.generation, round(c.mflops, 4), round(c.score, 2),
+                         *[n[k] for n, k in zip(names, c.choices)]])
     write_text(path, buf.getvalue())
 
 

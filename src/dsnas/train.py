@@ -20,16 +20,17 @@ from torch import nn
 from tqdm import tqdm
 
 from . import __version__
-from .arch import Architecture, save_arch
+from .arch import Architecture, load_arch, save_arch
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
-from .data import Loader, Split, load_data
+from .data import Loader, Split, hold_out, load_data
 from .errors import DsnasError
 from .evaluate import accuracy, recalibrate_bn, reset_bn_stats
 from .export import save_weights
 from .files import write_text
-from .report import alpha_rows, plot_alpha, write_alpha_csv
+from .report import alpha_rows, plot_alpha, write_alpha_csv, write_candidates_csv
 from .search import DSNAS
+from .select import best, select
 from .spaces import ShuffleNetSpace
 
 
@@ -78,10 +79,24 @@ def lr_factor(step: int, steps_per_epoch: int, cfg: Config) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))
 
 
+CHILD_STAGES = ("finetune", "train")  # stages that train one fixed child
+
+
 def stage_of(epoch: int, cfg: Config) -> str:
-    if epoch < cfg.warmup_epochs:
-        return "warmup"
-    return "search" if epoch < cfg.search_epochs else "finetune"
+    """warmup / search (dsnas), supernet (spos, random: uniform single paths), then finetune
+    of the chosen child; method fixed trains its architecture from the first epoch."""
+    if cfg.method == "fixed":
+        return "train"
+    if epoch >= cfg.search_epochs:
+        return "finetune"
+    if cfg.method != "dsnas":
+        return "supernet"
+    return "warmup" if epoch < cfg.warmup_epochs else "search"
+
+
+def switch_epoch(cfg: Config) -> int:
+    """The epoch at whose start the architecture is chosen and fixed."""
+    return 0 if cfg.method == "fixed" else cfg.search_epochs
 
 
 def weight_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -144,6 +159,9 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     if isinstance(data.train, Split):
         data.train = data.train.limit(cfg.train_limit, cfg.seed)
         data.test = data.test.limit(cfg.test_limit, cfg.seed)
+    held = None
+    if cfg.method in ("spos", "random"):  # candidates are ranked on images the weights never see
+        data, held = hold_out(data, cfg.select_images, cfg.seed)
     if cfg.batch_size % rt.world:
         raise DsnasError(f"config: batch_size {cfg.batch_size} is not divisible by the {rt.world} processes")
     per_rank_batch = cfg.batch_size // rt.world
@@ -160,6 +178,11 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
                             width=cfg.width)
     table = space.costs  # counted once, on the CPU, before the model moves
+    given = _given_arch(cfg, space) if cfg.method == "fixed" else None
+    cheapest = table.bounds()["min"]
+    if cfg.budget_mflops and cfg.method != "fixed" and cfg.budget_mflops < cheapest:
+        raise DsnasError(f"config: budget_mflops {cfg.budget_mflops:g} is below the cheapest architecture of "
+                         f"this space ({cheapest:.3f} MFLOPs at {data.input_size} px, width {cfg.width:g})")
     space.to(rt.device)
     if cfg.channels_last:
         space.to(memory_format=torch.channels_last)
@@ -177,7 +200,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps_per_epoch, cfg))
 
     state = {"epoch": 0, "step": 0, "global_step": 0, "alpha_rows": [], "history": [],
-             "epoch_loss": torch.zeros(()), "epoch_seen": 0}
+             "epoch_loss": torch.zeros(()), "epoch_seen": 0, "selection": None}
     if resume:
         ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict())
         space.load_state_dict(ckpt["model"])
@@ -200,7 +223,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     if rt.main and not quiet and not resume:
         b = table.bounds()
         log.line(f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
-                 f"{data.num_classes} classes, {data.input_size} px; space {table.num_blocks} blocks x "
+                 f"{data.num_classes} classes, {data.input_size} px; method {cfg.method}; space {table.num_blocks} blocks x "
                  f"{len(space.ops)} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; {rt.world} x {rt.device.type}; "
                  f"run dir {out}")
 
@@ -219,6 +242,41 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                 "config": cfg.to_dict(),
             }, space.settings.as_dict())
 
+    def choose() -> list[int]:
+        """The architecture to fix: the given one, DSNAS's argmax, or the baselines' best."""
+        if cfg.method == "fixed":
+            return given
+        if cfg.method == "dsnas":
+            return _derive(search, cfg)
+        return select_candidate()
+
+    def select_candidate() -> list[int]:
+        held_loader = Loader(held, "test", max(per_rank_batch, 256), cfg.seed, rt.device, rt.rank, rt.world,
+                             train=False, workers=cfg.workers)
+        bar = tqdm(total=cfg.candidates, desc=f"{cfg.method}: ranking candidates", leave=False,
+                   disable=None if rt.main and not quiet else True, dynamic_ncols=True)
+        t0 = time.time()
+
+        def score(arch) -> float:  # inherited weights, BN re-estimated on the same training images each time
+            candidate = space.child(list(arch), share=True)
+            train_loader.set_epoch(cfg.search_epochs)
+            recalibrate_bn(candidate, train_loader, max(1, cfg.eval_bn_recalibrate // rt.world))
+            bar.update(1)
+            return accuracy(candidate, held_loader, rt.amp_dtype)["top1"]
+
+        found = select(cfg.method, [len(c) for c in search.choices], table.total, cfg.budget_mflops or None, score,
+                       cfg.candidates, cfg.population, cfg.mutation_prob, cfg.seed)
+        bar.close()
+        win = best(found)
+        state["selection"] = {"method": cfg.method, "evaluated": len(found), "held_out_images": len(held.test),
+                              "best_held_out_top1": round(win.score, 2), "best_mflops": round(win.mflops, 3),
+                              "generations": max(c.generation for c in found) + 1, "wall_s": round(time.time() - t0, 1)}
+        if rt.main:
+            write_candidates_csv(out / "candidates.csv", found, [c.names for c in search.choices])
+        log.line(f"{cfg.method}: {len(found)} candidates ranked on {len(held.test)} held-out images in "
+                 f"{state['selection']['wall_s']:.0f}s; best {win.score:.2f}% at {win.mflops:.2f} MFLOPs")
+        return list(win.choices)
+
     model = space
     ddp = child = compiled = None
     for epoch in range(state["epoch"], cfg.epochs):
@@ -226,10 +284,10 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         start_step = state["step"] if epoch == state["epoch"] else 0
         if stage == "search" and start_step == 0:
             _early_fix(search, cfg)
-        if stage == "finetune":
+        if stage in CHILD_STAGES:
             if child is None:
-                if epoch == cfg.search_epochs and start_step == 0:  # the switch: fix the argmax, reset BN
-                    search.fix_all(_derive(search, cfg))
+                if epoch == switch_epoch(cfg) and start_step == 0:  # the switch: fix the choice, reset BN
+                    search.fix_all(choose())
                     child = space.child(search.derive(), share=True)
                     reset_bn_stats(child)
                 else:  # resumed inside the finetune stage
@@ -238,9 +296,9 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         if rt.world > 1 and (ddp is None or ddp.module is not model):
             ddp = nn.parallel.DistributedDataParallel(
                 model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-                find_unused_parameters=stage != "finetune", broadcast_buffers=False)
+                find_unused_parameters=stage not in CHILD_STAGES, broadcast_buffers=False)
         net = ddp if rt.world > 1 else model
-        if cfg.compile and rt.device.type == "cuda" and stage == "finetune":
+        if cfg.compile and rt.device.type == "cuda" and stage in CHILD_STAGES:
             if compiled is None or compiled[0] is not net:  # compile the fixed child once
                 compiled = (net, torch.compile(net))
             net = compiled[1]
@@ -256,7 +314,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         bar = tqdm(total=steps_per_epoch, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs} {stage}",
                    leave=False, disable=None if rt.main and not quiet else True, dynamic_ncols=True)
         for step, (x, y) in enumerate(train_loader, start=start_step):
-            if stage != "finetune":
+            if stage not in CHILD_STAGES:
                 try:
                     search.sample(gate=stage == "search")
                 except FloatingPointError:  # alpha took a non-finite step from a non-finite loss
@@ -287,59 +345,72 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
 
         if rt.world > 1:
             check_consistent(search, epoch)
-        # evaluate the argmax child
+        # evaluate the argmax child (a supernet without alpha has none until the selection)
         arch = search.derive()  # fixed blocks give their fixed op
-        eval_child = child if child is not None else space.child(arch, share=True)
-        if stage != "finetune":
-            if cfg.eval_bn_recalibrate:
+        if stage == "supernet":
+            metrics, mflops = {"top1": None, "top5": None}, None
+        else:
+            eval_child = child if child is not None else space.child(arch, share=True)
+            if stage not in CHILD_STAGES and cfg.eval_bn_recalibrate:
                 train_loader.set_epoch(epoch)
                 recalibrate_bn(eval_child, train_loader, cfg.eval_bn_recalibrate // rt.world)
-        metrics = accuracy(eval_child, test_loader, rt.amp_dtype)
+            metrics = accuracy(eval_child, test_loader, rt.amp_dtype)
+            mflops = table.total(arch)
         train_loss = float(loss_sum) / max(seen, 1)
         if rt.world > 1:
             t = torch.tensor([train_loss], device=rt.device)
             dist.all_reduce(t)
             train_loss = float(t) / rt.world
         fixed = sum(f is not None for f in search.fixed())
-        mflops = table.total(arch)
         record = {"epoch": epoch + 1, "stage": stage, "train_loss": round(train_loss, 4),
-                  "top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2),
-                  "entropy": round(search.entropy(), 4), "fixed": fixed, "mflops": round(mflops, 3),
+                  "top1": _round(metrics["top1"]), "top5": _round(metrics["top5"]),
+                  "entropy": round(search.entropy(), 4), "fixed": fixed, "mflops": _round(mflops, 3),
                   "lr": scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - started, 1)}
         state["history"].append(record)
         state["alpha_rows"] += alpha_rows(epoch + 1, stage, [c.names for c in search.choices],
                                           [p.tolist() for p in search.probs()], search.fixed())
-        log.line(f"epoch {epoch + 1:3d}/{cfg.epochs} {stage:<8} loss {train_loss:.3f}  top1 {metrics['top1']:5.2f}%  "
-                 f"H(alpha) {record['entropy']:.3f}  fixed {fixed:2d}/{len(search.choices)}  "
-                 f"child {mflops:.2f} MFLOPs  {record['elapsed_s']:.0f}s")
-        log.scalars(epoch + 1, {"train/loss": train_loss, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"],
-                                "alpha/entropy": record["entropy"], "alpha/fixed": fixed, "child/mflops": mflops,
-                                "train/lr": record["lr"]})
+        if stage == "supernet":
+            shown = "(no child yet)"
+        else:
+            shown = (f"top1 {metrics['top1']:5.2f}%  H(alpha) {record['entropy']:.3f}  fixed {fixed:2d}/"
+                     f"{len(search.choices)}  child {mflops:.2f} MFLOPs")
+        log.line(f"epoch {epoch + 1:3d}/{cfg.epochs} {stage:<8} loss {train_loss:.3f}  {shown}  {record['elapsed_s']:.0f}s")
+        log.scalars(epoch + 1, {k: v for k, v in {
+            "train/loss": train_loss, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"],
+            "alpha/entropy": record["entropy"], "alpha/fixed": fixed, "child/mflops": mflops,
+            "train/lr": record["lr"]}.items() if v is not None})
         state["epoch"], state["step"] = epoch + 1, 0
         checkpoint(epoch + 1, 0)
-        if rt.main:
+        if rt.main and cfg.method == "dsnas":
             write_alpha_csv(out / "alpha.csv", state["alpha_rows"])
 
     # --- the result -----------------------------------------------------------------------------
-    arch_idx = _derive(search, cfg)  # once everything is fixed this is the fixed child
+    arch_idx = search.derive() if None not in search.fixed() else choose()  # no finetune stage: choose now
+    result = dict(state["history"][-1]) if state["history"] else {}
+    if state["history"] and result["top1"] is None:  # ended on a supernet: the chosen child, inherited
+        final = space.child(arch_idx, share=True)
+        train_loader.set_epoch(cfg.epochs)
+        recalibrate_bn(final, train_loader, max(1, cfg.eval_bn_recalibrate // rt.world))
+        m = accuracy(final, test_loader, rt.amp_dtype)
+        result.update(top1=round(m["top1"], 2), top5=round(m["top5"], 2))
     final_child = space.child(arch_idx).cpu().float()
-    result = state["history"][-1] if state["history"] else {}
     costs = table.costs(arch_idx)
-    metrics = {"top1": result.get("top1"), "top5": result.get("top5"), **costs,
+    metrics = {"method": cfg.method, "top1": result.get("top1"), "top5": result.get("top5"), **costs,
                "budget_mflops": cfg.budget_mflops or None,
                "within_budget": None if not cfg.budget_mflops else costs["mflops"] <= cfg.budget_mflops,
                "wall_s": round(time.time() - started, 1), "epochs": cfg.epochs, "world_size": rt.world,
                "device": rt.device.type, "data": data.name, "train_images": len(data.train),
-               "test_images": len(data.test), "history": state["history"]}
+               "test_images": len(data.test), "selection": state["selection"], "history": state["history"]}
     if rt.main:
         names = [c.names[i] for c, i in zip(search.choices, arch_idx)]
         arch = Architecture(names, "shufflenet", space.settings.as_dict(),
                             {**costs, "input_size": data.input_size, "top1": metrics["top1"],
-                             "created_by": f"dsnas {__version__} search", "run": str(out)})
+                             "created_by": f"dsnas {__version__} {cfg.method}", "run": str(out)})
         save_arch(arch, out / "arch.yaml")
         save_weights(final_child, out / "child.safetensors", {"format": "dsnas-child/1"})
         write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
-        plot_alpha(out / "alpha.png", state["alpha_rows"], f"DSNAS on {data.name}: softmax(alpha) per block")
+        if cfg.method == "dsnas":
+            plot_alpha(out / "alpha.png", state["alpha_rows"], f"DSNAS on {data.name}: softmax(alpha) per block")
         log.line(f"done in {metrics['wall_s']:.0f}s: child top1 {metrics['top1']}%  top5 {metrics['top5']}%  "
                  f"{costs['mflops']:.2f} MFLOPs  {costs['params_m']:.3f} M params -> {out}")
     log.close()
@@ -393,6 +464,21 @@ def _early_fix(search: DSNAS, cfg: Config) -> list[int]:
         if floor > cfg.budget_mflops:
             search.choices[i].fixed = before[i]
     return [i for i in newly if search.choices[i].fixed is not None]
+
+
+def _round(value, digits: int = 2):
+    return None if value is None else round(value, digits)
+
+
+def _given_arch(cfg: Config, space: ShuffleNetSpace) -> list[int]:
+    """The architecture of method fixed, checked against the space this run's data builds."""
+    arch = load_arch(cfg.arch)
+    mine = space.settings.as_dict()
+    differ = {k: (arch.settings.get(k), v) for k, v in mine.items() if arch.settings.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in differ.items())
+        raise DsnasError(f"{cfg.arch} does not fit this run's space: {detail}")
+    return [c.index(name) for c, name in zip(space.choices, arch.choices)]
 
 
 def _derive(search: DSNAS, cfg: Config) -> list[int]:
