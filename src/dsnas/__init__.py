@@ -14,6 +14,7 @@ _EXPORTS = {
     "CostTable": "cost", "cost_table": "cost",
     "DsnasError": "errors",
     "DSNAS": "search",
+    "random_search": "select", "evolution_search": "select",
     "ShuffleNetChild": "spaces", "ShuffleNetSpace": "spaces",
 }
 
