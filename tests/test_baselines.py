@@ -144,3 +144,8 @@ def test_over_tight_budget_is_reported_before_training(tmp_path, dsnas_main):
                    *sum((["--set", s] for s in TINY + ["budget_mflops=1.0", "epochs=1"]), []))
     assert r.returncode == 2 and "budget_mflops 1 is below the cheapest architecture of this space (1.8" in r.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_train_without_an_architecture_is_a_clear_error(dsnas_main):
+    r = dsnas_main("train")
+    assert r.returncode == 2 and "dsnas train needs an architecture file" in r.stderr

@@ -136,6 +136,8 @@ def cmd_export(args) -> int:
 def cmd_search(args) -> int:
     from .config import load_config
 
+    if getattr(args, "train", False) and not args.arch and not args.resume:
+        raise DsnasError("dsnas train needs an architecture file: dsnas train ARCH")
     if args.resume and args.out and args.resume != args.out:
         raise DsnasError("give the run directory once: --resume DIR (without --out)")
     out = args.resume or args.out
@@ -229,8 +231,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_args(p)
 
     p = sub.add_parser("train", help="train one architecture from scratch (the same loop, no search)")
-    p.add_argument("arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")
+    p.add_argument("arch", nargs="?", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML); "
+                   "not needed with --resume")
     run_args(p)
+    p.set_defaults(train=True)
 
     p = sub.add_parser("eval", help="top-1/top-5 of a child on the test split")
     _child_args(p)
