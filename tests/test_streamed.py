@@ -38,3 +38,19 @@ def test_corrupt_streamed_image_is_one_line_error(tmp_path, workers):
     loader = Loader(data, "train", 6, 0, torch.device("cpu"), train=True, workers=workers)
     with pytest.raises(DsnasError, match="cannot be read"):
         list(loader)
+
+
+def test_held_out_streamed_images_use_the_test_transforms(tmp_path):
+    """Baselines rank candidates on held-out training images: deterministic test-time crops,
+    disjoint from the images left for training."""
+    from dsnas.data import hold_out
+
+    data = load_data(str(_tree(tmp_path, per_class=4)), input_size=64)
+    kept, held = hold_out(data, 3, seed=0)
+    assert len(kept.train) == 5 and len(held.test) == 3
+    assert not set(kept.train.indices) & set(held.test.indices)
+    assert held.test.dataset.transform is data.test.transform
+    assert kept.train.dataset.transform is data.train.transform  # training keeps its augmentation
+    a = next(iter(Loader(held, "test", 3, 0, torch.device("cpu"), train=False)))[0]
+    b = next(iter(Loader(held, "test", 3, 0, torch.device("cpu"), train=False)))[0]
+    assert torch.equal(a, b)
