@@ -149,3 +149,9 @@ def test_over_tight_budget_is_reported_before_training(tmp_path, dsnas_main):
 def test_train_without_an_architecture_is_a_clear_error(dsnas_main):
     r = dsnas_main("train")
     assert r.returncode == 2 and "dsnas train needs an architecture file" in r.stderr
+
+
+def test_default_hold_out_is_a_tenth_of_the_training_images(tmp_path):
+    m = run_search(cfg("method=random", "epochs=1", "select_images=0", "candidates=2"), tmp_path / "r",
+                   quiet=True).metrics
+    assert m["selection"]["held_out_images"] == 38 and m["train_images"] == 384 - 38

@@ -55,7 +55,7 @@ class Config:
     candidates: int = 100              # architectures evaluated
     population: int = 20               # spos: architectures per generation
     mutation_prob: float = 0.1         # spos: chance that a mutation resamples a block
-    select_images: int = 5000          # held-out training images that rank the candidates
+    select_images: int = 0             # held-out training images that rank them (0 = a tenth, at most 10,000)
     # evaluation, logging, checkpoints
     eval_bn_recalibrate: int = 0       # training images used to re-estimate BN stats before each search-stage eval
     checkpoint_every: int = 0          # also checkpoint every N steps (0 = at epoch ends only)
@@ -74,7 +74,8 @@ class Config:
         for key in ("epochs", "batch_size"):
             need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_epochs", "search_epochs", "train_limit", "test_limit", "workers", "input_size",
-                    "eval_bn_recalibrate", "checkpoint_every", "seed"):
+                    "eval_bn_recalibrate", "checkpoint_every", "seed", "select_images", "candidates",
+                    "population"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("lr", "width"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
@@ -95,7 +96,7 @@ class Config:
              "method fixed needs arch (an architecture file)" if self.method == "fixed"
              else "arch is only used with method fixed")
         if self.method in ("spos", "random"):
-            for key in ("candidates", "select_images", "eval_bn_recalibrate"):
+            for key in ("candidates", "eval_bn_recalibrate"):
                 need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
             need(self.population >= 2, f"population must be >= 2, got {self.population}")
             need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")

@@ -161,7 +161,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         data.test = data.test.limit(cfg.test_limit, cfg.seed)
     held = None
     if cfg.method in ("spos", "random"):  # candidates are ranked on images the weights never see
-        data, held = hold_out(data, cfg.select_images, cfg.seed)
+        data, held = hold_out(data, cfg.select_images or min(10_000, len(data.train) // 10), cfg.seed)
     if cfg.batch_size % rt.world:
         raise DsnasError(f"config: batch_size {cfg.batch_size} is not divisible by the {rt.world} processes")
     per_rank_batch = cfg.batch_size // rt.world
