@@ -85,8 +85,8 @@ def main() -> None:
     fixed = ", ".join(f"{last[(lr, 'fixed')]:.3f}" for lr in args.lrs)
     lines += ["", f"Over the last window per-block sampling is at {block}, against {fixed} for the fixed path"
               + (f"; at lr {', '.join(map(str, stuck))} it has not left chance." if stuck else ".")
-              + " In the stride-2 blocks every channel passes through op-specific weights, so while the weights "
-              "are random each block sees a different random projection of its input at every step. A short "
+              + " A likely reason: in the stride-2 blocks every channel passes through op-specific weights, so "
+              "while the weights are random each block sees a different random projection of its input at every step. A short "
               "search therefore starts on an untrained supernet, and the architecture logits get little signal "
               "until the supernet leaves this plateau."]
     text = "\n".join(lines)
