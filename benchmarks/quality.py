@@ -145,13 +145,13 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"), help="run folders (finished runs are reused)")
+    p.add_argument("--name", default="quality", help="BENCHMARKS.md section and figure name (default quality)")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = p.parse_args()
     if args.data != "embedded" and not Path(args.data).is_dir():
         raise SystemExit(f"{args.data} not found: install the Debian package dataset-fashion-mnist "
                          "(apt-get install dataset-fashion-mnist) or pass --data FOLDER")
     r = Runner(args)
-    started = time.time()
     with ThreadPoolExecutor(args.jobs) as pool:  # the longest chains first
         tau = pool.submit(r.ranking)
         chains = [pool.submit(r.seed_dsnas_then_scratch, s) for s in args.seeds]
@@ -160,8 +160,7 @@ def main() -> None:
         for i, f in enumerate(chains):
             per_seed[(args.seeds * 3)[i]].update(f.result())
         ranking = tau.result()
-    total_min = (time.time() - started) / 60
-    write_report(args, per_seed, ranking, total_min)
+    write_report(args, per_seed, ranking)
 
 
 def _ms(values: list[float], digits: int = 2) -> str:
@@ -169,7 +168,7 @@ def _ms(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def write_report(args, per_seed: dict, ranking: dict, total_min: float) -> None:
+def write_report(args, per_seed: dict, ranking: dict) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -182,10 +181,10 @@ def write_report(args, per_seed: dict, ranking: dict, total_min: float) -> None:
            f"--search-epochs {args.search_epochs} --budget {args.budget} --candidates {args.candidates} "
            f"--population {args.population} --select-images {args.select_images} --tau-archs {args.tau_archs} "
            f"--tau-epochs {args.tau_epochs} --jobs {args.jobs} --threads {args.threads}"
-           + "".join(f" --set {s}" for s in args.set))
+           + "".join(f" --set {s}" for s in args.set) + ("" if args.name == "quality" else f" --name {args.name}"))
     lines = ["## Search quality on Fashion-MNIST (`benchmarks/quality.py`)", "",
-             f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each, "
-             f"{total_min:.0f} min in all.", f"Command: `{cmd}`", "",
+             f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each "
+             "(finished runs in the work folder are reused, not rerun).", f"Command: `{cmd}`", "",
              f"Data: {first['data']} ({first['train_images']} training images for "
              f"DSNAS, {first['test_images']} test images). "
              f"Every method trains for {args.epochs} epochs from the `{args.config}` preset (width "
@@ -241,14 +240,14 @@ def write_report(args, per_seed: dict, ranking: dict, total_min: float) -> None:
     ax2.set_ylabel(f"stand-alone test top-1 (%), {args.tau_epochs} epoch(s)")
     ax2.set_title(f"Kendall tau = {tau:.3f} ({len(ranking['pairs'])} architectures)")
     fig.tight_layout()
-    fig.savefig(fig_dir / "quality.png", dpi=110)
-    lines += ["", "![quality](benchmarks/figures/quality.png)"]
+    fig.savefig(fig_dir / f"{args.name}.png", dpi=110)
+    lines += ["", f"![{args.name}](benchmarks/figures/{args.name}.png)"]
     text = "\n".join(lines)
     print(text)
-    (Path(args.work) / "quality.json").write_text(json.dumps({"per_seed": per_seed, "ranking": ranking, "tau": tau},
+    (Path(args.work) / f"{args.name}.json").write_text(json.dumps({"per_seed": per_seed, "ranking": ranking, "tau": tau},
                                                              indent=1, default=str))
     if not args.no_write:
-        write_section("quality", text)
+        write_section(args.name, text)
 
 
 def _cfg(args, key: str):
