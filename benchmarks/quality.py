@@ -153,13 +153,13 @@ def main() -> None:
                          "(apt-get install dataset-fashion-mnist) or pass --data FOLDER")
     r = Runner(args)
     with ThreadPoolExecutor(args.jobs) as pool:  # the longest chains first
-        tau = pool.submit(r.ranking)
+        tau = pool.submit(r.ranking) if args.tau_archs else None
         chains = [pool.submit(r.seed_dsnas_then_scratch, s) for s in args.seeds]
         chains += [pool.submit(r.seed_baseline, s, m) for m in ("random", "spos") for s in args.seeds]
         per_seed = {s: {} for s in args.seeds}
         for i, f in enumerate(chains):
             per_seed[(args.seeds * 3)[i]].update(f.result())
-        ranking = tau.result()
+        ranking = tau.result() if tau else None
     write_report(args, per_seed, ranking)
 
 
@@ -175,7 +175,8 @@ def write_report(args, per_seed: dict, ranking: dict) -> None:
     import matplotlib.pyplot as plt
 
     seeds = args.seeds
-    tau = kendall_tau([q["inherited"] for q in ranking["pairs"]], [q["alone"] for q in ranking["pairs"]])
+    pairs = ranking["pairs"] if ranking else []
+    tau = kendall_tau([q["inherited"] for q in pairs], [q["alone"] for q in pairs]) if pairs else float("nan")
     first = per_seed[seeds[0]]["dsnas"]
     cmd = (f"python benchmarks/quality.py --seeds {' '.join(map(str, seeds))} --epochs {args.epochs} "
            f"--search-epochs {args.search_epochs} --budget {args.budget} --candidates {args.candidates} "
@@ -204,28 +205,32 @@ def write_report(args, per_seed: dict, ranking: dict) -> None:
     for s in seeds:
         lines.append(f"| {s} | " + " | ".join(f"{per_seed[s][m]['top1']:.2f}" for m in METHODS) + " |")
     wins = {m: sum(per_seed[s]["dsnas"]["top1"] >= per_seed[s][m]["top1"] for s in seeds) for m in METHODS[1:]}
-    lines += ["", "DSNAS child at or above: " + ", ".join(f"{m} in {wins[m]} of {len(seeds)} seeds" for m in wins) + ".",
-              "", f"**Ranking.** A uniform supernet trained for {args.search_epochs} epoch(s) (seed {seeds[0]}) ranks "
+    lines += ["", "DSNAS child at or above: " + ", ".join(f"{m} in {wins[m]} of {len(seeds)} seeds" for m in wins) + "."]
+    mean = {m: statistics.mean(per_seed[s][m]["top1"] for s in seeds) for m in METHODS}
+    reading = (f"**Reading.** The DSNAS child is {mean['dsnas'] - mean['scratch']:+.2f} points from the same "
+               f"architecture trained from scratch, {mean['dsnas'] - mean['random']:+.2f} from random search and "
+               f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS (means over seeds).")
+    if pairs:
+        lines += ["", f"**Ranking.** A uniform supernet trained for {args.search_epochs} epoch(s) (seed {seeds[0]}) ranks "
               f"{len(ranking['pairs'])} random architectures within the budget by held-out top-1 with inherited "
               f"weights (BN re-estimated); each is then trained alone for {args.tau_epochs} epoch(s) and tested. "
               f"Kendall τ between the two = **{tau:.3f}**.", "",
               "| inherited top-1 (%) | stand-alone top-1 (%) | MFLOPs |", "|---|---|---|"]
-    lines += [f"| {q['inherited']:.2f} | {q['alone']:.2f} | {q['mflops']:.3f} |" for q in ranking["pairs"]]
-    mean = {m: statistics.mean(per_seed[s][m]["top1"] for s in seeds) for m in METHODS}
-    inherited = [q["inherited"] for q in ranking["pairs"]]
-    lines += ["", f"**Reading.** The DSNAS child is {mean['dsnas'] - mean['scratch']:+.2f} points from the same "
-              f"architecture trained from scratch, {mean['dsnas'] - mean['random']:+.2f} from random search and "
-              f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS (means over seeds). After {args.search_epochs} "
-              f"epoch(s) the uniform supernet gives its candidates {min(inherited):.1f}-{max(inherited):.1f}% held-out "
-              f"top-1 against 10% for chance (see the `plateau` section: a supernet sampled per block leaves chance "
-              "slowly), so the inherited weights carry little and the ranking is close to random. At this budget "
-              "the searches differ mainly in how many epochs the final child trains with the full schedule, which "
-              "favours training from scratch; the paper's setting trains the supernet for far longer before the "
-              "child inherits it."]
+        lines += [f"| {q['inherited']:.2f} | {q['alone']:.2f} | {q['mflops']:.3f} |" for q in pairs]
+    if pairs:
+        inherited = [q["inherited"] for q in pairs]
+        reading += (f" After {args.search_epochs} epoch(s) the uniform supernet gives its candidates "
+                    f"{min(inherited):.1f}-{max(inherited):.1f}% held-out top-1 against 10% for chance (see the "
+                    "`plateau` section: a supernet sampled per block leaves chance slowly), so the inherited weights "
+                    "carry little and the ranking is close to random. At this budget the searches differ mainly in "
+                    "how many epochs the final child trains with the full schedule, which favours training from "
+                    "scratch; the paper's setting trains the supernet for far longer before the child inherits it.")
+    lines += ["", reading]
 
     fig_dir = Path(args.work) if args.no_write else ROOT / "benchmarks" / "figures"
     fig_dir.mkdir(exist_ok=True)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(11 if pairs else 5.5, 4), squeeze=False)
+    ax1 = axes[0][0]
     for i, m in enumerate(METHODS):
         vals = [per_seed[s][m]["top1"] for s in seeds]
         ax1.bar(i, statistics.mean(vals), color=f"C{i}", alpha=0.6)
@@ -235,10 +240,12 @@ def write_report(args, per_seed: dict, ranking: dict) -> None:
     ax1.set_xticks(range(len(METHODS)), METHODS)
     ax1.set_ylabel("test top-1 (%)")
     ax1.set_title(f"{args.epochs} epochs each, {args.budget} MFLOPs budget ({len(seeds)} seeds)")
-    ax2.scatter([q["inherited"] for q in ranking["pairs"]], [q["alone"] for q in ranking["pairs"]])
-    ax2.set_xlabel("supernet-inherited held-out top-1 (%)")
-    ax2.set_ylabel(f"stand-alone test top-1 (%), {args.tau_epochs} epoch(s)")
-    ax2.set_title(f"Kendall tau = {tau:.3f} ({len(ranking['pairs'])} architectures)")
+    if pairs:
+        ax2 = axes[0][1]
+        ax2.scatter([q["inherited"] for q in pairs], [q["alone"] for q in pairs])
+        ax2.set_xlabel("supernet-inherited held-out top-1 (%)")
+        ax2.set_ylabel(f"stand-alone test top-1 (%), {args.tau_epochs} epoch(s)")
+        ax2.set_title(f"Kendall tau = {tau:.3f} ({len(pairs)} architectures)")
     fig.tight_layout()
     fig.savefig(fig_dir / f"{args.name}.png", dpi=110)
     lines += ["", f"![{args.name}](benchmarks/figures/{args.name}.png)"]
