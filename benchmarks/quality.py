@@ -183,7 +183,8 @@ def write_report(args, per_seed: dict, ranking: dict) -> None:
            f"--population {args.population} --select-images {args.select_images} --tau-archs {args.tau_archs} "
            f"--tau-epochs {args.tau_epochs} --jobs {args.jobs} --threads {args.threads}"
            + "".join(f" --set {s}" for s in args.set) + ("" if args.name == "quality" else f" --name {args.name}"))
-    lines = ["## Search quality on Fashion-MNIST (`benchmarks/quality.py`)", "",
+    lines = [f"## Search quality: {args.epochs} epochs, {args.search_epochs} of search, {len(seeds)} seed(s) "
+             "(`benchmarks/quality.py`)", "",
              f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each "
              "(finished runs in the work folder are reused, not rerun).", f"Command: `{cmd}`", "",
              f"Data: {first['data']} ({first['train_images']} training images for "
