@@ -44,15 +44,14 @@ class _Pool:
                  score: Callable[[Arch], float], rng: random.Random):
         self.sizes, self.cost, self.score, self.rng = list(sizes), cost, score, rng
         self.budget = math.inf if not budget else float(budget)
-        cheapest = cost(tuple(min(range(n), key=lambda k, i=i: cost(self._one_hot_at(i, k))) for i, n in enumerate(sizes)))
+        zeros = (0,) * len(sizes)  # costs add up over blocks: take each block's cheapest op
+        cheapest = cost(tuple(min(range(n), key=lambda k, i=i: cost(zeros[:i] + (k,) + zeros[i + 1:]))
+                              for i, n in enumerate(sizes)))
         if cheapest > self.budget:
             raise DsnasError(f"no architecture fits the budget of {self.budget:g} MFLOPs (the cheapest costs "
                              f"{cheapest:.3f})")
         self.evaluated: dict[Arch, Candidate] = {}
         self.order: list[Candidate] = []
-
-    def _one_hot_at(self, block: int, k: int) -> Arch:
-        return tuple(k if i == block else 0 for i in range(len(self.sizes)))
 
     def admissible(self, arch: Arch, pending=()) -> bool:
         return arch not in self.evaluated and arch not in pending and self.cost(arch) <= self.budget

@@ -250,6 +250,13 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             return _derive(search, cfg)
         return select_candidate()
 
+    def inherited(arch, loader, epoch: int) -> dict:
+        """Accuracy of ``arch`` with the supernet's weights, BN re-estimated on the training images of ``epoch``."""
+        candidate = space.child(list(arch), share=True)
+        train_loader.set_epoch(epoch)
+        recalibrate_bn(candidate, train_loader, max(1, cfg.eval_bn_recalibrate // rt.world))
+        return accuracy(candidate, loader, rt.amp_dtype)
+
     def select_candidate() -> list[int]:
         held_loader = Loader(held, "test", max(per_rank_batch, 256), cfg.seed, rt.device, rt.rank, rt.world,
                              train=False, workers=cfg.workers)
@@ -257,12 +264,9 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                    disable=None if rt.main and not quiet else True, dynamic_ncols=True)
         t0 = time.time()
 
-        def score(arch) -> float:  # inherited weights, BN re-estimated on the same training images each time
-            candidate = space.child(list(arch), share=True)
-            train_loader.set_epoch(cfg.search_epochs)
-            recalibrate_bn(candidate, train_loader, max(1, cfg.eval_bn_recalibrate // rt.world))
+        def score(arch) -> float:  # the same BN images for every candidate
             bar.update(1)
-            return accuracy(candidate, held_loader, rt.amp_dtype)["top1"]
+            return inherited(arch, held_loader, cfg.search_epochs)["top1"]
 
         found = select(cfg.method, [len(c) for c in search.choices], table.total, cfg.budget_mflops or None, score,
                        cfg.candidates, cfg.population, cfg.mutation_prob, cfg.seed)
@@ -388,10 +392,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     arch_idx = search.derive() if None not in search.fixed() else choose()  # no finetune stage: choose now
     result = dict(state["history"][-1]) if state["history"] else {}
     if state["history"] and result["top1"] is None:  # ended on a supernet: the chosen child, inherited
-        final = space.child(arch_idx, share=True)
-        train_loader.set_epoch(cfg.epochs)
-        recalibrate_bn(final, train_loader, max(1, cfg.eval_bn_recalibrate // rt.world))
-        m = accuracy(final, test_loader, rt.amp_dtype)
+        m = inherited(arch_idx, test_loader, cfg.epochs)
         result.update(top1=round(m["top1"], 2), top5=round(m["top5"], 2))
     final_child = space.child(arch_idx).cpu().float()
     costs = table.costs(arch_idx)
