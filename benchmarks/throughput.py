@@ -1,5 +1,6 @@
 """Images per second of a DSNAS search step and of a training step of the fixed child, at 224 px
-with synthetic data, on the CPU and (when present) on a CUDA GPU with AMP and channels-last.
+with synthetic data, on the CPU and (when present) on a CUDA GPU with bf16 autocast and channels-last;
+on CUDA also the search step in fp32, as `amp: auto` runs the search stage.
 
     python benchmarks/throughput.py [--device cpu|cuda] [--batch N] [--reps N] [--no-write]
 """
@@ -13,6 +14,10 @@ import torch
 
 from _report import machine, write_section
 from _steps import Pair, median
+
+
+def amp_name(dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def main() -> None:
@@ -31,14 +36,24 @@ def main() -> None:
     search_ips, child_ips = batch / median(search_t), batch / median(child_t)
     result = {"device": args.device, "batch": batch, "reps": reps, "amp": str(amp), "search_img_s": round(search_ips, 1),
               "child_img_s": round(child_ips, 1), "ratio": round(search_ips / child_ips, 3)}
+    fp32_ips = None
+    if amp is not None:  # `amp: auto` runs the search stage in fp32 (benchmarks/reward_precision.py)
+        pair32 = Pair(224, batch, 1.0, 1000, 3, device=args.device, amp=None)
+        fp32_t, _ = pair32.interleaved(reps)
+        fp32_ips = batch / median(fp32_t)
+        result["search_fp32_img_s"] = round(fp32_ips, 1)
     print(json.dumps(result))
     lines = [f"## Throughput at 224 px, {args.device} (`benchmarks/throughput.py`)", "", f"Machine: {machine()}.",
              f"Command: `python benchmarks/throughput.py --device {args.device}`: batch {batch}, median of {reps} "
-             f"interleaved steps, synthetic data, channels-last, AMP {amp or 'off'}.", "",
+             f"interleaved steps, synthetic data, channels-last, autocast {amp_name(amp)}.", "",
              "| step | images/s |", "|---|---|",
              f"| DSNAS search step (sample, forward, backward, α-gradient, both optimizer steps) | {search_ips:.1f} |",
              f"| fixed child training step | {child_ips:.1f} |", "",
              f"Search / child throughput: **{search_ips / child_ips:.3f}** (target ≥ 0.9)."]
+    if fp32_ips is not None:
+        lines[-3:-2] = [lines[-3], f"| DSNAS search step in fp32 (what `amp: auto` runs in the search stage) | {fp32_ips:.1f} |"]
+        lines.append(f"In fp32 the search step runs at {fp32_ips / child_ips:.3f}x the {amp_name(amp)} child step; "
+                     "warm-up, supernet and finetune epochs run in " + amp_name(amp) + ".")
     if not args.no_write:
         write_section(f"throughput_{'cuda' if cuda else 'cpu'}", "\n".join(lines))
 

@@ -1,5 +1,6 @@
-"""torchrun with two gloo ranks: a rank that dies stops the run, and `--resume` under torchrun
-finishes it with the result of an uninterrupted run."""
+"""torchrun with two gloo ranks: a rank that dies stops the run, `--resume` under torchrun
+finishes it with the result of an uninterrupted run, and the same two ranks spread over two
+nodes (two launchers, one process each) give the same result as on one node."""
 
 import os
 import socket
@@ -8,7 +9,9 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -59,17 +62,45 @@ def _search(out):
     return args
 
 
-def test_dead_rank_stops_run_and_resume_matches(tmp_path):
-    ref = _torchrun(_search(tmp_path / "ref"), tmp_path)
+def _same_result(a: Path, b: Path) -> None:
+    wa, wb = load_file(str(a / "child.safetensors")), load_file(str(b / "child.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    ca = torch.load(a / "checkpoints" / "last.pt", weights_only=True)["search"]
+    cb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)["search"]
+    assert ca["fixed"] == cb["fixed"] and all(torch.equal(x, y) for x, y in zip(ca["alphas"], cb["alphas"]))
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("torchrun")
+    ref = _torchrun(_search(tmp / "ref"), tmp)
     assert ref.returncode == 0, ref.stderr[-2000:]
+    return tmp / "ref"
+
+
+def test_dead_rank_stops_run_and_resume_matches(reference, tmp_path):
     died = _torchrun(_search(tmp_path / "run"), tmp_path, script=DYING)
     assert died.returncode != 0
     assert not (tmp_path / "run" / "child.safetensors").exists()
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     resumed = _torchrun(["search", "--quiet", "--resume", str(tmp_path / "run")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    a, b = load_file(str(tmp_path / "ref" / "child.safetensors")), load_file(str(tmp_path / "run" / "child.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    ca = torch.load(tmp_path / "ref" / "checkpoints" / "last.pt", weights_only=True)["search"]
-    cb = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)["search"]
-    assert ca["fixed"] == cb["fixed"] and all(torch.equal(x, y) for x, y in zip(ca["alphas"], cb["alphas"]))
+    _same_result(reference, tmp_path / "run")
+
+
+def test_two_nodes_match_one_node(reference, tmp_path):
+    """Two launchers on this host, each a node with one process (static rendezvous): global
+    ranks 0 and 1 with LOCAL_RANK 0 on both. Only global rank 0 writes the run's files."""
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    port = _port()
+    out = tmp_path / "nodes"
+    procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
+                               "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port,
+                               "--max-restarts", "0", "-m", "dsnas", *_search(out)],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for node in (0, 1)]
+    results = [p.communicate(timeout=600) for p in procs]
+    for p, (_, err) in zip(procs, results):
+        assert p.returncode == 0, err[-2000:]
+    _same_result(reference, out)
+    assert yaml.safe_load((out / "config.yaml").read_text())["world_size"] == 2

@@ -62,7 +62,7 @@ class Config:
     seed: int = 0
     # hardware (ignored on CPU where noted)
     device: str = "auto"               # auto | cpu | cuda
-    amp: str = "auto"                  # auto (bf16 on CUDA when supported) | off | bf16 | fp16
+    amp: str = "auto"                  # auto (bf16 on CUDA when supported, else off) | off | bf16 | fp16 (scaled)
     channels_last: bool = True         # channels-last memory format (faster on CPU and GPU)
     compile: bool = False              # torch.compile the model (CUDA only)
 

@@ -8,6 +8,7 @@ import math
 import os
 import random
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -62,12 +63,45 @@ def setup_runtime(cfg: Config) -> Runtime:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    amp_dtype = None
-    if device.type == "cuda" and cfg.amp in ("auto", "bf16") and torch.cuda.is_bf16_supported():
-        amp_dtype = torch.bfloat16
-    elif device.type == "cuda" and cfg.amp == "fp16":
-        amp_dtype = torch.float16
-    return Runtime(rank, world, device, amp_dtype)
+    return Runtime(rank, world, device, autocast_dtype(cfg.amp, device))
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``auto`` is bf16 on a GPU that supports it and off elsewhere; ``bf16``
+    and ``fp16`` are honoured on any device (fp16 trains with a gradient scaler)."""
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and bf16_ok else None
+    if amp == "bf16" and not bf16_ok:
+        raise DsnasError(f"config: amp bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or off")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def stage_autocast(amp: str, dtype: torch.dtype | None, stage: str) -> torch.dtype | None:
+    """The autocast dtype of a training step. Under ``amp: auto`` the search stage runs in fp32:
+    a gate's reward <dL/dy, y> is a small difference of large sums (cancellation of 1e2-1e4 on
+    ShuffleNet blocks), and with bf16 activations its error is as large as its spread over
+    batches and paths (benchmarks/reward_precision.py). An explicit ``bf16``/``fp16`` is kept."""
+    return None if amp == "auto" and stage == "search" else dtype
+
+
+def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, arch_optimizer,
+               search: DSNAS, scaler: torch.amp.GradScaler, amp: torch.dtype | None) -> torch.Tensor:
+    """One step: forward under autocast, one backward for the weight gradients and the gate
+    rewards, then (with ``arch_optimizer``) the DSNAS alpha-step and the weight step. Under fp16 the
+    loss is scaled; the alpha-gradients carry the same scale and are unscaled by the scaler like
+    the weights' (a step with an inf/NaN gradient is skipped and the scale lowered)."""
+    with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
+        loss = criterion(net(x), y)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    if arch_optimizer is not None:
+        search.compute_arch_grads()
+        if any(a.grad is not None for a in search.alphas):  # all fixed: nothing to step
+            scaler.step(arch_optimizer)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach()
 
 
 def lr_factor(step: int, steps_per_epoch: int, cfg: Config) -> float:
@@ -191,6 +225,9 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     optimizer = torch.optim.SGD(weight_groups(space, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     arch_optimizer = torch.optim.Adam(search.alphas, lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    if scaler.is_enabled():  # a step skipped for an inf gradient is expected under fp16, not a mistake
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
 
     train_loader = Loader(data, "train", per_rank_batch, cfg.seed, rt.device, rt.rank, rt.world, train=True,
                           workers=cfg.workers, pad=2 if cfg.augment else 0)
@@ -208,6 +245,8 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         optimizer.load_state_dict(ckpt["optimizer"])
         arch_optimizer.load_state_dict(ckpt["arch_optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
+        if ckpt.get("scaler"):
+            scaler.load_state_dict(ckpt["scaler"])
         search.generator.set_state(ckpt["sampler_rng"][rt.rank] if rt.rank < len(ckpt["sampler_rng"]) else ckpt["sampler_rng"][0])
         _set_global_rng_states(ckpt)
         state.update(ckpt["progress"])
@@ -237,7 +276,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             save_checkpoint(out / "checkpoints", {
                 "model": space.state_dict(), "search": search.state_dict(), "optimizer": optimizer.state_dict(),
                 "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "sampler_rng": rngs, **_global_rng_states(),
+                "scaler": scaler.state_dict(), "sampler_rng": rngs, **_global_rng_states(),
                 "progress": {**state, "epoch": epoch, "step": step, "elapsed": time.time() - started},
                 "config": cfg.to_dict(),
             }, space.settings.as_dict())
@@ -326,14 +365,8 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                     raise DsnasError("the architecture logits became NaN or infinite; training stopped") from None
             if cfg.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(rt.device.type, dtype=rt.amp_dtype, enabled=rt.amp_dtype is not None):
-                loss = criterion(net(x), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if stage == "search":
-                search.compute_arch_grads()
-                arch_optimizer.step()
-            optimizer.step()
+            loss = train_step(net, x, y, criterion, optimizer, arch_optimizer if stage == "search" else None,
+                              search, scaler, stage_autocast(cfg.amp, rt.amp_dtype, stage))
             scheduler.step()
             loss_sum += loss.detach()
             first_bad = torch.where(torch.isfinite(loss.detach()) | (first_bad >= 0), first_bad, step)  # no sync
