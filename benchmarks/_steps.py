@@ -9,6 +9,7 @@ from torch import nn
 
 from dsnas import DSNAS
 from dsnas.spaces import ShuffleNetSpace
+from dsnas.train import train_step
 
 
 class Pair:
@@ -36,6 +37,7 @@ class Pair:
         self.x = torch.randn(batch, in_channels, input_size, input_size, generator=g).to(self.device, memory_format=fmt)
         self.y = torch.randint(0, num_classes, (batch,), generator=g).to(self.device)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=0.1)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=False)  # timing only: no loss scaling
 
     def _loss(self, model):
         with torch.autocast(self.device.type, dtype=self.amp, enabled=self.amp is not None):
@@ -47,19 +49,11 @@ class Pair:
             self.search.sample()
         else:
             self.search.arm(path)
-        loss = self._loss(self.space)
-        self.opt.zero_grad(set_to_none=True)
-        self.arch_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.search.compute_arch_grads()
-        self.arch_opt.step()
-        self.opt.step()
+        train_step(self.space, self.x, self.y, self.criterion, self.opt, self.arch_opt, self.search, self.scaler,
+                   self.amp)
 
     def child_step(self) -> None:
-        loss = self._loss(self.child)
-        self.child_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.child_opt.step()
+        train_step(self.child, self.x, self.y, self.criterion, self.child_opt, None, None, self.scaler, self.amp)
 
     def sync(self) -> None:
         if self.device.type == "cuda":

@@ -4,8 +4,9 @@ The reward of a block is a small difference of large sums: summing |dL/dy * y| o
 gives 10^2-10^4 times |r_i|. Rounding y and dL/dy to bf16 or fp16 therefore moves r_i by an
 amount that can rival the reward itself. This script trains the width-0.25 supernet with uniform
 per-block paths (DSNAS's warm-up) and, at chosen points, computes every block's reward on the
-same batches and paths in fp32 and under autocast, reporting the error against the reward's own
-spread over batches and paths (the noise the estimator already averages over).
+same batches and paths in float64 (the reference), fp32 and under autocast, reporting each one's
+error against the reward's own spread over batches and paths (the noise the estimator already
+averages over).
 
 Writes the `reward_precision_<device>` section of BENCHMARKS.md.
 
@@ -25,6 +26,7 @@ from _report import machine, write_section
 from dsnas.data import Loader, load_data
 from dsnas.search import DSNAS
 from dsnas.spaces import ShuffleNetSpace
+from dsnas.spaces.shufflenet import STAGE_REPEATS
 
 
 def rewards(space, search, path, x, y, amp) -> torch.Tensor:
@@ -33,7 +35,20 @@ def rewards(space, search, path, x, y, amp) -> torch.Tensor:
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         loss = nn.functional.cross_entropy(space(x), y)
     loss.backward()
-    return torch.stack([c.mask.grad.detach().float().cpu() for c in search.choices])
+    return torch.stack([c.mask.grad.detach().double().cpu() for c in search.choices])
+
+
+def rewards64(space, search, path, x, y) -> torch.Tensor:
+    """The reference: the same step in float64 (the model converts there and back losslessly)."""
+    space.double()
+    for m in search._masks:
+        m.data = m.data.double()
+    try:
+        return rewards(space, search, path, x.double(), y, None)
+    finally:
+        space.float()
+        for m in search._masks:
+            m.data = m.data.float()
 
 
 def cancellation(space, search, path, x, y) -> torch.Tensor:
@@ -63,11 +78,11 @@ def main() -> None:
     args = p.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    if cuda:  # the reference is true fp32; TF32 (cuDNN's default for fp32 convolutions) is one of the modes
+    if cuda:  # fp32 means true fp32 here; TF32 (cuDNN's default for fp32 convolutions) is a mode of its own
         torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
-    modes = {"bf16": torch.bfloat16, "fp16": torch.float16}
+    modes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
     if cuda:
-        modes = {"tf32": None, **modes}
+        modes = {"fp32": None, "tf32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
     torch.manual_seed(args.seed)
     data = load_data(args.data) if args.data else load_data()
@@ -96,7 +111,7 @@ def main() -> None:
             if i == args.batches:
                 break
             path = torch.randint(0, 4, (nb,), generator=paths).tolist()
-            ref.append(rewards(space, search, path, x, y, None))
+            ref.append(rewards64(space, search, path, x, y))
             canc.append(cancellation(space, search, path, x, y))
             for name, amp in modes.items():
                 if name == "tf32":
@@ -111,6 +126,7 @@ def main() -> None:
             err = (torch.stack(got[name]) - ref).pow(2).mean(dim=0).sqrt()
             ratio = (err / spread).tolist()
             row[name] = (statistics.median(ratio), max(ratio), float((err / spread).pow(2).mean()))
+        row["spread"] = spread
         rows.append(row)
         print(row, flush=True)
 
@@ -120,9 +136,9 @@ def main() -> None:
              f"{' '.join(map(str, sorted(set(args.epochs))))} --batches {args.batches}`"
              + (f" `--data {args.data}`" if args.data else " (embedded Fashion-MNIST subset)"), "",
              f"Width-0.25 supernet, batch {args.batch}, trained with uniform per-block paths for the given epochs; "
-             f"then {args.batches} batches, each with its own random path, give every block's reward in fp32 "
-             "(the reference) and under each precision. *err/spread*: RMS error of the reward divided by the "
-             "fp32 reward's standard deviation over those batches and paths, median and worst block; *added "
+             f"then {args.batches} batches, each with its own random path, give every block's reward in float64 "
+             "(the reference) and in each precision. *err/spread*: RMS error of the reward divided by the "
+             "reference reward's standard deviation over those batches and paths, median and worst block; *added "
              "variance*: mean over blocks of (err/spread)^2. *cancellation*: median over blocks and batches of "
              "sum|dL/dy*y| / |sum dL/dy*y|.", "",
              "| warm-up epochs | cancellation | " + " | ".join(
@@ -132,11 +148,21 @@ def main() -> None:
         lines.append(f"| {r['epochs']} | {r['cancel']:.0f} | " + " | ".join(
             f"{r[m][0]:.2f}, {r[m][1]:.2f} | {100 * r[m][2]:.0f}%" for m in modes) + " |")
     first, last = rows[0], rows[-1]
+    ends = {sum(STAGE_REPEATS[:i + 1]) - 1 for i in range(len(STAGE_REPEATS))}  # each stage's last block
+    end_spread = statistics.median(float(last["spread"][b]) for b in ends)
+    other_spread = statistics.median(float(last["spread"][b]) for b in range(nb) if b not in ends)
     lines += ["", f"At {first['epochs']} warm-up epochs bf16 adds {100 * first['bf16'][2]:.0f}% to the variance of the "
-              f"rewards (median block error {first['bf16'][0]:.2f} of the spread); after {last['epochs']} it adds "
-              f"{100 * last['bf16'][2]:.0f}%. This is why `amp: auto` runs the search stage (the only stage that "
-              "collects rewards) in fp32 and uses bf16 for warm-up, supernet training and finetuning; "
-              "`amp: bf16` or `fp16` applies autocast to the search stage too, at this cost in estimator noise."]
+              f"rewards (median block error {first['bf16'][0]:.2f} of the spread) and fp32 {100 * first['fp32'][2]:.1f}%; "
+              f"after {last['epochs']} epochs bf16 adds {100 * last['bf16'][2]:.0f}% and fp32 {100 * last['fp32'][2]:.1f}%. "
+              "So `amp: auto` runs the search stage, the only stage that collects rewards, in fp32, and warm-up, "
+              "supernet training and finetuning in bf16; `amp: bf16` or `fp16` applies autocast to the search stage "
+              "too, at this cost in estimator noise.", "",
+              f"The last block of each stage (blocks {', '.join(str(b) for b in sorted(ends))}) has rewards "
+              f"{other_spread / end_spread:.0f}x smaller than the others (median spread {end_spread:.1e} against "
+              f"{other_spread:.1e} after {last['epochs']} epochs): its whole output feeds convolutions followed by "
+              "batch norm (a stride-2 unit, or the final 1x1 convolution), which undoes any scale of the gate, so only "
+              "BN's eps leaves them a little credit. This comes from gating whole ShuffleNet units; Adam's "
+              "per-parameter normalisation still gives their α full-size steps."]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -1,8 +1,8 @@
 """Images per second of a DSNAS search step and of a training step of the fixed child, at 224 px
 with synthetic data, on the CPU and (when present) on a CUDA GPU with bf16 autocast and channels-last;
-on CUDA also the search step in fp32, as `amp: auto` runs the search stage.
+with bf16 on, also the search step in fp32, as `amp: auto` runs the search stage.
 
-    python benchmarks/throughput.py [--device cpu|cuda] [--batch N] [--reps N] [--no-write]
+    python benchmarks/throughput.py [--device cpu|cuda] [--amp auto|off|bf16|fp16] [--batch N] [--reps N] [--no-write]
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ import torch
 from _report import machine, write_section
 from _steps import Pair, median
 
+from dsnas.train import autocast_dtype
+
 
 def amp_name(dtype) -> str:
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
@@ -25,12 +27,14 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=0, help="default 32 on CPU, 256 on CUDA")
     p.add_argument("--reps", type=int, default=0, help="default 15 on CPU, 50 on CUDA")
+    p.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], default="auto",
+                   help="autocast of both steps, as the `amp` setting (auto: bf16 on CUDA, off on CPU)")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     cuda = args.device.startswith("cuda")
     batch = args.batch or (256 if cuda else 32)
     reps = args.reps or (50 if cuda else 15)
-    amp = torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    amp = autocast_dtype(args.amp, torch.device(args.device))
     pair = Pair(224, batch, 1.0, 1000, 3, device=args.device, amp=amp)
     search_t, child_t = pair.interleaved(reps)
     search_ips, child_ips = batch / median(search_t), batch / median(child_t)
@@ -44,7 +48,7 @@ def main() -> None:
         result["search_fp32_img_s"] = round(fp32_ips, 1)
     print(json.dumps(result))
     lines = [f"## Throughput at 224 px, {args.device} (`benchmarks/throughput.py`)", "", f"Machine: {machine()}.",
-             f"Command: `python benchmarks/throughput.py --device {args.device}`: batch {batch}, median of {reps} "
+             f"Command: `python benchmarks/throughput.py --device {args.device} --amp {args.amp}`: batch {batch}, median of {reps} "
              f"interleaved steps, synthetic data, channels-last, autocast {amp_name(amp)}.", "",
              "| step | images/s |", "|---|---|",
              f"| DSNAS search step (sample, forward, backward, α-gradient, both optimizer steps) | {search_ips:.1f} |",

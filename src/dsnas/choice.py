@@ -31,7 +31,7 @@ class _Gate(torch.autograd.Function):
         grad_z = None
         if ctx.needs_input_grad[1]:
             g, v = grad.reshape(-1), y.reshape(-1)
-            if g.dtype != torch.float32:
+            if g.dtype in (torch.float16, torch.bfloat16):  # the sum cancels heavily: accumulate in fp32
                 g, v = g.float(), v.float()
             grad_z = torch.dot(g, v).to(ctx.z_dtype)
         return grad, grad_z

@@ -348,6 +348,9 @@ def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch
     return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
 
 
+DEVICE_SPLIT_BYTES = 2 << 30  # an in-memory split up to this size is copied to the GPU once
+
+
 class Loader:
     """Iterates (images, labels) batches on ``device`` for one split and one rank.
 
@@ -363,7 +366,10 @@ class Loader:
         self.mean = torch.tensor(data.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(data.std, device=device).view(1, -1, 1, 1)
         self.loader = None
-        if not isinstance(self.source, Split):
+        if isinstance(self.source, Split):  # small images, uint8: kept on the device when they fit comfortably
+            store = device if self.source.images.nbytes <= DEVICE_SPLIT_BYTES else torch.device("cpu")
+            self.images, self.labels = self.source.images.to(store), self.source.labels.to(store)
+        else:
             self.loader = torch.utils.data.DataLoader(self.source, batch_sampler=self.plan, num_workers=workers,
                                                       pin_memory=device.type == "cuda",
                                                       persistent_workers=workers > 0)
@@ -383,9 +389,9 @@ class Loader:
                 raise DsnasError(f"an image of {self.data.name} cannot be read: {str(e).splitlines()[0]}") from None
             return
         for step, idx in enumerate(self.plan, start=self.plan.start):
-            index = torch.tensor(idx)
-            x = self.source.images[index].to(self.device, non_blocking=True).float().div_(255)
-            y = self.source.labels[index].to(self.device, non_blocking=True)
+            index = torch.tensor(idx, device=self.images.device)
+            x = self.images[index].to(self.device, non_blocking=True).float().div_(255)
+            y = self.labels[index].to(self.device, non_blocking=True)
             if self.train and self.pad:  # pad=0: no augmentation
                 g = torch.Generator().manual_seed(hash((self.seed, self.plan.epoch, step, self.rank)) & 0xFFFFFFFF)
                 x = augment(x, self.pad, g)
