@@ -40,8 +40,26 @@ def reset_bn_stats(model: nn.Module) -> None:
 
 
 @torch.no_grad()
+def sync_bn_stats(model: nn.Module) -> None:
+    """Under torch.distributed, replace every rank's BN running mean and variance by their mean
+    over ranks, so all ranks hold, evaluate and save the same statistics (DDP leaves them per rank)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return
+    stats = [t for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             for t in (m.running_mean, m.running_var)]
+    if not stats:
+        return
+    flat = torch.cat([t.flatten() for t in stats])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    for t, avg in zip(stats, flat.split([t.numel() for t in stats])):
+        t.copy_(avg.view_as(t))
+
+
+@torch.no_grad()
 def recalibrate_bn(model: nn.Module, loader, images: int) -> None:
-    """Re-estimate BN running statistics as an exact average over ``images`` training images."""
+    """Re-estimate BN running statistics as an exact average over ``images`` training images
+    (per rank; under torch.distributed the ranks' averages are then averaged)."""
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
@@ -60,3 +78,4 @@ def recalibrate_bn(model: nn.Module, loader, images: int) -> None:
         for m, mom in zip(bns, saved):
             m.momentum = mom
         model.train(was_training)
+    sync_bn_stats(model)

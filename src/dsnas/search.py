@@ -71,6 +71,7 @@ class DSNAS:
         self.costs = None if costs is None else [torch.as_tensor(c, dtype=torch.float32, device=device) for c in costs]
         if self.costs is not None and [len(c) for c in self.costs] != [len(c) for c in self.choices]:
             raise ValueError("costs must have one entry per candidate of every Choice")
+        self._cost_values = None if costs is None else [c.tolist() for c in self.costs]  # host copies: no sync
         self.budget, self.penalty, self.threshold = budget, float(penalty), float(early_fix)
         self.generator = generator
         self._masks = [torch.ones((), device=device, requires_grad=True) for _ in self.choices]
@@ -78,9 +79,10 @@ class DSNAS:
 
     # --- sampling -------------------------------------------------------------------------
     def probs(self) -> list[torch.Tensor]:
-        """softmax(alpha) of every block, detached, on the CPU."""
+        """softmax(alpha) of every block, detached, on the CPU (one device-to-host copy for all)."""
         with torch.no_grad():
-            return [torch.softmax(a.detach().float().cpu(), dim=0) for a in self.alphas]
+            flat = torch.cat([a.detach().float() for a in self.alphas]).cpu()
+            return [torch.softmax(a, dim=0) for a in flat.split([len(a) for a in self.alphas])]
 
     def sample(self, gate: bool = True) -> list[int]:
         """Draw one candidate per unfixed block from softmax(alpha), make it active and (with
@@ -116,7 +118,7 @@ class DSNAS:
         if self.costs is None:
             raise ValueError("no cost table was given")
         path = self.path if path is None else path
-        return self.base_cost + sum(float(c[i]) for c, i in zip(self.costs, path))
+        return self.base_cost + sum(c[i] for c, i in zip(self._cost_values, path))
 
     # --- the estimator --------------------------------------------------------------------
     def compute_arch_grads(self) -> None:

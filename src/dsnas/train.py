@@ -26,7 +26,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .config import Config
 from .data import Loader, Split, hold_out, load_data
 from .errors import DsnasError
-from .evaluate import accuracy, recalibrate_bn, reset_bn_stats
+from .evaluate import accuracy, recalibrate_bn, reset_bn_stats, sync_bn_stats
 from .export import save_weights
 from .files import write_text
 from .report import alpha_rows, plot_alpha, write_alpha_csv, write_candidates_csv
@@ -248,6 +248,8 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         if ckpt.get("scaler"):
             scaler.load_state_dict(ckpt["scaler"])
         search.generator.set_state(ckpt["sampler_rng"][rt.rank] if rt.rank < len(ckpt["sampler_rng"]) else ckpt["sampler_rng"][0])
+        if ckpt.get("rank_bn") and rt.rank < len(ckpt["rank_bn"]):  # this rank's own BN statistics
+            space.load_state_dict(ckpt["rank_bn"][rt.rank], strict=False)
         _set_global_rng_states(ckpt)
         state.update(ckpt["progress"])
         started = time.time() - state.pop("elapsed", 0.0)  # wall time counts the work before the interruption
@@ -267,16 +269,17 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                  f"run dir {out}")
 
     def checkpoint(epoch: int, step: int) -> None:
-        rngs = [search.generator.get_state()]
-        if rt.world > 1:
+        rngs, bn = [search.generator.get_state()], [bn_buffers(space)]
+        if rt.world > 1:  # per-rank state: the sampler and, between epoch ends, BN statistics
             gathered = [None] * rt.world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
+            dist.all_gather_object(gathered, (rngs[0], bn[0]))
+            rngs, bn = [g[0] for g in gathered], [g[1] for g in gathered]
         if rt.main:
             save_checkpoint(out / "checkpoints", {
                 "model": space.state_dict(), "search": search.state_dict(), "optimizer": optimizer.state_dict(),
                 "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "sampler_rng": rngs, **_global_rng_states(),
+                "scaler": scaler.state_dict(), "sampler_rng": rngs,
+                "rank_bn": bn if rt.world > 1 else None, **_global_rng_states(),
                 "progress": {**state, "epoch": epoch, "step": step, "elapsed": time.time() - started},
                 "config": cfg.to_dict(),
             }, space.settings.as_dict())
@@ -382,6 +385,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
 
         if rt.world > 1:
             check_consistent(search, epoch)
+            sync_bn_stats(space)  # the evaluated, checkpointed and saved statistics are the same on every rank
         # evaluate the argmax child (a supernet without alpha has none until the selection)
         arch = search.derive()  # fixed blocks give their fixed op
         if stage == "supernet":
@@ -470,6 +474,12 @@ def _set_global_rng_states(ckpt: dict) -> None:
     np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
     p = ckpt["python_rng"]
     random.setstate((p["version"], tuple(int(v) for v in p["internal"]), p["gauss_next"]))
+
+
+def bn_buffers(model: nn.Module) -> dict:
+    """BN running statistics (and batch counts) of ``model``, on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
 
 
 def check_consistent(search: DSNAS, epoch: int) -> None:
