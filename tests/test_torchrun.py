@@ -65,9 +65,13 @@ def _search(out):
 def _same_result(a: Path, b: Path) -> None:
     wa, wb = load_file(str(a / "child.safetensors")), load_file(str(b / "child.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
-    ca = torch.load(a / "checkpoints" / "last.pt", weights_only=True)["search"]
-    cb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)["search"]
+    ka = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
+    kb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)
+    ca, cb = ka["search"], kb["search"]
     assert ca["fixed"] == cb["fixed"] and all(torch.equal(x, y) for x, y in zip(ca["alphas"], cb["alphas"]))
+    # the whole supernet, BN statistics of every op included (averaged over ranks at epoch ends)
+    assert ka["model"].keys() == kb["model"].keys()
+    assert all(torch.equal(ka["model"][k], kb["model"][k]) for k in ka["model"])
 
 
 @pytest.fixture(scope="module")
