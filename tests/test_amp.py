@@ -107,3 +107,13 @@ def test_search_end_to_end_under_amp(tmp_path, amp):
     assert any(float(a.detach().abs().max()) > 0 for a in res.search.alphas)  # alpha moved
     ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.pt", weights_only=True)
     assert bool(ckpt["scaler"]) == (amp == "fp16")
+
+
+def test_precision_label():
+    from dsnas.train import precision_label
+
+    assert precision_label("auto", None, "dsnas") == "fp32"
+    assert precision_label("auto", torch.bfloat16, "dsnas") == "bf16, search stage fp32"
+    assert precision_label("auto", torch.bfloat16, "spos") == "bf16"  # no stage collects rewards
+    assert precision_label("bf16", torch.bfloat16, "dsnas") == "bf16"
+    assert precision_label("fp16", torch.float16, "dsnas") == "fp16 (scaled)"

@@ -148,3 +148,26 @@ def test_spos_killed_at_the_selection_resumes_to_the_same_winner(tmp_path):
     assert all(torch.equal(child[k], ref_child[k]) for k in ref_child)
     a, b = (json.loads((d / "metrics.json").read_text())["selection"] for d in (out, ref))
     assert {k: v for k, v in a.items() if k != "wall_s"} == {k: v for k, v in b.items() if k != "wall_s"}
+
+
+def test_fp16_run_resumes_with_its_loss_scale(tmp_path):
+    """Under fp16 the gradient scaler's state (scale, growth tracker) is part of the checkpoint: a
+    run killed mid-search resumes to the same alpha, weights and scale as an uninterrupted one."""
+    fp16 = SETTINGS + ["amp=fp16"]
+
+    def args(out):
+        return ["search", "--quiet", "--out", str(out), *sum((["--set", s] for s in fp16), [])]
+
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    _run(args(ref))
+    res = _run(args(out), kill=("after_save", 3), check=False)
+    assert res.returncode == -9, res.stderr[-1000:]
+    _run(["search", "--quiet", "--resume", str(out)])
+    arch, search, child, history = _result(out)
+    ref_arch, ref_search, ref_child, ref_history = _result(ref)
+    assert arch == ref_arch and search["fixed"] == ref_search["fixed"]
+    assert all(torch.equal(a, b) for a, b in zip(search["alphas"], ref_search["alphas"]))
+    assert all(torch.equal(child[k], ref_child[k]) for k in ref_child)
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in ref_history]
+    scale = [torch.load(d / "checkpoints" / "last.pt", weights_only=True)["scaler"] for d in (out, ref)]
+    assert scale[0] == scale[1] and scale[0]["scale"] > 0

@@ -77,6 +77,15 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
+def precision_label(amp: str, dtype: torch.dtype | None, method: str) -> str:
+    """How a run computes, for the log and metrics.json: ``fp32``, ``bf16``, ``fp16 (scaled)``, or
+    ``bf16, search stage fp32`` under ``amp: auto``."""
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, "fp32")
+    if dtype is not None and stage_autocast(amp, dtype, "search") is None and method == "dsnas":
+        name += ", search stage fp32"
+    return name
+
+
 def stage_autocast(amp: str, dtype: torch.dtype | None, stage: str) -> torch.dtype | None:
     """The autocast dtype of a training step. Under ``amp: auto`` the search stage runs in fp32:
     a gate's reward <dL/dy, y> is a small difference of large sums (cancellation of 1e2-1e4 on
@@ -261,11 +270,12 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
         write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
 
     log = Logger(out, rt.main, quiet)
+    precision = precision_label(cfg.amp, rt.amp_dtype, cfg.method)
     if rt.main and not quiet and not resume:
         b = table.bounds()
         log.line(f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
                  f"{data.num_classes} classes, {data.input_size} px; method {cfg.method}; space {table.num_blocks} blocks x "
-                 f"{len(space.ops)} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; {rt.world} x {rt.device.type}; "
+                 f"{len(space.ops)} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; {rt.world} x {rt.device.type}, {precision}; "
                  f"run dir {out}")
 
     def checkpoint(epoch: int, step: int) -> None:
@@ -437,7 +447,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                "budget_mflops": cfg.budget_mflops or None,
                "within_budget": None if not cfg.budget_mflops else costs["mflops"] <= cfg.budget_mflops,
                "wall_s": round(time.time() - started, 1), "epochs": cfg.epochs, "world_size": rt.world,
-               "device": rt.device.type, "data": data.name, "train_images": len(data.train),
+               "device": rt.device.type, "precision": precision, "data": data.name, "train_images": len(data.train),
                "test_images": len(data.test), "selection": state["selection"], "history": state["history"]}
     if rt.main:
         names = [c.names[i] for c, i in zip(search.choices, arch_idx)]
