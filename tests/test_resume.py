@@ -75,11 +75,20 @@ def _run(args, kill=None, check=True):
     return res
 
 
-def _search_args(out):
+def _search_args(out, settings=SETTINGS):
     args = ["search", "--quiet", "--out", str(out)]
-    for s in SETTINGS:
+    for s in settings:
         args += ["--set", s]
     return args
+
+
+def _reference_and_resumed(tmp_path, settings, kill):
+    """Run ``settings`` once uninterrupted (ref) and once killed at ``kill`` (run, not yet resumed)."""
+    ref, out = tmp_path / "ref", tmp_path / "run"
+    _run(_search_args(ref, settings))
+    res = _run(_search_args(out, settings), kill=kill, check=False)
+    assert res.returncode == -9, res.stderr[-1000:]
+    return ref, out
 
 
 def _result(out: Path):
@@ -131,13 +140,7 @@ def test_spos_killed_at_the_selection_resumes_to_the_same_winner(tmp_path):
     spos = [s for s in SETTINGS if not s.startswith(("warmup_epochs", "early_fix"))] + [
         "method=spos", "train_limit=384", "select_images=128", "candidates=4", "population=2"]
 
-    def args(out):
-        return ["search", "--quiet", "--out", str(out), *sum((["--set", s] for s in spos), [])]
-
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    _run(args(ref))
-    res = _run(args(out), kill=("after_save", 4), check=False)
-    assert res.returncode == -9, res.stderr[-1000:]
+    ref, out = _reference_and_resumed(tmp_path, spos, ("after_save", 4))
     assert not (out / "candidates.csv").exists()
     _run(["search", "--quiet", "--resume", str(out)])
     assert (out / "candidates.csv").read_text() == (ref / "candidates.csv").read_text()
@@ -153,15 +156,7 @@ def test_spos_killed_at_the_selection_resumes_to_the_same_winner(tmp_path):
 def test_fp16_run_resumes_with_its_loss_scale(tmp_path):
     """Under fp16 the gradient scaler's state (scale, growth tracker) is part of the checkpoint: a
     run killed mid-search resumes to the same alpha, weights and scale as an uninterrupted one."""
-    fp16 = SETTINGS + ["amp=fp16"]
-
-    def args(out):
-        return ["search", "--quiet", "--out", str(out), *sum((["--set", s] for s in fp16), [])]
-
-    ref, out = tmp_path / "ref", tmp_path / "run"
-    _run(args(ref))
-    res = _run(args(out), kill=("after_save", 3), check=False)
-    assert res.returncode == -9, res.stderr[-1000:]
+    ref, out = _reference_and_resumed(tmp_path, SETTINGS + ["amp=fp16"], ("after_save", 3))
     _run(["search", "--quiet", "--resume", str(out)])
     arch, search, child, history = _result(out)
     ref_arch, ref_search, ref_child, ref_history = _result(ref)
