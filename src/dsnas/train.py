@@ -279,17 +279,17 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
                  f"run dir {out}")
 
     def checkpoint(epoch: int, step: int) -> None:
-        rngs, bn = [search.generator.get_state()], [bn_buffers(space)]
+        rngs, bn = [search.generator.get_state()], None
         if rt.world > 1:  # per-rank state: the sampler and, between epoch ends, BN statistics
             gathered = [None] * rt.world
-            dist.all_gather_object(gathered, (rngs[0], bn[0]))
+            dist.all_gather_object(gathered, (rngs[0], bn_buffers(space)))
             rngs, bn = [g[0] for g in gathered], [g[1] for g in gathered]
         if rt.main:
             save_checkpoint(out / "checkpoints", {
                 "model": space.state_dict(), "search": search.state_dict(), "optimizer": optimizer.state_dict(),
                 "arch_optimizer": arch_optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(), "sampler_rng": rngs,
-                "rank_bn": bn if rt.world > 1 else None, **_global_rng_states(),
+                "rank_bn": bn, **_global_rng_states(),
                 "progress": {**state, "epoch": epoch, "step": step, "elapsed": time.time() - started},
                 "config": cfg.to_dict(),
             }, space.settings.as_dict())
@@ -381,8 +381,8 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
             loss = train_step(net, x, y, criterion, optimizer, arch_optimizer if stage == "search" else None,
                               search, scaler, stage_autocast(cfg.amp, rt.amp_dtype, stage))
             scheduler.step()
-            loss_sum += loss.detach()
-            first_bad = torch.where(torch.isfinite(loss.detach()) | (first_bad >= 0), first_bad, step)  # no sync
+            loss_sum += loss
+            first_bad = torch.where(torch.isfinite(loss) | (first_bad >= 0), first_bad, step)  # no sync
             seen += 1
             state["global_step"] += 1
             bar.update(1)
