@@ -213,12 +213,11 @@ def write_report(args, per_seed: dict, ranking: dict) -> None:
                f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS (means over seeds).")
     if pairs:
         lines += ["", f"**Ranking.** A uniform supernet trained for {args.search_epochs} epoch(s) (seed {seeds[0]}) ranks "
-              f"{len(ranking['pairs'])} random architectures within the budget by held-out top-1 with inherited "
+              f"{len(pairs)} random architectures within the budget by held-out top-1 with inherited "
               f"weights (BN re-estimated); each is then trained alone for {args.tau_epochs} epoch(s) and tested. "
               f"Kendall τ between the two = **{tau:.3f}**.", "",
               "| inherited top-1 (%) | stand-alone top-1 (%) | MFLOPs |", "|---|---|---|"]
         lines += [f"| {q['inherited']:.2f} | {q['alone']:.2f} | {q['mflops']:.3f} |" for q in pairs]
-    if pairs:
         inherited = [q["inherited"] for q in pairs]
         reading += (f" After {args.search_epochs} epoch(s) the uniform supernet gives its candidates "
                     f"{min(inherited):.1f}-{max(inherited):.1f}% held-out top-1 against 10% for chance (see the "
