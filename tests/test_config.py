@@ -154,6 +154,7 @@ def test_set_without_equals():
     ("momentum=-0.5", "momentum"),
     ("device=gpu", "device"),
     ("amp=fp8", "amp"),
+    ("init=xavier", "init"),
 ])
 def test_out_of_range(item, key):
     msg = error_message(None, [item])

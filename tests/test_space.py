@@ -131,7 +131,7 @@ def test_child_equals_supernet_after_bn_stats_change(seed):
 
 def test_child_accepts_indices_and_differs_between_architectures():
     torch.manual_seed(0)
-    space = ShuffleNetSpace(**SMALL)
+    space = ShuffleNetSpace(**SMALL, init="kaiming")  # aligned candidates start as nearly one function
     child = space.child([3] * 20)
     assert child.choices == ["shuffle_xception"] * 20
     x = torch.randn(2, 3, 32, 32)
@@ -149,6 +149,68 @@ def test_child_param_count_matches_cost_table(seed):
     n = sum(p.numel() for p in child.parameters())
     assert n == round(space.costs.total(choices, "params_m") * 1e6)
     assert n < sum(p.numel() for p in space.parameters())
+
+
+# --- initialisation ---------------------------------------------------------------------------
+
+def _candidate_outputs(space, x):
+    """Each block's candidates applied to the input that block sees on an all-3x3 path (eval mode)."""
+    space.eval()
+    outs = []
+    with torch.no_grad():
+        h = space.stem(x)
+        for block in space.choices:
+            outs.append([op(h) for op in block.candidates])
+            h = block.candidates[0](h)
+    return outs
+
+
+def _relative_spread(ys):
+    ref = ys[0]
+    return max(float((y - ref).norm() / ref.norm()) for y in ys[1:])
+
+
+def test_aligned_init_starts_the_candidates_of_a_block_as_one_function():
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 32, 32)
+    aligned = [_relative_spread(ys) for ys in _candidate_outputs(ShuffleNetSpace(**SMALL), x)]
+    torch.manual_seed(0)
+    kaiming = [_relative_spread(ys) for ys in _candidate_outputs(ShuffleNetSpace(**SMALL, init="kaiming"), x)]
+    assert max(aligned) < 0.05, aligned  # they differ only by BN's eps in the extra BN layers
+    assert sum(kaiming) / len(kaiming) > 0.3, kaiming  # independent draws: far apart
+
+
+def test_aligned_init_stride1_units_start_as_identity_on_their_branch():
+    torch.manual_seed(0)
+    space = ShuffleNetSpace(**SMALL).eval()
+    unit = space.choices[1].candidates[2]  # a stride-1 7x7 unit
+    x = torch.randn(2, unit.branch_b[0][0].in_channels * 2, 8, 8).abs()  # ReLU keeps non-negative inputs
+    with torch.no_grad():
+        y = unit.branch_b(x.chunk(2, dim=1)[1])
+    torch.testing.assert_close(y, x.chunk(2, dim=1)[1] / (1 + 0.01) ** 1.5, rtol=1e-4, atol=1e-5)
+
+
+def test_init_schemes_differ_only_in_weights_and_unknown_scheme_is_refused():
+    from dsnas.spaces import init_weights
+
+    torch.manual_seed(0)
+    torch_default = ShuffleNetSpace(**SMALL, init="torch")
+    torch.manual_seed(0)
+    kaiming = ShuffleNetSpace(**SMALL, init="kaiming")
+    assert [k for k, _ in torch_default.named_parameters()] == [k for k, _ in kaiming.named_parameters()]
+    assert not torch.equal(torch_default.stem[0].weight, kaiming.stem[0].weight)
+    assert float(kaiming.classifier.weight.detach().std()) == pytest.approx(0.01, rel=0.2)
+    with pytest.raises(ValueError, match="init must be one of"):
+        init_weights(kaiming, "xavier")
+
+
+def test_child_built_alone_gets_the_same_aligned_blocks():
+    """`dsnas train` builds the child alone: its depthwise kernels start as Dirac deltas and its
+    stride-1 units as identities, as in the supernet."""
+    child = ShuffleNetChild(["shuffle_7x7"] * 20, settings=None, **SMALL)
+    dw = child.blocks[1].branch_b[1][0].weight.detach()
+    assert float(dw[:, 0, 3, 3].min()) == 1.0 and float(dw.abs().sum()) == dw.shape[0]
+    assert torch.equal(child.blocks[1].branch_b[0][0].weight[:, :, 0, 0], torch.eye(dw.shape[0]))
 
 
 # --- Choice -----------------------------------------------------------------------------------

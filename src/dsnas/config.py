@@ -17,6 +17,7 @@ import yaml
 
 from .errors import DsnasError
 from .files import read_yaml
+from .spaces.shufflenet import INIT_SCHEMES
 
 
 @dataclass
@@ -30,6 +31,7 @@ class Config:
     augment: bool = True               # in-memory data: padded random crop (2 px) and horizontal flip
     # space and method
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
+    init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
     arch: str = ""                     # method fixed: the architecture file to train
     # schedule (epochs are counted from 0; finetune runs from search_epochs to epochs)
@@ -100,6 +102,7 @@ class Config:
                 need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
             need(self.population >= 2, f"population must be >= 2, got {self.population}")
             need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
+        need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         return self
 

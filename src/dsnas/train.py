@@ -219,7 +219,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
 
     torch.manual_seed(cfg.seed)
     space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
-                            width=cfg.width)
+                            width=cfg.width, init=cfg.init)
     table = space.costs  # counted once, on the CPU, before the model moves
     given = _given_arch(cfg, space) if cfg.method == "fixed" else None
     cheapest = table.bounds()["min"]

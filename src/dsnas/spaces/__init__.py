@@ -1,7 +1,7 @@
 """Search spaces, built by name."""
 
-from .shufflenet import OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace
+from .shufflenet import INIT_SCHEMES, OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
 
 SPACES = {"shufflenet": ShuffleNetSpace}
 
-__all__ = ["OPS", "SPACES", "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace"]
+__all__ = ["INIT_SCHEMES", "OPS", "SPACES", "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace", "init_weights"]

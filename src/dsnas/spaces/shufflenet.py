@@ -4,6 +4,10 @@ Stem conv 3x3 (3->16, stride 2, or 1 for small images) + BN + ReLU; four stages 
 blocks with 64/160/320/640 channels and 4/4/8/4 repeats (first block of a stage has stride 2);
 head conv 1x1 -> 1024 + BN + ReLU, global average pool, linear classifier. Each block picks one
 of `OPS`. BN eps is 0.01, convolutions have no bias.
+
+Weights start from one of `INIT_SCHEMES` (`init_weights`); the default, ``aligned``, makes every
+candidate of a block start as the same function, which is what lets a supernet whose path is
+drawn per block leave chance within a few hundred steps (BENCHMARKS.md, ``plateau``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ STAGE_REPEATS = (4, 4, 8, 4)
 HEAD_CHANNELS = 1024
 BN_EPS = 0.01
 SMALL_INPUT_BELOW = 64  # images smaller than this use a stride-1 stem
+INIT_SCHEMES = ("aligned", "kaiming", "torch")
+CLASSIFIER_STD = 0.01
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False, relu: bool = True):
@@ -85,6 +91,68 @@ def make_op(name: str, cin: int, cout: int, stride: int) -> ShuffleUnit:
     if name in OPS:
         return ShuffleUnit(cin, cout, stride, kernel=int(name[-1]))
     raise ValueError(f"unknown op {name!r}; expected one of {list(OPS)}")
+
+
+def _kaiming(weight: torch.Tensor) -> None:
+    nn.init.kaiming_normal_(weight, mode="fan_out", nonlinearity="relu")
+
+
+def _pointwise(unit: ShuffleUnit) -> list[tuple[str, nn.Conv2d]]:
+    """The 1x1 convolutions of ``unit``, each named by its branch and position in it ("a0", "b0", "b1", ...)."""
+    named = []
+    for branch, seq in (("a", unit.branch_a), ("b", unit.branch_b)):
+        convs = [m for m in seq.modules() if isinstance(m, nn.Conv2d) and m.groups == 1] if seq is not None else []
+        named += [(f"{branch}{i}", conv) for i, conv in enumerate(convs)]
+    return named
+
+
+@torch.no_grad()
+def _align(units: list[ShuffleUnit]) -> None:
+    """Start the candidates of one block as (nearly) the same function.
+
+    Depthwise kernels are Dirac deltas, so kernel size makes no difference at the start. A
+    stride-1 unit starts as an identity on its branch (identity 1x1s), whatever its op. In a
+    stride-2 unit the branch-A 1x1 and the first two branch-B 1x1s are drawn once per block and
+    shared by its candidates; the Xception unit's third 1x1 starts as an identity. BN and ReLU
+    sit between them, so the candidates differ only by those at the start.
+    """
+    shared: dict[str, torch.Tensor] = {}
+    for unit in units:
+        for m in unit.modules():
+            if isinstance(m, nn.Conv2d) and m.groups > 1:
+                nn.init.dirac_(m.weight, groups=m.groups)
+        for role, conv in _pointwise(unit):
+            if unit.stride == 1 or role == "b2":
+                nn.init.dirac_(conv.weight)
+            elif role in shared:
+                conv.weight.copy_(shared[role])
+            else:
+                _kaiming(conv.weight)
+                shared[role] = conv.weight.detach().clone()
+
+
+@torch.no_grad()
+def init_weights(model: nn.Module, scheme: str = "aligned") -> None:
+    """Initialise a ShuffleNet supernet or child in place.
+
+    ``aligned``: kaiming (fan-out) convolutions and an N(0, 0.01) classifier, then every block
+    aligned by `_align` (all candidates of a `Choice` together). ``kaiming``: the same without
+    the alignment, each candidate drawn on its own. ``torch``: PyTorch's default initialisation.
+    BN starts at weight 1, bias 0 in every scheme.
+    """
+    if scheme not in INIT_SCHEMES:
+        raise ValueError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
+    if scheme == "torch":
+        return
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            _kaiming(m.weight)
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0.0, CLASSIFIER_STD)
+            nn.init.zeros_(m.bias)
+    if scheme == "aligned":
+        for block in getattr(model, "blocks", []):
+            _align(list(block.candidates) if isinstance(block, Choice) else [block])
 
 
 def _round_channels(c: float) -> int:
@@ -161,30 +229,34 @@ class _ShuffleNet(nn.Module):
 class ShuffleNetChild(_ShuffleNet):
     """A plain network holding only the chosen ops: what gets deployed."""
 
-    def __init__(self, choices: list[str], settings: ShuffleNetSettings | None = None, **kwargs):
+    def __init__(self, choices: list[str], settings: ShuffleNetSettings | None = None, init: str = "aligned",
+                 **kwargs):
         settings = settings or ShuffleNetSettings(**kwargs)
         layout = settings.layout()
         if len(choices) != len(layout):
             raise ValueError(f"expected {len(layout)} choices, got {len(choices)}")
         super().__init__(settings, [make_op(op, *shape) for op, shape in zip(choices, layout)])
         self.choices = list(choices)
+        init_weights(self, init)
 
 
 class ShuffleNetSpace(_ShuffleNet):
     """The supernet: every block is a `Choice` over `OPS`.
 
-    ``ShuffleNetSpace(num_classes=1000, in_channels=3, input_size=224, width=1.0, small_input=None)``;
-    ``small_input`` defaults to True below 64 px (stride-1 stem, so 28-32 px images end at 2x2).
+    ``ShuffleNetSpace(num_classes=1000, in_channels=3, input_size=224, width=1.0, small_input=None,
+    init="aligned")``; ``small_input`` defaults to True below 64 px (stride-1 stem, so 28-32 px
+    images end at 2x2); ``init`` is one of `INIT_SCHEMES` (see `init_weights`).
     """
 
     name = "shufflenet"
     ops = OPS
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
-                 width: float = 1.0, small_input: bool | None = None):
+                 width: float = 1.0, small_input: bool | None = None, init: str = "aligned"):
         settings = ShuffleNetSettings(num_classes, in_channels, input_size, width, small_input)
         blocks = [Choice({op: make_op(op, *shape) for op in OPS}) for shape in settings.layout()]
         super().__init__(settings, blocks)
+        init_weights(self, init)
 
     @classmethod
     def from_settings(cls, settings: ShuffleNetSettings | dict) -> "ShuffleNetSpace":
@@ -227,7 +299,7 @@ class ShuffleNetSpace(_ShuffleNet):
                                  modules=(self.stem, self.head, self.classifier))
             child.choices = names
             return child
-        child = ShuffleNetChild(names, self.settings)
+        child = ShuffleNetChild(names, self.settings, init="torch")  # the weights are copied below
         child.to(next(self.parameters()).device)
         child.stem.load_state_dict(self.stem.state_dict())
         for src, dst, name in zip(self.choices, child.blocks, names):
