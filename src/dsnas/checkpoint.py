@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from .errors import DsnasError
+from .files import atomic_path
 
 FORMAT = "dsnas-checkpoint/1"
 LAST, PREV = "last.pt", "prev.pt"
@@ -17,15 +18,12 @@ LAST, PREV = "last.pt", "prev.pt"
 
 def save_checkpoint(folder: Path, payload: dict, settings: dict) -> Path:
     """Write ``folder/last.pt`` atomically; the previous ``last.pt`` becomes ``prev.pt``."""
-    folder.mkdir(parents=True, exist_ok=True)
-    last, tmp = folder / LAST, folder / f".{LAST}.tmp"
-    with open(tmp, "wb") as f:
-        torch.save({"format": FORMAT, "settings": settings, **payload}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    if last.exists():
-        os.replace(last, folder / PREV)  # a kill here leaves prev.pt, which loading falls back to
-    os.replace(tmp, last)
+    last = folder / LAST
+    with atomic_path(last) as tmp:
+        with open(tmp, "wb") as f:
+            torch.save({"format": FORMAT, "settings": settings, **payload}, f)
+        if last.exists():
+            os.replace(last, folder / PREV)  # a kill before the next rename leaves prev.pt, which loading falls back to
     return last
 
 
