@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -54,6 +55,19 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
                 disc += 1
     denom = ((conc + disc + ties_a) * (conc + disc + ties_b)) ** 0.5
     return (conc - disc) / denom if denom else float("nan")
+
+
+def bootstrap_tau(pairs: list[dict], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """2.5th and 97.5th percentiles of Kendall's tau over architectures resampled with replacement."""
+    rng = random.Random(seed)
+    taus = []
+    for _ in range(resamples):
+        pick = [rng.choice(pairs) for _ in pairs]
+        t = kendall_tau([q["inherited"] for q in pick], [q["alone"] for q in pick])
+        if t == t:  # a resample of all-equal values has no tau
+            taus.append(t)
+    taus.sort()
+    return taus[int(0.025 * len(taus))], taus[min(len(taus) - 1, int(0.975 * len(taus)))]
 
 
 class Runner:
@@ -218,13 +232,12 @@ def write_report(args, per_seed: dict, ranking: dict) -> None:
               f"Kendall τ between the two = **{tau:.3f}**.", "",
               "| inherited top-1 (%) | stand-alone top-1 (%) | MFLOPs |", "|---|---|---|"]
         lines += [f"| {q['inherited']:.2f} | {q['alone']:.2f} | {q['mflops']:.3f} |" for q in pairs]
+        lo, hi = bootstrap_tau(pairs)
+        lines += ["", f"Bootstrap 95% interval of τ (2,000 resamples of the architectures): [{lo:.3f}, {hi:.3f}]."]
         inherited = [q["inherited"] for q in pairs]
         reading += (f" After {args.search_epochs} epoch(s) the uniform supernet gives its candidates "
-                    f"{min(inherited):.1f}-{max(inherited):.1f}% held-out top-1 against 10% for chance (see the "
-                    "`plateau` section: a supernet sampled per block leaves chance slowly), so the inherited weights "
-                    "carry little and the ranking is close to random. At this budget the searches differ mainly in "
-                    "how many epochs the final child trains with the full schedule, which favours training from "
-                    "scratch; the paper's setting trains the supernet for far longer before the child inherits it.")
+                    f"{min(inherited):.1f}-{max(inherited):.1f}% held-out top-1 (10% is chance), and its ranking "
+                    f"agrees with stand-alone training at τ = {tau:.3f} (goal ≥ 0.5).")
     lines += ["", reading]
 
     fig_dir = Path(args.work) if args.no_write else ROOT / "benchmarks" / "figures"
