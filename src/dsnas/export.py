@@ -22,7 +22,7 @@ def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | Non
 
 def load_child(arch: Architecture, weights: str | Path) -> ShuffleNetChild:
     """Build the child for ``arch`` and load its safetensors weights (shapes must match)."""
-    child = ShuffleNetChild(arch.choices, ShuffleNetSettings(**arch.settings))
+    child = ShuffleNetChild(arch.choices, ShuffleNetSettings(**arch.settings), init="torch")  # weights loaded below
     try:
         state = load_file(str(weights))
     except FileNotFoundError:
