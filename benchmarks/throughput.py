@@ -15,7 +15,7 @@ import torch
 from _report import machine, write_section
 from _steps import Pair, median
 
-from dsnas.train import autocast_dtype
+from dsnas.runtime import autocast_dtype
 
 
 def amp_name(dtype) -> str:

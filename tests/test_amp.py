@@ -8,7 +8,8 @@ from torch import nn
 
 from dsnas import DSNAS, ShuffleNetSpace
 from dsnas.config import load_config
-from dsnas.train import autocast_dtype, run_search, stage_autocast, train_step
+from dsnas.runtime import autocast_dtype, stage_autocast
+from dsnas.train import run_search, train_step
 
 
 def _setup(seed=0, init="aligned"):
@@ -110,7 +111,7 @@ def test_search_end_to_end_under_amp(tmp_path, amp):
 
 
 def test_precision_label():
-    from dsnas.train import precision_label
+    from dsnas.runtime import precision_label
 
     assert precision_label("auto", None, "dsnas") == "fp32"
     assert precision_label("auto", torch.bfloat16, "dsnas") == "bf16, search stage fp32"

@@ -73,11 +73,11 @@ def test_global_rng_states_round_trip(tmp_path):
 
     import numpy as np
 
-    from dsnas.train import _global_rng_states, _set_global_rng_states
+    from dsnas.checkpoint import global_rng_states, set_global_rng_states
 
     random.seed(1), np.random.seed(2), torch.manual_seed(3)
-    save_checkpoint(tmp_path, _global_rng_states(), SETTINGS)
+    save_checkpoint(tmp_path, global_rng_states(), SETTINGS)
     want = (random.random(), float(np.random.rand()), float(torch.rand(())))
     random.seed(9), np.random.seed(9), torch.manual_seed(9)
-    _set_global_rng_states(load_checkpoint(tmp_path, SETTINGS))
+    set_global_rng_states(load_checkpoint(tmp_path, SETTINGS))
     assert (random.random(), float(np.random.rand()), float(torch.rand(()))) == want

@@ -72,7 +72,7 @@ def test_two_ranks_end_bitwise_identical(tmp_path):
 
 def _mismatch_worker(rank, world, port, folder):
     _env(rank, world, port)
-    from dsnas.train import check_consistent
+    from dsnas.runtime import check_consistent
 
     dist.init_process_group("gloo")
     model = torch.nn.Sequential(*[Choice([torch.nn.Identity(), torch.nn.Identity()]) for _ in range(3)])

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from conftest import random_arch
-from dsnas import Choice, ShuffleNetChild, ShuffleNetSpace
+from dsnas import DSNAS, Choice, ShuffleNetChild, ShuffleNetSpace
 from dsnas.spaces.shufflenet import OPS, make_op
 
 SMALL = dict(num_classes=10, in_channels=3, input_size=32, width=0.25)
@@ -96,7 +96,7 @@ def _perturb_bn(model: nn.Module, steps: int = 3, seed: int = 0) -> None:
 
 def _assert_child_matches(space: ShuffleNetSpace, choices: list[str]) -> None:
     x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(123))
-    space.set_path(choices)
+    DSNAS(space).set_path(choices)
     space.eval()
     child = space.child(choices)
     child.eval()
@@ -121,7 +121,7 @@ def test_child_equals_supernet_after_bn_stats_change(seed):
     torch.manual_seed(seed)
     space = ShuffleNetSpace(**SMALL)
     choices = random_arch(seed)
-    space.set_path(choices)
+    DSNAS(space).set_path(choices)
     before = space.choices[0].candidates[space.choices[0].index(choices[0])].branch_b[0][1].running_mean.clone()
     _perturb_bn(space, seed=seed)
     after = space.choices[0].candidates[space.choices[0].index(choices[0])].branch_b[0][1].running_mean

@@ -1,12 +1,20 @@
 """Checkpoints: ``last.pt`` (and the one before it, ``prev.pt``), written atomically and read
-with ``torch.load(weights_only=True)``: tensors and plain containers only, never pickled code."""
+with ``torch.load(weights_only=True)``: tensors and plain containers only, never pickled code.
+
+A run's checkpoint holds the state of everything that trains (`STATEFUL`), every random
+generator, and the run's progress (`RunState`), so that a resumed run continues bitwise as if
+it had never stopped."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .errors import DsnasError
@@ -61,3 +69,74 @@ def load_checkpoint(folder: Path, settings: dict, warn=print) -> dict:
     if errors:
         raise DsnasError(errors[-1] if len(errors) == 1 else f"{errors[0]}; and {errors[1]}")
     raise DsnasError(f"no checkpoint to resume in {folder}")
+
+
+# --- a run's checkpoint -------------------------------------------------------------------------
+STATEFUL = ("model", "search", "optimizer", "arch_optimizer", "scheduler", "scaler")
+
+
+@dataclass
+class RunState:
+    """A run's progress: where it is, and what it has recorded so far."""
+
+    epoch: int = 0                      # the epoch to run next
+    step: int = 0                       # the step of ``epoch`` to run next (mid-epoch checkpoints)
+    global_step: int = 0
+    alpha_rows: list = field(default_factory=list)   # softmax(alpha) per block after every epoch
+    history: list = field(default_factory=list)      # one record per finished epoch
+    epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # running sum, mid-epoch
+    epoch_seen: int = 0
+    selection: dict | None = None       # what a baseline's candidate ranking found
+    elapsed: float = 0.0                # wall seconds of the run so far
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, progress: dict) -> "RunState":
+        return cls(**{f.name: progress[f.name] for f in dataclasses.fields(cls) if f.name in progress})
+
+
+def run_payload(parts: dict, state: RunState, sampler_rngs: list, rank_bn: list | None, config: dict) -> dict:
+    """The checkpoint of a run: ``parts`` maps each name of `STATEFUL` to its object;
+    ``sampler_rngs`` and ``rank_bn`` hold the per-rank path sampler states and BN statistics."""
+    return {**{k: parts[k].state_dict() for k in STATEFUL}, "sampler_rng": sampler_rngs, "rank_bn": rank_bn,
+            **global_rng_states(), "progress": state.to_dict(), "config": config}
+
+
+def restore_run(ckpt: dict, parts: dict, rank: int) -> RunState:
+    """Load a `run_payload` into ``parts`` and the global generators; returns the progress."""
+    for k in STATEFUL:
+        if ckpt.get(k):  # a checkpoint of an fp32 run may hold an empty scaler state
+            parts[k].load_state_dict(ckpt[k])
+    rngs = ckpt["sampler_rng"]
+    parts["search"].generator.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
+    if ckpt.get("rank_bn") and rank < len(ckpt["rank_bn"]):  # this rank's own BN statistics
+        parts["model"].load_state_dict(ckpt["rank_bn"][rank], strict=False)
+    set_global_rng_states(ckpt)
+    return RunState.from_dict(ckpt["progress"])
+
+
+def bn_buffers(model: torch.nn.Module) -> dict:
+    """BN running statistics (and batch counts) of ``model``, on the CPU."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()
+            if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
+
+
+def global_rng_states() -> dict:
+    """torch, numpy and Python generator states, as tensors and plain data (weights_only-safe)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, internal, gauss_next = random.getstate()
+    return {"torch_rng": torch.get_rng_state(),
+            "numpy_rng": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                          "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python_rng": {"version": version, "internal": torch.tensor(internal, dtype=torch.int64),
+                           "gauss_next": gauss_next}}
+
+
+def set_global_rng_states(ckpt: dict) -> None:
+    torch.set_rng_state(ckpt["torch_rng"])
+    n = ckpt["numpy_rng"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = ckpt["python_rng"]
+    random.setstate((p["version"], tuple(int(v) for v in p["internal"]), p["gauss_next"]))

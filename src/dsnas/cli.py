@@ -134,7 +134,8 @@ def cmd_export(args) -> int:
 
 
 def cmd_search(args) -> int:
-    from .config import load_config
+    from .config import load_config, load_run_config
+    from .report import check_run_dir
 
     if getattr(args, "train", False) and not args.arch and not args.resume:
         raise DsnasError("dsnas train needs an architecture file: dsnas train ARCH")
@@ -145,14 +146,7 @@ def cmd_search(args) -> int:
         if args.config or args.set or args.data or getattr(args, "method", None):
             raise DsnasError("--resume continues a run with its saved config.yaml; --config/--set/--data/--method "
                              "cannot change it")
-        from .config import Config, apply
-        from .files import read_yaml
-
-        saved = read_yaml(Path(args.resume) / "config.yaml", "run config")
-        if not isinstance(saved, dict):
-            raise DsnasError(f"{args.resume}/config.yaml is not a run configuration")
-        saved.pop("world_size", None)
-        cfg = apply(Config(), saved, f"{args.resume}/config.yaml").validate()
+        cfg = load_run_config(args.resume)
     else:
         cfg = load_config(args.config, args.set)
         if args.data:
@@ -162,10 +156,8 @@ def cmd_search(args) -> int:
         elif getattr(args, "method", None):
             cfg.method = args.method
         cfg.validate()
-        first_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 checks (it alone writes)
-        if first_rank and out and Path(out).exists() and (not Path(out).is_dir() or any(Path(out).iterdir())):
-            raise DsnasError(f"{out} already exists and is not empty; pass --resume {out} to continue a run "
-                             "there, or choose another --out")
+        if out and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 checks (it alone writes)
+            check_run_dir(Path(out), resume=False)  # before any data is loaded
     from .train import run_search
 
     run_search(cfg, Path(out) if out else None, resume=bool(args.resume), quiet=args.quiet)
@@ -173,36 +165,29 @@ def cmd_search(args) -> int:
 
 
 def cmd_eval(args) -> int:
-    import torch
-
-    from .data import Loader, load_data
-    from .evaluate import accuracy, recalibrate_bn
-    from .files import read_yaml, write_text
+    from .evaluate import evaluate_child
+    from .files import write_text
 
     arch, child = _load_run_child(args)
-    data_spec = args.data
-    if data_spec is None and args.run and (Path(args.run) / "config.yaml").exists():
-        saved = read_yaml(Path(args.run) / "config.yaml", "run config") or {}
-        data_spec = saved.get("data", "embedded")
-    data = load_data(data_spec or "embedded", arch.settings["input_size"] if arch.settings["input_size"] > 64 else None)
-    s = arch.settings
-    if (data.num_classes, data.in_channels, data.input_size) != (s["num_classes"], s["in_channels"], s["input_size"]):
-        raise DsnasError(f"data {data.name} has {data.num_classes} classes, {data.in_channels} channels, "
-                         f"{data.input_size} px; the architecture expects {s['num_classes']}, {s['in_channels']}, "
-                         f"{s['input_size']}")
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    child.to(device)
-    if args.bn_recalibrate:
-        recalibrate_bn(child, Loader(data, "train", 256, 0, device, train=True), args.bn_recalibrate)
-    metrics = accuracy(child, Loader(data, "test", 256, 0, device, train=False))
-    out = {"top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2), "loss": round(metrics["loss"], 4),
-           "images": metrics["images"], "bn_recalibrate": args.bn_recalibrate, "data": data.name}
+    out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate)
     print(json.dumps(out) if args.json else
-          f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {data.name} test images"
+          f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {out['data']} test images"
           + (f" (BN re-estimated on {args.bn_recalibrate} training images)" if args.bn_recalibrate else ""))
     if args.run:
         write_text(Path(args.run) / "eval.json", json.dumps(out, indent=2) + "\n")
     return 0
+
+
+def _eval_data_spec(args) -> str:
+    """--data, else the data the run was trained on, else the embedded set."""
+    if args.data is not None:
+        return args.data
+    if args.run and (Path(args.run) / "config.yaml").exists():
+        from .files import read_yaml
+
+        saved = read_yaml(Path(args.run) / "config.yaml", "run config")
+        return (saved.get("data") if isinstance(saved, dict) else None) or "embedded"
+    return "embedded"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -172,3 +172,13 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
             value = text
         apply(cfg, {key.strip(): value}, "--set")
     return cfg.validate()
+
+
+def load_run_config(run_dir: str | Path) -> Config:
+    """The configuration a run was started with (its ``config.yaml``), for ``--resume``."""
+    path = Path(run_dir) / "config.yaml"
+    saved = read_yaml(path, "run config")
+    if not isinstance(saved, dict):
+        raise DsnasError(f"{path} is not a run configuration")
+    saved.pop("world_size", None)
+    return apply(Config(), saved, str(path)).validate()

@@ -79,3 +79,24 @@ def recalibrate_bn(model: nn.Module, loader, images: int) -> None:
             m.momentum = mom
         model.train(was_training)
     sync_bn_stats(model)
+
+
+def evaluate_child(arch, child: nn.Module, data_spec: str, bn_recalibrate: int = 0) -> dict:
+    """Top-1/top-5 of a deployed child (``dsnas eval``) on the test split of ``data_spec``, on the
+    GPU when there is one; BN statistics first re-estimated on ``bn_recalibrate`` training images."""
+    from .data import Loader, load_data
+    from .errors import DsnasError
+
+    s = arch.settings
+    data = load_data(data_spec, s["input_size"] if s["input_size"] > 64 else None)
+    if (data.num_classes, data.in_channels, data.input_size) != (s["num_classes"], s["in_channels"], s["input_size"]):
+        raise DsnasError(f"data {data.name} has {data.num_classes} classes, {data.in_channels} channels, "
+                         f"{data.input_size} px; the architecture expects {s['num_classes']}, {s['in_channels']}, "
+                         f"{s['input_size']}")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    child.to(device)
+    if bn_recalibrate:
+        recalibrate_bn(child, Loader(data, "train", 256, 0, device, train=True), bn_recalibrate)
+    metrics = accuracy(child, Loader(data, "test", 256, 0, device, train=False))
+    return {"top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2), "loss": round(metrics["loss"], 4),
+            "images": metrics["images"], "bn_recalibrate": bn_recalibrate, "data": data.name}

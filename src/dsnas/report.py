@@ -1,19 +1,86 @@
-"""Records of a run: alpha over epochs (``alpha.csv``, ``alpha.png``) and the candidates a
-baseline ranked (``candidates.csv``)."""
+"""What a run leaves behind: its folder, the epoch log (terminal and TensorBoard), alpha over
+epochs (``alpha.csv``, ``alpha.png``), the candidates a baseline ranked (``candidates.csv``) and
+the final files (``arch.yaml``, ``child.safetensors``, ``metrics.json``)."""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
+from datetime import datetime
 from pathlib import Path
 
+from tqdm import tqdm
+
+from .errors import DsnasError
 from .files import atomic_path, write_text
 
 
-def alpha_rows(epoch: int, stage: str, names: list[list[str]], probs: list[list[float]], fixed: list[int | None]) -> list[dict]:
+def new_run_dir(data_name: str) -> Path:
+    """A fresh folder name under ``runs/``: the start time and the data's name."""
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = Path("runs") / f"{stamp}-{data_name}"
+    path, i = base, 1
+    while path.exists():
+        i += 1
+        path = Path(f"{base}-{i}")
+    return path
+
+
+def check_run_dir(out: Path, resume: bool) -> None:
+    """A new run needs an empty or missing folder; a resumed one needs its checkpoints."""
+    if resume and not (out / "checkpoints").is_dir():
+        raise DsnasError(f"nothing to resume: {out} has no checkpoints")
+    if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DsnasError(f"{out} already exists and is not empty; pass --resume {out} to continue a run "
+                         "there, or choose another --out")
+
+
+class Logger:
+    """Rank 0 writes: epoch lines, TensorBoard scalars."""
+
+    def __init__(self, out: Path, main: bool, quiet: bool):
+        self.enabled = main and not quiet
+        self.tb = None
+        if main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def line(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.tb is not None:
+            for k, v in values.items():
+                if v is not None:
+                    self.tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | None, title: str) -> None:
+    """The run's deliverables: ``arch.yaml``, ``child.safetensors``, ``metrics.json`` and, for a
+    DSNAS search, ``alpha.png``."""
+    from .arch import save_arch
+    from .export import save_weights
+
+    save_arch(arch, out / "arch.yaml")
+    save_weights(child, out / "child.safetensors", {"format": "dsnas-child/1"})
+    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    if alpha is not None:
+        plot_alpha(out / "alpha.png", alpha, title)
+
+
+def alpha_rows(search, epoch: int, stage: str) -> list[dict]:
+    """softmax(alpha) of every block of a `DSNAS` search after ``epoch``, one row per block."""
+    names = [c.names for c in search.choices]
     return [{"epoch": epoch, "stage": stage, "block": i, "fixed": "" if f is None else n[f],
-             **{op: round(p, 6) for op, p in zip(n, pr)}}
-            for i, (n, pr, f) in enumerate(zip(names, probs, fixed))]
+             **{op: round(p, 6) for op, p in zip(n, pr.tolist())}}
+            for i, (n, pr, f) in enumerate(zip(names, search.probs(), search.fixed()))]
 
 
 def write_alpha_csv(path: Path, rows: list[dict]) -> None:

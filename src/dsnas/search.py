@@ -109,10 +109,13 @@ class DSNAS:
         self.path = [c.active for c in self.choices]
         return self.path
 
-    def set_path(self, path: list[int]) -> None:
-        """Run ``path`` ungated (evaluation, fixed-child training)."""
+    def set_path(self, path: list[int] | list[str]) -> None:
+        """Run ``path`` (candidate indices or names) ungated, e.g. to evaluate one architecture
+        on the supernet."""
+        if len(path) != len(self.choices):
+            raise ValueError(f"expected {len(self.choices)} choices, got {len(path)}")
         for choice, idx in zip(self.choices, path):
-            choice.active, choice.mask = idx, None
+            choice.active, choice.mask = choice.index(idx), None
 
     def path_cost(self, path: list[int] | None = None) -> float:
         if self.costs is None:
@@ -152,7 +155,9 @@ class DSNAS:
 
     def early_fix(self) -> list[int]:
         """Fix every unfixed block whose top-1 minus top-2 probability is >= h to its argmax.
-        Returns the indices of the blocks fixed now."""
+        With a budget, the new fixes are then checked in block order, and one is undone while no
+        completion would fit (the fixed ops plus the cheapest op of every open block).
+        Returns the blocks fixed now."""
         newly = []
         for i, (choice, p) in enumerate(zip(self.choices, self.probs())):
             if choice.fixed is not None or len(p) < 2:
@@ -161,7 +166,20 @@ class DSNAS:
             if float(top.values[0] - top.values[1]) >= self.threshold:
                 choice.fix(int(top.indices[0]))
                 newly.append(i)
-        return newly
+        for i in newly:
+            if self.cheapest_completion() > self._budget_or_inf():
+                self.choices[i].fixed = None
+        return [i for i in newly if self.choices[i].fixed is not None]
+
+    def cheapest_completion(self) -> float:
+        """The cost of the cheapest architecture that keeps every fixed block's op."""
+        if self.costs is None:
+            return 0.0
+        return self.base_cost + sum(c[f] if f is not None else min(c)
+                                    for c, f in zip(self._cost_values, self.fixed()))
+
+    def _budget_or_inf(self) -> float:
+        return float("inf") if self.budget is None or self.costs is None else float(self.budget)
 
     def fix_all(self, path: list[int]) -> None:
         for choice, idx in zip(self.choices, path):
@@ -171,11 +189,15 @@ class DSNAS:
         """The architecture: argmax of alpha per block (the fixed op for fixed blocks)."""
         return [c.fixed if c.fixed is not None else int(torch.argmax(p)) for c, p in zip(self.choices, self.probs())]
 
-    def derive_within(self, budget: float) -> list[int]:
-        """`derive`, then if the argmax child costs more than ``budget``, swap unfixed blocks to
-        cheaper candidates, each time taking the swap that saves the most cost per unit of
-        log-probability given up, until it fits (or nothing cheaper is left)."""
+    def derive_within(self, budget: float | None = None) -> list[int]:
+        """`derive`, then if the argmax child costs more than ``budget`` (default: the search's
+        budget; none: plain `derive`), swap unfixed blocks to cheaper candidates, each time taking
+        the swap that saves the most cost per unit of log-probability given up, until it fits (or
+        nothing cheaper is left)."""
+        budget = self.budget if budget is None else budget
         path = self.derive()
+        if budget is None:
+            return path
         if self.costs is None:
             raise ValueError("no cost table was given")
         logp = [torch.log(p.clamp_min(1e-12)) for p in self.probs()]

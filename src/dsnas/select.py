@@ -139,3 +139,11 @@ def select(method: str, sizes: list[int], cost: Callable[[Arch], float], budget:
     if method == "spos":
         return evolution_search(sizes, cost, budget, score, n, population, mutation_prob, seed)
     raise ValueError(f"unknown selection method {method!r}")
+
+
+def selection_summary(method: str, found: list[Candidate], held_out_images: int, wall_s: float) -> dict:
+    """What a ranking found, for ``metrics.json``."""
+    win = best(found)
+    return {"method": method, "evaluated": len(found), "held_out_images": held_out_images,
+            "best_held_out_top1": round(win.score, 2), "best_mflops": round(win.mflops, 3),
+            "generations": max(c.generation for c in found) + 1, "wall_s": round(wall_s, 1)}

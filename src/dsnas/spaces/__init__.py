@@ -1,7 +1,5 @@
-"""Search spaces, built by name."""
+"""Search spaces: the ShuffleNetV2 space of DSNAS and SPOS, and the child networks it yields."""
 
 from .shufflenet import INIT_SCHEMES, OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
 
-SPACES = {"shufflenet": ShuffleNetSpace}
-
-__all__ = ["INIT_SCHEMES", "OPS", "SPACES", "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace", "init_weights"]
+__all__ = ["INIT_SCHEMES", "OPS", "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace", "init_weights"]

@@ -258,10 +258,6 @@ class ShuffleNetSpace(_ShuffleNet):
         super().__init__(settings, blocks)
         init_weights(self, init)
 
-    @classmethod
-    def from_settings(cls, settings: ShuffleNetSettings | dict) -> "ShuffleNetSpace":
-        return cls(**(settings if isinstance(settings, dict) else settings.as_dict()))
-
     @property
     def choices(self) -> list[Choice]:
         return list(self.blocks)
@@ -277,13 +273,6 @@ class ShuffleNetSpace(_ShuffleNet):
 
         x = torch.zeros(1, self.settings.in_channels, self.settings.input_size, self.settings.input_size)
         return cost_table(self, x)
-
-    def set_path(self, choices: list[str] | list[int]) -> None:
-        """Make the given candidates active (no fixing, masks untouched)."""
-        if len(choices) != self.num_blocks:
-            raise ValueError(f"expected {self.num_blocks} choices, got {len(choices)}")
-        for block, c in zip(self.choices, choices):
-            block.active = block.index(c)
 
     def child(self, choices, share: bool = False) -> ShuffleNetChild:
         """The deployable child for ``choices`` (op names, indices or an `Architecture`), with

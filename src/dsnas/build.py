@@ -1,0 +1,170 @@
+"""Everything a run builds before its first step: runtime, data, supernet, search, optimizers
+and loaders (`Run`), either fresh or restored from the run's checkpoint."""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from . import __version__
+from .arch import load_arch
+from .checkpoint import RunState, load_checkpoint, restore_run
+from .config import Config
+from .data import Data, Loader, Split, hold_out, load_data
+from .errors import DsnasError
+from .files import write_text
+from .report import Logger, alpha_rows, check_run_dir, new_run_dir
+from .runtime import Runtime, precision_label, setup_runtime
+from .search import DSNAS
+from .spaces import ShuffleNetSpace
+
+
+@dataclass
+class Run:
+    """Everything one run builds, and the network each stage trains."""
+
+    cfg: Config
+    rt: Runtime
+    data: Data
+    held: Data | None                  # spos/random: images the weights never see, for ranking
+    out: Path
+    space: ShuffleNetSpace
+    search: DSNAS
+    optimizer: torch.optim.Optimizer
+    arch_optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    train_loader: Loader
+    test_loader: Loader
+    given: list[int] | None            # method fixed: the architecture to train
+    state: RunState
+    started: float
+    log: Logger | None = None
+    child: nn.Module | None = None     # the fixed child, from the switch on
+    ddp: nn.Module | None = None
+    compiled: tuple | None = None      # (network, its torch.compile'd form)
+
+    @property
+    def precision(self) -> str:
+        return precision_label(self.cfg.amp, self.rt.amp_dtype, self.cfg.method)
+
+    @property
+    def parts(self) -> dict:
+        return {"model": self.space, "search": self.search, "optimizer": self.optimizer,
+                "arch_optimizer": self.arch_optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+
+
+def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
+    """Runtime, data, supernet, optimizers and loaders; restored from the checkpoint on resume."""
+    started = time.time()
+    rt = setup_runtime(cfg)
+    data, held = _run_data(cfg, rt)
+    out = Path(out) if out is not None else new_run_dir(data.name)
+    if rt.main or resume:
+        check_run_dir(out, resume)
+    torch.manual_seed(cfg.seed)
+    space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
+                            width=cfg.width, init=cfg.init)
+    given = _given_arch(cfg, space) if cfg.method == "fixed" else None
+    _check_budget(cfg, space, data)
+    run = _build(cfg, rt, data, held, out, space, given, started)
+    if resume:
+        run.state = restore_run(load_checkpoint(out / "checkpoints", space.settings.as_dict()), run.parts, rt.rank)
+        run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
+    else:
+        run.state.alpha_rows = alpha_rows(run.search, 0, "init")
+        if rt.main:
+            out.mkdir(parents=True, exist_ok=True)
+            write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
+    run.log = Logger(out, rt.main, quiet)
+    if not resume:
+        b = space.costs.bounds()
+        run.log.line(f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
+                     f"{data.num_classes} classes, {data.input_size} px; method {cfg.method}; space "
+                     f"{space.costs.num_blocks} blocks x {len(space.ops)} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; "
+                     f"{rt.world} x {rt.device.type}, {run.precision}; run dir {out}")
+    return run
+
+
+def _run_data(cfg: Config, rt: Runtime) -> tuple[Data, Data | None]:
+    """The run's images (capped by train/test_limit) and, for spos/random, the held-out images
+    on which candidates are ranked."""
+    data = load_data(cfg.data, cfg.input_size or None)
+    if isinstance(data.train, Split):
+        data.train = data.train.limit(cfg.train_limit, cfg.seed)
+        data.test = data.test.limit(cfg.test_limit, cfg.seed)
+    held = None
+    if cfg.method in ("spos", "random"):
+        data, held = hold_out(data, cfg.select_images or min(10_000, len(data.train) // 10), cfg.seed)
+    if cfg.batch_size % rt.world:
+        raise DsnasError(f"config: batch_size {cfg.batch_size} is not divisible by the {rt.world} processes")
+    if cfg.batch_size > len(data.train):
+        raise DsnasError(f"config: batch_size {cfg.batch_size} is larger than the {len(data.train)} training images")
+    return data, held
+
+
+def _check_budget(cfg: Config, space: ShuffleNetSpace, data: Data) -> None:
+    cheapest = space.costs.bounds()["min"]
+    if cfg.budget_mflops and cfg.method != "fixed" and cfg.budget_mflops < cheapest:
+        raise DsnasError(f"config: budget_mflops {cfg.budget_mflops:g} is below the cheapest architecture of "
+                         f"this space ({cheapest:.3f} MFLOPs at {data.input_size} px, width {cfg.width:g})")
+
+
+def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: ShuffleNetSpace, given, started) -> Run:
+    table = space.costs  # counted once, on the CPU, before the model moves
+    space.to(rt.device)
+    if cfg.channels_last:
+        space.to(memory_format=torch.channels_last)
+    search = DSNAS(space, costs=table, budget=cfg.budget_mflops or None, penalty=cfg.penalty,
+                   early_fix=cfg.early_fix, generator=torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank))
+    optimizer = torch.optim.SGD(weight_groups(space, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    arch_optimizer = torch.optim.Adam(search.alphas, lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2))
+    criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
+    if scaler.is_enabled():  # a step skipped for an inf gradient is expected under fp16, not a mistake
+        warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
+    batch = cfg.batch_size // rt.world
+    train_loader = Loader(data, "train", batch, cfg.seed, rt.device, rt.rank, rt.world, train=True,
+                          workers=cfg.workers, pad=2 if cfg.augment else 0)
+    test_loader = Loader(data, "test", max(batch, 256), cfg.seed, rt.device, rt.rank, rt.world,
+                         train=False, workers=cfg.workers)
+    steps = len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
+    return Run(cfg, rt, data, held, out, space, search, optimizer, arch_optimizer, scheduler, scaler, criterion,
+               train_loader, test_loader, given, RunState(), started)
+
+
+def _given_arch(cfg: Config, space: ShuffleNetSpace) -> list[int]:
+    """The architecture of method fixed, checked against the space this run's data builds."""
+    arch = load_arch(cfg.arch)
+    mine = space.settings.as_dict()
+    differ = {k: (arch.settings.get(k), v) for k, v in mine.items() if arch.settings.get(k) != v}
+    if differ:
+        detail = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in differ.items())
+        raise DsnasError(f"{cfg.arch} does not fit this run's space: {detail}")
+    return [c.index(name) for c, name in zip(space.choices, arch.choices)]
+
+
+def weight_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on conv/linear weights only (not on BN or biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim > 1 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, steps_per_epoch: int, cfg: Config) -> float:
+    """Linear warm-up over ``lr_warmup_epochs``, then cosine to 0 at the last step."""
+    total = cfg.epochs * steps_per_epoch
+    warm = cfg.lr_warmup_epochs * steps_per_epoch
+    if step < warm:
+        return (step + 1) / warm
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warm) / max(1.0, total - warm))))

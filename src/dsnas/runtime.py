@@ -1,0 +1,102 @@
+"""Where and how a run computes: the torchrun process group, the device, the autocast precision
+of each stage, and the check that every rank holds the same architecture state."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .config import Config
+from .errors import DsnasError
+from .search import DSNAS
+
+
+@dataclass
+class Runtime:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+    amp_dtype: torch.dtype | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_runtime(cfg: Config) -> Runtime:
+    """Join the torchrun process group when launched by torchrun; pick device and precision."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    if want_cuda and not torch.cuda.is_available():
+        raise DsnasError(f"device {cfg.device!r} requested but CUDA is not available")
+    if want_cuda:
+        device = torch.device(cfg.device if ":" in cfg.device else f"cuda:{local_rank}")
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Runtime(rank, world, device, autocast_dtype(cfg.amp, device))
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype: ``auto`` is bf16 on a GPU that supports it and off elsewhere; ``bf16``
+    and ``fp16`` are honoured on any device (fp16 trains with a gradient scaler)."""
+    bf16_ok = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and bf16_ok else None
+    if amp == "bf16" and not bf16_ok:
+        raise DsnasError(f"config: amp bf16 is not supported by {torch.cuda.get_device_name(device)}; use fp16 or off")
+    return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+
+
+def precision_label(amp: str, dtype: torch.dtype | None, method: str) -> str:
+    """How a run computes, for the log and metrics.json: ``fp32``, ``bf16``, ``fp16 (scaled)``, or
+    ``bf16, search stage fp32`` under ``amp: auto``."""
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, "fp32")
+    if dtype is not None and stage_autocast(amp, dtype, "search") is None and method == "dsnas":
+        name += ", search stage fp32"
+    return name
+
+
+def stage_autocast(amp: str, dtype: torch.dtype | None, stage: str) -> torch.dtype | None:
+    """The autocast dtype of a training step. Under ``amp: auto`` the search stage runs in fp32:
+    a gate's reward <dL/dy, y> is a small difference of large sums (cancellation of 1e2-1e4 on
+    ShuffleNet blocks), and with bf16 activations its error is as large as its spread over
+    batches and paths (benchmarks/reward_precision.py). An explicit ``bf16``/``fp16`` is kept."""
+    return None if amp == "auto" and stage == "search" else dtype
+
+
+def check_consistent(search: DSNAS, epoch: int) -> None:
+    """All ranks must hold bitwise the same alpha and fixed set; abort with a clear error if not."""
+    alpha = torch.cat([a.detach().flatten().float() for a in search.alphas])
+    fixed = torch.tensor([-1 if f is None else f for f in search.fixed()], dtype=torch.float32, device=alpha.device)
+    mine = torch.cat([alpha, fixed])
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    bad = [r for r, t in enumerate(gathered) if not torch.equal(t, gathered[0])]
+    if bad:
+        raise DsnasError(f"ranks {bad} hold a different alpha or fixed set than rank 0 after epoch {epoch + 1}; "
+                         "the architecture state diverged, stopping")
+
+
+def wrap_ddp(model: torch.nn.Module, rt: Runtime, find_unused: bool) -> torch.nn.Module:
+    """``model`` under DistributedDataParallel. Buffers are not broadcast: each rank keeps its own
+    BN statistics until they are averaged at the epoch's end (`evaluate.sync_bn_stats`)."""
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+        find_unused_parameters=find_unused, broadcast_buffers=False)
+
+
+def mean_over_ranks(value: float, rt: Runtime) -> float:
+    """``value`` averaged over the ranks (itself in a single process)."""
+    if rt.world == 1:
+        return value
+    t = torch.tensor([value], device=rt.device)
+    dist.all_reduce(t)
+    return float(t) / rt.world
