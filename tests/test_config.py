@@ -53,6 +53,16 @@ def test_presets_load(name):
     assert_matches(load_config(name), preset(name))
 
 
+def test_preset_name_beside_a_folder_of_that_name(tmp_path, monkeypatch):
+    # a run folder called demo/ in the working directory must not shadow the preset
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "demo").mkdir()
+    assert_matches(load_config(), DEMO)
+    assert_matches(load_config("demo"), DEMO)
+    (tmp_path / "fmnist").write_text("epochs: 7\nsearch_epochs: 3\nwarmup_epochs: 0\n")  # a file of that name is read instead
+    assert load_config("fmnist").epochs == 7
+
+
 def test_builtin_presets_listed():
     assert set(builtin_configs()) >= {"demo", "fmnist", "imagenet"}
 

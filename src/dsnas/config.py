@@ -156,7 +156,7 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
     cfg = Config()
     name = config or "demo"
     presets = builtin_configs()
-    path = presets.get(name) if name in presets and not Path(name).exists() else Path(name)
+    path = presets[name] if name in presets and not Path(name).is_file() else Path(name)  # a file wins
     data = read_yaml(path, "config file")
     if data is not None:
         apply(cfg, data, f"config file {path}")
