@@ -107,6 +107,19 @@ def test_train_fixed_architecture_from_scratch(spos_run, tmp_path, dsnas_main):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+def test_train_an_mmrazor_subnet_on_the_runs_own_data(spos_run, tmp_path, dsnas_main):
+    # MMRazor's subnet YAML names ops only; the run's data and width size the network
+    out, _ = spos_run
+    given = load_arch(out / "arch.yaml")
+    subnet = tmp_path / "subnet.yaml"
+    save_arch(given, subnet, mmrazor=True)
+    run = tmp_path / "from_mmrazor"
+    r = dsnas_main("train", subnet, "--quiet", "--out", run, *sum((["--set", s] for s in TINY + ["epochs=1"]), []))
+    assert r.returncode == 0, r.stderr
+    trained = load_arch(run / "arch.yaml")
+    assert trained.choices == given.choices and trained.settings == given.settings
+
+
 def test_train_refuses_an_architecture_of_another_space(spos_run, tmp_path, dsnas_main):
     out, _ = spos_run
     arch = load_arch(out / "arch.yaml")

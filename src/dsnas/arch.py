@@ -15,6 +15,7 @@ prefixed ``architecture.``.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from .files import read_yaml, write_text
 from .spaces.shufflenet import OPS, STAGE_REPEATS, ShuffleNetSettings, block_keys
 
 FORMAT = "dsnas-arch/1"
+MMRAZOR_SOURCE = "mmrazor subnet"  # metadata.source of an architecture read from MMRazor's YAML
 _MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d+)\.(\d+)$")
 
 
@@ -84,9 +86,11 @@ def parse_arch(data, source: str = "architecture") -> Architecture:
                 ShuffleNetSettings(**settings)
             except (TypeError, ValueError) as e:
                 raise DsnasError(f"bad space settings: {e}") from None
-            return Architecture(choices, "shufflenet", {**ShuffleNetSettings().as_dict(), **settings},
-                                dict(data.get("metadata") or {}))
-        return Architecture(_parse_mmrazor(data))
+            metadata = data.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise DsnasError("'metadata' must be a mapping")
+            return Architecture(choices, "shufflenet", {**ShuffleNetSettings().as_dict(), **settings}, dict(metadata))
+        return Architecture(_parse_mmrazor(data), metadata={"source": MMRAZOR_SOURCE})  # no settings in the file
     except DsnasError as e:
         raise DsnasError(f"{source}: {e}") from None
 
@@ -101,7 +105,10 @@ def _parse_mmrazor(data: dict) -> list[str]:
             value = value.get("chosen")
         if not isinstance(value, str):
             raise DsnasError(f"{key}: expected an op name or {{chosen: <op>}}")
-        found[(int(m.group(1)), int(m.group(2)))] = value
+        block = (int(m.group(1)), int(m.group(2)))
+        if block in found:  # "0.0" and "00.000", or with and without the "architecture." prefix
+            raise DsnasError(f"block backbone.layers.{block[0]}.{block[1]} is named twice (again as {key!r})")
+        found[block] = value
     expected = [tuple(map(int, k.split(".")[-2:])) for k in block_keys()]
     extra = sorted(set(found) - set(expected))
     if extra:
@@ -118,5 +125,10 @@ def load_arch(path: str | Path) -> Architecture:
 
 
 def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False) -> None:
+    """Write ``arch`` as our YAML (or MMRazor's subnet YAML); ``-`` writes it to stdout."""
     data = arch.to_mmrazor() if mmrazor else arch.to_dict()
-    write_text(path, yaml.safe_dump(data, sort_keys=False, default_flow_style=None))
+    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    if str(path) == "-":
+        sys.stdout.write(text)
+    else:
+        write_text(path, text)

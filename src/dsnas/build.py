@@ -14,12 +14,12 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .arch import load_arch
-from .checkpoint import RunState, load_checkpoint, restore_run
+from .arch import MMRAZOR_SOURCE, load_arch
+from .checkpoint import RUN_KEYS, RunState, load_checkpoint, restore_run
 from .config import Config
 from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
-from .files import write_text
+from .files import RunLock, write_text
 from .report import Logger, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, precision_label, setup_runtime
 from .search import DSNAS
@@ -48,6 +48,7 @@ class Run:
     state: RunState
     started: float
     log: Logger | None = None
+    lock: RunLock | None = None        # rank 0 holds the run folder's lock
     child: nn.Module | None = None     # the fixed child, from the switch on
     ddp: nn.Module | None = None
     compiled: tuple | None = None      # (network, its torch.compile'd form)
@@ -76,8 +77,12 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     given = _given_arch(cfg, space) if cfg.method == "fixed" else None
     _check_budget(cfg, space, data)
     run = _build(cfg, rt, data, held, out, space, given, started)
+    if rt.main:  # one writer per run folder, from here to the end of the run
+        run.lock = RunLock(out).acquire()
+        check_run_dir(out, resume)  # again: another writer may have finished here meanwhile
     if resume:
-        run.state = restore_run(load_checkpoint(out / "checkpoints", space.settings.as_dict()), run.parts, rt.rank)
+        ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS)
+        run.state = restore_run(ckpt, run.parts, rt.rank)
         run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
     else:
         run.state.alpha_rows = alpha_rows(run.search, 0, "init")
@@ -145,6 +150,8 @@ def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: Shuffle
 def _given_arch(cfg: Config, space: ShuffleNetSpace) -> list[int]:
     """The architecture of method fixed, checked against the space this run's data builds."""
     arch = load_arch(cfg.arch)
+    if arch.metadata.get("source") == MMRAZOR_SOURCE:  # MMRazor's file names ops only: the data sizes the net
+        return [c.index(name) for c, name in zip(space.choices, arch.choices)]
     mine = space.settings.as_dict()
     differ = {k: (arch.settings.get(k), v) for k, v in mine.items() if arch.settings.get(k) != v}
     if differ:

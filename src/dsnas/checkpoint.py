@@ -11,6 +11,7 @@ import dataclasses
 import os
 import pickle
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,15 +28,19 @@ LAST, PREV = "last.pt", "prev.pt"
 def save_checkpoint(folder: Path, payload: dict, settings: dict) -> Path:
     """Write ``folder/last.pt`` atomically; the previous ``last.pt`` becomes ``prev.pt``."""
     last = folder / LAST
-    with atomic_path(last) as tmp:
-        with open(tmp, "wb") as f:
-            torch.save({"format": FORMAT, "settings": settings, **payload}, f)
-        if last.exists():
-            os.replace(last, folder / PREV)  # a kill before the next rename leaves prev.pt, which loading falls back to
+    try:
+        with atomic_path(last) as tmp:
+            with open(tmp, "wb") as f:
+                torch.save({"format": FORMAT, "settings": settings, **payload}, f)
+            if last.exists():
+                os.replace(last, folder / PREV)  # a kill before the next rename leaves prev.pt, which loading reads
+    except DsnasError as e:
+        raise DsnasError(f"{e}; training stopped. The checkpoints already in {folder} are intact: fix the cause, "
+                         f"then continue with --resume {folder.parent}") from None
     return last
 
 
-def _read(path: Path, settings: dict) -> dict:
+def _read(path: Path, settings: dict, required: tuple) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -48,18 +53,26 @@ def _read(path: Path, settings: dict) -> dict:
         raise DsnasError(f"checkpoint {path} has format {found!r}; this version reads {FORMAT!r}")
     if ckpt.get("settings") != settings:
         raise DsnasError(f"checkpoint {path} is for space settings {ckpt.get('settings')}, this run uses {settings}")
+    lacking = [k for k in required if k not in ckpt]
+    if lacking:
+        raise DsnasError(f"checkpoint {path} is incomplete: it lacks {', '.join(lacking)}")
     return ckpt
 
 
-def load_checkpoint(folder: Path, settings: dict, warn=print) -> dict:
-    """The newest loadable checkpoint in ``folder`` (``last.pt``, else ``prev.pt``)."""
+def _warn(text: str) -> None:
+    print(text, file=sys.stderr)
+
+
+def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = ()) -> dict:
+    """The newest loadable checkpoint in ``folder`` (``last.pt``, else ``prev.pt``) that holds
+    every key of ``required``."""
     errors = []
     for name in (LAST, PREV):
         path = folder / name
         if not path.exists():
             continue
         try:
-            ckpt = _read(path, settings)
+            ckpt = _read(path, settings, required)
         except DsnasError as e:
             errors.append(str(e))
             continue
@@ -73,6 +86,7 @@ def load_checkpoint(folder: Path, settings: dict, warn=print) -> dict:
 
 # --- a run's checkpoint -------------------------------------------------------------------------
 STATEFUL = ("model", "search", "optimizer", "arch_optimizer", "scheduler", "scaler")
+RUN_KEYS = (*STATEFUL, "sampler_rng", "torch_rng", "numpy_rng", "python_rng", "progress")
 
 
 @dataclass

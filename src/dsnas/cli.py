@@ -11,6 +11,14 @@ from pathlib import Path
 from .errors import DsnasError
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -18,6 +26,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
     return value
 
 
@@ -53,7 +71,10 @@ def _resolve_settings(args, arch=None) -> dict:
             base[key] = getattr(args, key)
             if key == "input_size":
                 base["small_input"] = None
-    return ShuffleNetSettings(**base).as_dict()
+    try:
+        return ShuffleNetSettings(**base).as_dict()
+    except ValueError as e:
+        raise DsnasError(str(e)) from None
 
 
 def cmd_info(args) -> int:
@@ -115,16 +136,35 @@ def _load_run_child(args):
     return arch, load_child(arch, weights)
 
 
+def _check_outputs(paths: list, force: bool) -> None:
+    """Outputs named on the command line: regular files or new paths, and never one that exists
+    unless --force; checked before anything is computed."""
+    from .files import check_writable
+
+    for path in paths:
+        if path is None or path == "-":
+            continue
+        check_writable(path)
+        if Path(path).exists() and not force:
+            raise DsnasError(f"{path} already exists; pass --force to replace it")
+        if Path(path).parent.exists() and not Path(path).parent.is_dir():
+            raise DsnasError(f"cannot write {path}: {Path(path).parent} is not a folder")
+
+
 def cmd_export(args) -> int:
     from .arch import save_arch
     from .export import export_onnx
 
     if not (args.onnx or args.mmrazor):
         raise DsnasError("nothing to export: give --onnx FILE and/or --mmrazor FILE")
+    if args.onnx == "-":
+        raise DsnasError("--onnx needs a file (ONNX is binary and is checked from the file)")
+    _check_outputs([args.onnx, args.mmrazor], args.force)
     arch, child = _load_run_child(args)
     if args.mmrazor:
         save_arch(arch, args.mmrazor, mmrazor=True)
-        print(f"wrote {args.mmrazor} (MMRazor subnet YAML)")
+        if args.mmrazor != "-":
+            print(f"wrote {args.mmrazor} (MMRazor subnet YAML)")
     if args.onnx:
         diff = export_onnx(child, args.onnx, arch.settings["input_size"], arch.settings["in_channels"],
                            check=not args.no_check)
@@ -193,7 +233,7 @@ def _eval_data_spec(args) -> str:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="dsnas", description="DSNAS: direct neural architecture search "
+    parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
                                      "without parameter retraining.")
     parser.add_argument("--version", action="version", version=f"dsnas {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -224,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="top-1/top-5 of a child on the test split")
     _child_args(p)
     p.add_argument("--data", help="dataset (default: the run's, else the embedded set)")
-    p.add_argument("--bn-recalibrate", type=int, default=0, metavar="N",
+    p.add_argument("--bn-recalibrate", type=_count, default=0, metavar="N",
                    help="re-estimate BN statistics on N training images first")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -238,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")
     _child_args(p)
     p.add_argument("--onnx", help="write ONNX here")
-    p.add_argument("--mmrazor", help="write the architecture as MMRazor subnet YAML here")
+    p.add_argument("--mmrazor", help="write the architecture as MMRazor subnet YAML here ('-': stdout)")
+    p.add_argument("--force", action="store_true", help="replace output files that already exist")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime parity check")
     p.set_defaults(func=cmd_export)
     return parser
@@ -255,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     except DsnasError as e:
         print(f"dsnas: error: {e}", file=sys.stderr)
         return e.exit_code
+    except OSError as e:  # the file system refused (permissions, disk full, a folder in the way)
+        where = f" {e.filename}" if e.filename else ""
+        print(f"dsnas: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("dsnas: interrupted", file=sys.stderr)
         return 130

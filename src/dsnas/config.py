@@ -17,7 +17,7 @@ import yaml
 
 from .errors import DsnasError
 from .files import read_yaml
-from .spaces.shufflenet import INIT_SCHEMES
+from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
 
 
 @dataclass
@@ -81,6 +81,10 @@ class Config:
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("lr", "width"):
             need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        need(self.width <= SETTING_MAX["width"], f"width must be <= {SETTING_MAX['width']:g}, got {self.width}")
+        need(self.input_size <= SETTING_MAX["input_size"],
+             f"input_size must be <= {SETTING_MAX['input_size']}, got {self.input_size}")
+        need(self.seed < 2**31, f"seed must be < 2**31, got {self.seed}")
         for key in ("arch_lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs", "budget_mflops",
                     "penalty"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")

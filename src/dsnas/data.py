@@ -106,6 +106,8 @@ def _load_idx_split(folder: Path, prefix: str) -> Split:
         raise DsnasError(f"{folder}: {prefix} images {images.shape} and labels {labels.shape} do not match")
     if len(labels) == 0:
         raise DsnasError(f"{folder}: the {prefix} split is empty")
+    if 0 in images.shape[1:]:
+        raise DsnasError(f"{folder}: the {prefix} images are {images.shape[1]}x{images.shape[2]} pixels")
     return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
@@ -139,13 +141,25 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             if raw.size == 0 or raw.size % 3073:
                 raise DsnasError(f"{path} is not a CIFAR-10 binary batch ({raw.size} bytes)")
             records = raw.reshape(-1, 3073)
-            return records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
-        with open(path, "rb") as f:
-            batch = _ArrayUnpickler(f, encoding="bytes").load()
-        images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-        return images, np.asarray(batch[b"labels"], dtype=np.int64)
+            images, labels = records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
+        else:
+            with open(path, "rb") as f:
+                batch = _ArrayUnpickler(f, encoding="bytes").load()
+            images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+            labels = np.asarray(batch[b"labels"], dtype=np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
         raise DsnasError(f"{path} cannot be read as a CIFAR-10 batch: {e}") from None
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DsnasError(f"{path} holds {len(images)} images and {labels.size} labels")
+    check_labels(labels, 10, str(path))
+    return images, labels
+
+
+def check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
+    """Labels are class indices: whole numbers in [0, num_classes)."""
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        bad = labels[(labels < 0) | (labels >= num_classes)][0]
+        raise DsnasError(f"{source}: label {bad} is outside 0..{num_classes - 1}")
 
 
 def _load_cifar10(folder: Path) -> Data:
@@ -180,9 +194,20 @@ def _open_image(path: Path):
     try:
         with Image.open(path) as im:
             im.load()
-            return im.copy()
-    except (UnidentifiedImageError, OSError, ValueError) as e:
+            return _to_8bit(im.copy())
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise DsnasError(f"image {path} cannot be read: {e}") from None
+
+
+def _to_8bit(im):
+    """16- and 32-bit grayscale images rescaled to 8 bits (PIL's convert would clip them)."""
+    from PIL import Image
+
+    if not im.mode.startswith("I"):
+        return im
+    a = np.asarray(im).astype(np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
 
 
 def _image_folder_splits(root: Path) -> tuple[Path, Path]:
@@ -199,10 +224,15 @@ def _scan_image_folder(split: Path, classes: list[str] | None) -> tuple[list[str
     names = [p.name for p in found]
     if classes is not None and names != classes:
         raise DsnasError(f"{split} has classes {names}, the train split has {classes}")
-    samples = [(f, i) for i, folder in enumerate(found) for f in _image_files(folder)]
-    if not found or not samples:
+    files = [_image_files(folder) for folder in found]
+    if not any(files):
         raise DsnasError(f"{split} holds no images in class subfolders")
-    return names, samples
+    if classes is None and len(found) < 2:
+        raise DsnasError(f"{split} has one class folder ({names[0]}); a classifier needs at least two classes")
+    empty = [folder.name for folder, f in zip(found, files) if not f]
+    if empty and classes is None:
+        raise DsnasError(f"{split}: class folder {empty[0]} holds no images")
+    return names, [(f, i) for i, fs in enumerate(files) for f in fs]
 
 
 def _load_small_images(samples: list[tuple[Path, int]], mode: str, size: int) -> Split:
@@ -233,7 +263,7 @@ def _load_image_folder(root: Path, input_size: int | None) -> Data:
         return _with_stats(Data(root.name, train, test, len(classes), channels, size, (), (), classes))
     size = input_size or 224
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
-    convert = transforms.Lambda(lambda im: im.convert(mode))
+    convert = transforms.Lambda(lambda im: _to_8bit(im).convert(mode))
     norm = [transforms.ToTensor(), transforms.Normalize(mean, std)]
     train_tf = transforms.Compose([convert, transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *norm])
     test_tf = transforms.Compose([convert, transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size), *norm])
@@ -277,6 +307,8 @@ def load_data(spec: str = EMBEDDED, input_size: int | None = None) -> Data:
         if h != w:
             raise DsnasError(f"{root}: images are {h}x{w}; square images are expected")
         num_classes = int(max(train.labels.max(), test.labels.max())) + 1
+        if num_classes < 2:
+            raise DsnasError(f"{root}: every label is 0; a classifier needs at least two classes")
         fmnist = num_classes == 10 and "fashion" in root.name.lower()
         classes = list(FASHION_MNIST_CLASSES) if fmnist else [str(i) for i in range(num_classes)]
         return _with_stats(Data(root.name, train, test, num_classes, 1, h, (), (), classes))

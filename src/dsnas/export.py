@@ -10,7 +10,7 @@ from safetensors.torch import load_file, save_file
 
 from .arch import Architecture
 from .errors import DsnasError
-from .files import atomic_path
+from .files import atomic_path, check_readable
 from .spaces import ShuffleNetChild, ShuffleNetSettings
 
 
@@ -23,6 +23,7 @@ def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | Non
 def load_child(arch: Architecture, weights: str | Path) -> ShuffleNetChild:
     """Build the child for ``arch`` and load its safetensors weights (shapes must match)."""
     child = ShuffleNetChild(arch.choices, ShuffleNetSettings(**arch.settings), init="torch")  # weights loaded below
+    check_readable(weights, "weights file")
     try:
         state = load_file(str(weights))
     except FileNotFoundError:
@@ -35,10 +36,24 @@ def load_child(arch: Architecture, weights: str | Path) -> ShuffleNetChild:
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
-                else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, the architecture needs {tuple(expected[wrong[0]].shape)}")
+                else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, "
+                     f"the architecture needs {tuple(expected[wrong[0]].shape)}")
         raise DsnasError(f"weights file {weights} does not match the architecture ({what})")
+    _check_values(state, expected, weights)
     child.load_state_dict(state)
     return child
+
+
+def _check_values(state: dict, expected: dict, weights) -> None:
+    """Every tensor has the child's dtype and finite values (shapes are checked by the caller)."""
+    for k, want in expected.items():
+        got = state[k]
+        same_kind = got.is_floating_point() if want.is_floating_point() else got.dtype == want.dtype
+        if not same_kind:
+            raise DsnasError(f"weights file {weights}: {k} is {str(got.dtype).replace('torch.', '')}, "
+                             f"the architecture needs {str(want.dtype).replace('torch.', '')}")
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            raise DsnasError(f"weights file {weights}: {k} holds NaN or infinite values")
 
 
 def export_onnx(child: torch.nn.Module, path: str | Path, input_size: int, in_channels: int,
@@ -62,6 +77,6 @@ def export_onnx(child: torch.nn.Module, path: str | Path, input_size: int, in_ch
     with torch.no_grad():
         want = child(x).numpy()
     diff = float(abs(got - want).max())
-    if diff > atol:
+    if not diff <= atol:  # NaN fails too
         raise DsnasError(f"ONNX output differs from PyTorch by {diff:.2e} (> {atol:.0e})")
     return diff

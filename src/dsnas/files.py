@@ -4,24 +4,74 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from pathlib import Path
+
+from .errors import DsnasError
+
+
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` may be written only if it is missing or a regular file: never a device, FIFO,
+    folder or symbolic link, whose replacement by a file would damage something else."""
+    path = Path(path)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return path
+    except OSError as e:
+        raise DsnasError(f"cannot write {path}: {e.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise DsnasError(f"{path} is a symbolic link; give the path of the file itself")
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise DsnasError(f"{path} is {kind}; outputs are written only to regular files")
+    return path
+
+
+def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
+    """``path`` must be a regular file (or a link to one): reading a FIFO or a device would
+    block or never end."""
+    path = Path(path)
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        raise DsnasError(f"{what} {path} does not exist") from None
+    except OSError as e:
+        raise DsnasError(f"{what} {path} cannot be read: {e.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        raise DsnasError(f"{what} {path} is {kind}")
+    return path
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path next to ``path``; on success it is fsynced and renamed onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """Yield a unique temporary path next to ``path``; on success it is fsynced and renamed onto
+    ``path`` with the permissions a plain ``open`` would give. ``path`` must be missing or a
+    regular file; a failure (disk full, no permission) leaves ``path`` as it was and no temporary."""
+    path = check_writable(path)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.fchmod(fd, 0o666 & ~_umask())
+        os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        check_writable(path)  # nothing special appeared there meanwhile
         os.replace(tmp, path)
+    except OSError as e:
+        raise DsnasError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
 
 
@@ -34,9 +84,7 @@ def read_yaml(path: str | os.PathLike, what: str = "file"):
     """Parse a YAML file safely; a missing, unreadable or malformed file is a one-line `DsnasError`."""
     import yaml
 
-    from .errors import DsnasError
-
-    path = Path(path)
+    path = check_readable(path, what)
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -47,3 +95,44 @@ def read_yaml(path: str | os.PathLike, what: str = "file"):
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise DsnasError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
+
+
+class RunLock:
+    """One writer per run folder: an exclusive ``flock`` on ``<folder>/.lock``, held until
+    `release` or the end of the process. The kernel drops it when its holder dies, so a killed
+    run leaves no stale lock behind and can be resumed at once."""
+
+    NAME = ".lock"
+
+    def __init__(self, folder: str | os.PathLike):
+        self.path = Path(folder) / self.NAME
+        self._file = None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        check_writable(self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = open(self.path, "a+")
+        except OSError as e:
+            raise DsnasError(f"cannot lock {self.path.parent}: {e.strerror or e}") from None
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or "unknown"
+            f.close()
+            raise DsnasError(f"{self.path.parent} is in use by another dsnas process (pid {holder}); wait for it "
+                             "to finish, or choose another --out") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f"{os.getpid()}\n")
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file drops the lock
+            self._file = None

@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import DsnasError
-from .files import atomic_path, write_text
+from .files import RunLock, atomic_path, write_text
 
 
 def new_run_dir(data_name: str) -> Path:
@@ -31,7 +31,7 @@ def check_run_dir(out: Path, resume: bool) -> None:
     """A new run needs an empty or missing folder; a resumed one needs its checkpoints."""
     if resume and not (out / "checkpoints").is_dir():
         raise DsnasError(f"nothing to resume: {out} has no checkpoints")
-    if not resume and out.exists() and (not out.is_dir() or any(out.iterdir())):
+    if not resume and out.exists() and (not out.is_dir() or any(p.name != RunLock.NAME for p in out.iterdir())):
         raise DsnasError(f"{out} already exists and is not empty; pass --resume {out} to continue a run "
                          "there, or choose another --out")
 

@@ -84,13 +84,17 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     """Run a DSNAS search (or a baseline, or a fixed architecture) with ``cfg``; files go to
     ``out`` (rank 0 writes them)."""
     run = prepare(cfg, out, resume, quiet)
-    for epoch in range(run.state.epoch, cfg.epochs):
-        stage = stage_of(epoch, cfg)
-        start_step = run.state.step if epoch == run.state.epoch else 0
-        net = enter_stage(run, stage, epoch, start_step)
-        loss_sum, seen = train_epoch(run, net, stage, epoch, start_step)
-        end_epoch(run, stage, epoch, loss_sum, seen)
-    return finish(run)
+    try:
+        for epoch in range(run.state.epoch, cfg.epochs):
+            stage = stage_of(epoch, cfg)
+            start_step = run.state.step if epoch == run.state.epoch else 0
+            net = enter_stage(run, stage, epoch, start_step)
+            loss_sum, seen = train_epoch(run, net, stage, epoch, start_step)
+            end_epoch(run, stage, epoch, loss_sum, seen)
+        return finish(run)
+    finally:
+        if run.lock is not None:
+            run.lock.release()
 
 
 def enter_stage(run: Run, stage: str, epoch: int, start_step: int) -> nn.Module:

@@ -159,6 +159,10 @@ def _round_channels(c: float) -> int:
     return max(8, int(round(c / 8)) * 8)
 
 
+# Bounds on every setting that sizes an allocation (checked before anything is built).
+SETTING_MAX = {"num_classes": 100_000, "in_channels": 1024, "input_size": 4096, "width": 8.0}
+
+
 @dataclass(frozen=True)
 class ShuffleNetSettings:
     """Everything that fixes the shape of the space (stored in arch files and checkpoints)."""
@@ -172,12 +176,10 @@ class ShuffleNetSettings:
     def __post_init__(self):
         for key in ("num_classes", "in_channels", "input_size"):
             value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{key} must be a positive integer, got {value!r}")
-        if self.input_size > 4096:
-            raise ValueError(f"input_size must be <= 4096, got {self.input_size}")
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SETTING_MAX[key]:
+                raise ValueError(f"{key} must be an integer in 1..{SETTING_MAX[key]}, got {value!r}")
         if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not 0 < self.width <= 8:
-            raise ValueError(f"width must be a number in (0, 8], got {self.width!r}")
+            raise ValueError(f"width must be a number in (0, {SETTING_MAX['width']:g}], got {self.width!r}")
         if self.small_input is None:
             object.__setattr__(self, "small_input", self.input_size < SMALL_INPUT_BELOW)
         elif not isinstance(self.small_input, bool):

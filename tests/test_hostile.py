@@ -1,0 +1,351 @@
+"""Hostile and malformed input: every case is one line on stderr and exit code 2 (or, for 16-bit
+images, a correct conversion), and nothing outside the intended output is created or changed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from conftest import SRC_DIR, random_arch, run_cli
+from dsnas import Architecture, DsnasError, ShuffleNetChild, load_arch, save_arch
+from dsnas.config import load_config
+from dsnas.data import load_data
+from dsnas.export import export_onnx, load_child, save_weights
+from dsnas.files import RunLock, atomic_path, write_text
+from dsnas.spaces import ShuffleNetSettings
+
+SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
+
+
+@pytest.fixture
+def child_files(tmp_path):
+    arch = Architecture(random_arch(5), settings=SMALL)
+    save_arch(arch, tmp_path / "arch.yaml")
+    torch.manual_seed(0)
+    save_weights(ShuffleNetChild(arch.choices, ShuffleNetSettings(**SMALL)), tmp_path / "child.safetensors")
+    return tmp_path / "arch.yaml", tmp_path / "child.safetensors"
+
+
+def _call(dsnas_main_args, capsys) -> tuple[int, str, str]:
+    """``dsnas.cli.main`` in this process; argparse's own exits are caught too."""
+    from dsnas.cli import main
+
+    capsys.readouterr()
+    try:
+        rc = main([str(a) for a in dsnas_main_args])
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def _one_line_error(rc, err) -> None:
+    assert rc == 2, err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+def _snapshot(folder: Path) -> dict:
+    return {p: (p.lstat().st_mode, p.lstat().st_size, p.lstat().st_mtime_ns) for p in folder.rglob("*")}
+
+
+# --- outputs: special files, existing files, permissions ---------------------------------------------------
+def test_atomic_write_never_replaces_a_fifo_device_folder_or_link(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    target = tmp_path / "real.txt"
+    target.write_text("keep")
+    link = tmp_path / "link.txt"
+    link.symlink_to(target)
+    (tmp_path / "folder").mkdir()
+    specials = [fifo, link, tmp_path / "folder"]
+    try:
+        os.mknod(tmp_path / "null", 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        specials.append(tmp_path / "null")
+    except PermissionError:  # not root: the FIFO covers the class
+        pass
+    for path in specials:
+        before = path.lstat().st_mode
+        with pytest.raises(DsnasError, match="symbolic link|not a regular file|a folder"):
+            write_text(path, "x")
+        assert path.lstat().st_mode == before
+    assert target.read_text() == "keep"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporaries
+
+
+def test_atomic_write_respects_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o640
+        os.umask(0o022)
+        write_text(tmp_path / "b.txt", "x")
+        assert stat.S_IMODE((tmp_path / "b.txt").stat().st_mode) == 0o644
+    finally:
+        os.umask(old)
+
+
+def test_atomic_write_failure_leaves_the_target_and_no_temporary(tmp_path):
+    target = tmp_path / "t.txt"
+    target.write_text("old")
+    with pytest.raises(DsnasError, match="cannot write .*No space left"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("partial")
+            raise OSError(28, "No space left on device")
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["t.txt"]
+
+
+def test_export_refuses_existing_and_special_outputs(tmp_path, child_files, capsys):
+    arch, weights = child_files
+    old = tmp_path / "old.yaml"
+    old.write_text("precious")
+    rc, _, err = _call(["export", "--arch", arch, "--weights", weights, "--mmrazor", old], capsys)
+    _one_line_error(rc, err)
+    assert "already exists" in err and "--force" in err and old.read_text() == "precious"
+    rc, out, err = _call(["export", "--arch", arch, "--weights", weights, "--mmrazor", old, "--force"], capsys)
+    assert rc == 0 and load_arch(old).choices == load_arch(arch).choices
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    for bad in (fifo, tmp_path, old / "under_a_file.onnx"):
+        rc, _, err = _call(["export", "--arch", arch, "--weights", weights, "--onnx", bad, "--force"], capsys)
+        _one_line_error(rc, err)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+
+
+def test_export_mmrazor_to_stdout(child_files, capsys):
+    arch, weights = child_files
+    rc, out, err = _call(["export", "--arch", arch, "--weights", weights, "--mmrazor", "-"], capsys)
+    assert rc == 0, err
+    assert out.startswith("backbone.layers.0.0:") and "wrote" not in out
+
+
+# --- silently wrong results ---------------------------------------------------------------------------------
+def test_onnx_parity_check_fails_on_nan(tmp_path):
+    child = ShuffleNetChild(random_arch(1), ShuffleNetSettings(**SMALL)).eval()
+    with torch.no_grad():
+        child.classifier.weight.fill_(float("nan"))
+    with pytest.raises(DsnasError, match="differs from PyTorch by nan"):
+        export_onnx(child, tmp_path / "c.onnx", 28, 1)
+
+
+@pytest.mark.parametrize("bad", ["int64", "bool", "nan", "inf"])
+def test_weights_with_wrong_dtype_or_values_are_refused(child_files, bad):
+    arch, weights = child_files
+    state = load_file(str(weights))
+    key = next(k for k in state if k.endswith("classifier.weight"))
+    if bad in ("int64", "bool"):
+        state[key] = state[key].to(getattr(torch, bad))
+    else:
+        state[key][0, 0] = float(bad)
+    save_file(state, str(weights))
+    with pytest.raises(DsnasError, match="classifier.weight (is|holds)"):
+        load_child(load_arch(arch), weights)
+
+
+def _cifar(root: Path, images: int, labels: list[int]) -> None:
+    import pickle
+
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    batch = {b"data": np.zeros((images, 3072), np.uint8), b"labels": labels}
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (folder / name).write_bytes(pickle.dumps(batch))
+
+
+@pytest.mark.parametrize("images, labels, message", [
+    (64, list(range(10)) * 6, "64 images and 60 labels"),
+    (4, [0, 1, 99, 2], "label 99 is outside 0..9"),
+    (4, [0, 1, -1, 2], "label -1 is outside 0..9"),
+])
+def test_cifar_labels_must_match_the_images(tmp_path, images, labels, message):
+    _cifar(tmp_path, images, labels)
+    with pytest.raises(DsnasError, match=message):
+        load_data(str(tmp_path))
+
+
+def _tree(root: Path, classes: dict[str, int], size: int = 8, mode: str = "L", value: int = 100):
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for name, n in classes.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                dtype = np.uint16 if mode == "I;16" else np.uint8  # PIL reads uint16 as I;16
+                Image.fromarray(np.full((size, size), value, dtype)).save(folder / f"{i}.png")
+
+
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
+    _tree(tmp_path, {"a": 2, "b": 2}, mode="I;16", value=32896)  # 32896 / 65535 * 255 = 128
+    data = load_data(str(tmp_path))
+    assert data.in_channels == 1
+    assert int(data.train.images.min()) == int(data.train.images.max()) == 128
+
+
+def test_one_class_or_an_empty_class_folder_is_refused(tmp_path):
+    _tree(tmp_path / "one", {"a": 3})
+    with pytest.raises(DsnasError, match="one class folder"):
+        load_data(str(tmp_path / "one"))
+    _tree(tmp_path / "empty", {"a": 3, "b": 0})
+    with pytest.raises(DsnasError, match="class folder b holds no images"):
+        load_data(str(tmp_path / "empty"))
+
+
+@pytest.mark.parametrize("doc, message", [
+    ("backbone.layers.0.0: shuffle_3x3\narchitecture.backbone.layers.0.0: shuffle_5x5\n", "named twice"),
+    ("backbone.layers.0.0: shuffle_3x3\nbackbone.layers.00.000: shuffle_5x5\n", "named twice"),
+    ("format: dsnas-arch/1\nchoices: []\nmetadata: [1, 2]\n", "'metadata' must be a mapping"),
+])
+def test_arch_files_that_say_one_thing_twice_or_the_wrong_shape(tmp_path, doc, message):
+    (tmp_path / "a.yaml").write_text(doc)
+    with pytest.raises(DsnasError, match=message):
+        load_arch(tmp_path / "a.yaml")
+
+
+# --- one writer per run folder ----------------------------------------------------------------------------
+HOLDER = textwrap.dedent("""
+    import sys, time
+    from dsnas.files import RunLock
+    lock = RunLock(sys.argv[1]).acquire()  # held while the object lives
+    print("locked", flush=True)
+    time.sleep(60)
+""")
+
+
+def test_a_run_folder_has_one_writer_and_a_dead_holder_leaves_no_lock(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(DsnasError, match=f"in use by another dsnas process \\(pid {holder.pid}\\)"):
+            RunLock(tmp_path).acquire()
+        (tmp_path / "checkpoints").mkdir()
+        write_text(tmp_path / "config.yaml", yaml.safe_dump(load_config().to_dict()))
+        r = run_cli("search", "--resume", tmp_path)  # a live run cannot be resumed by a second process
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+        assert f"in use by another dsnas process (pid {holder.pid})" in r.stderr
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    lock = RunLock(tmp_path).acquire()  # the kernel dropped the dead holder's lock
+    assert (tmp_path / ".lock").read_text().strip() == str(os.getpid())
+    lock.release()
+
+
+# --- flags and settings ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("args", [
+    ["eval", "--bn-recalibrate", "-5"],
+    ["info", "--width", "9"],
+    ["info", "--width", "inf"],
+    ["info", "--num-classes", "2000000000"],
+    ["info", "--input-size", "5000"],
+    ["search", "--set", "width=9"],
+    ["search", "--set", "seed=1e15"],
+    ["search", "--set", "input_size=5000"],
+    ["search", "--bogus-flag"],
+    ["nonsense-command"],
+])
+def test_out_of_range_flags_are_one_line_errors(tmp_path, capsys, args, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before = _snapshot(tmp_path)
+    rc, _, err = _call(args, capsys)
+    _one_line_error(rc, err)
+    assert _snapshot(tmp_path) == before
+
+
+def test_checkpoint_lacking_model_falls_back_to_prev(tmp_path, capfd):
+    from dsnas.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint
+
+    full = {k: {"x": 1} for k in RUN_KEYS}
+    save_checkpoint(tmp_path, full, {"s": 1})
+    save_checkpoint(tmp_path, {k: v for k, v in full.items() if k != "model"}, {"s": 1})
+    ckpt = load_checkpoint(tmp_path, {"s": 1}, required=RUN_KEYS)
+    assert "model" in ckpt
+    err = capfd.readouterr().err
+    assert "lacks model" in err and "prev.pt" in err  # the warning goes to stderr
+
+
+# --- the sweep: every value-taking flag of every subcommand, fed hostile values -------------------------------
+def _subcommands():
+    import argparse
+
+    from dsnas.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices
+
+
+def _hostile_values(action, tmp: Path) -> list[str]:
+    """Values no flag may accept: wrong numbers for typed flags, an unknown choice, and for
+    paths and free text a FIFO, a folder of junk, a file of junk and a path under a file."""
+    if action.choices:
+        return ["bogus-choice"]
+    if action.type not in (None, str):
+        return ["-1", "nan", "abc", "1e400"]
+    junk = tmp / "junk.bin"
+    junk.write_bytes(b"\x00\xffnot yaml: [\x01")
+    folder = tmp / "junk_dir"
+    folder.mkdir(exist_ok=True)
+    (folder / "junk.bin").write_bytes(b"\x00")
+    fifo = tmp / "fifo"
+    if not fifo.exists():
+        os.mkfifo(fifo)
+    return [str(fifo), str(folder), str(junk), str(junk / "under")]
+
+
+def _sweep_cases():
+    cases = []
+    for name, parser in _subcommands().items():
+        for action in parser._actions:
+            if action.nargs == 0 or action.dest in ("help", "version"):
+                continue
+            cases.append(pytest.param(name, action.dest, id=f"{name}-{action.dest}"))
+    return cases
+
+
+def _base_args(command: str, tmp: Path, arch: Path, weights: Path) -> dict:
+    """A valid invocation of each subcommand, by dest; the swept flag replaces its own entry."""
+    return {"search": {"out": tmp / "fresh_run"},
+            "train": {"arch": arch, "out": tmp / "fresh_run"},
+            "eval": {"arch": arch, "weights": weights},
+            "export": {"arch": arch, "weights": weights, "mmrazor": tmp / "m.yaml"},
+            "info": {}}[command]
+
+
+@pytest.mark.parametrize("command, dest", _sweep_cases())
+def test_hostile_matrix(tmp_path, capsys, monkeypatch, command, dest):
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    arch = Architecture(random_arch(2), settings=SMALL)
+    save_arch(arch, tmp_path / "arch.yaml")
+    save_weights(ShuffleNetChild(arch.choices, ShuffleNetSettings(**SMALL)), tmp_path / "w.safetensors")
+    parser = _subcommands()[command]
+    action = next(a for a in parser._actions if a.dest == dest)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"{command} --{dest}: a hostile value started real work"))
+    for value in _hostile_values(action, tmp_path):
+        args = {**_base_args(command, tmp_path, tmp_path / "arch.yaml", tmp_path / "w.safetensors"), dest: value}
+        argv = [command]
+        for a in parser._actions:
+            if a.dest in args:
+                argv += ([] if not a.option_strings else [a.option_strings[-1]]) + [str(args[a.dest])]
+        before = _snapshot(tmp_path)
+        signal.alarm(60)
+        try:
+            rc, _, err = _call(argv, capsys)
+        finally:
+            signal.alarm(0)
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, rc, err)
+        assert _snapshot(tmp_path) == before, argv
