@@ -194,6 +194,28 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
     assert int(data.train.images.min()) == int(data.train.images.max()) == 128
 
 
+def test_decompression_bomb_is_an_error(tmp_path, monkeypatch):
+    from PIL import Image
+
+    _tree(tmp_path, {"a": 1, "b": 1}, size=32)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 is then more than twice the limit
+    with pytest.raises(DsnasError, match="cannot be read: .*decompression bomb"):
+        load_data(str(tmp_path))
+
+
+def test_zero_pixel_idx_images_and_single_image_batches(tmp_path, capsys):
+    from test_data import make_idx_folder
+
+    make_idx_folder(tmp_path / "empty_px", size=0)
+    with pytest.raises(DsnasError, match="images are 0x0 pixels"):
+        load_data(str(tmp_path / "empty_px"))
+    make_idx_folder(tmp_path / "one_px", size=1)
+    rc, _, err = _call(["search", "--data", tmp_path / "one_px", "--out", tmp_path / "r", "--set", "batch_size=1"],
+                       capsys)
+    _one_line_error(rc, err)
+    assert "BatchNorm needs at least two" in err and not (tmp_path / "r").exists()
+
+
 def test_one_class_or_an_empty_class_folder_is_refused(tmp_path):
     _tree(tmp_path / "one", {"a": 3})
     with pytest.raises(DsnasError, match="one class folder"):
@@ -263,6 +285,19 @@ def test_out_of_range_flags_are_one_line_errors(tmp_path, capsys, args, monkeypa
     rc, _, err = _call(args, capsys)
     _one_line_error(rc, err)
     assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("config", ["- 1\n- 2\n", "data: 123\n"])
+def test_eval_of_a_run_whose_config_is_not_one(tmp_path, child_files, capsys, config):
+    arch, weights = child_files
+    run = tmp_path / "run"
+    run.mkdir()
+    for f in (arch, weights):
+        (run / ("arch.yaml" if f.suffix == ".yaml" else "child.safetensors")).write_bytes(f.read_bytes())
+    (run / "config.yaml").write_text(config)
+    rc, _, err = _call(["eval", "--run", run], capsys)
+    _one_line_error(rc, err)
+    assert "pass --data" in err
 
 
 def test_checkpoint_lacking_model_falls_back_to_prev(tmp_path, capfd):

@@ -111,6 +111,9 @@ def _run_data(cfg: Config, rt: Runtime) -> tuple[Data, Data | None]:
         data, held = hold_out(data, cfg.select_images or min(10_000, len(data.train) // 10), cfg.seed)
     if cfg.batch_size % rt.world:
         raise DsnasError(f"config: batch_size {cfg.batch_size} is not divisible by the {rt.world} processes")
+    if cfg.batch_size < 2 * rt.world:
+        raise DsnasError(f"config: batch_size {cfg.batch_size} gives fewer than 2 images per process; BatchNorm "
+                         "needs at least two")
     if cfg.batch_size > len(data.train):
         raise DsnasError(f"config: batch_size {cfg.batch_size} is larger than the {len(data.train)} training images")
     return data, held

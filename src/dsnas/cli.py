@@ -225,8 +225,12 @@ def _eval_data_spec(args) -> str:
     if args.run and (Path(args.run) / "config.yaml").exists():
         from .files import read_yaml
 
-        saved = read_yaml(Path(args.run) / "config.yaml", "run config")
-        return (saved.get("data") if isinstance(saved, dict) else None) or "embedded"
+        path = Path(args.run) / "config.yaml"
+        saved = read_yaml(path, "run config")
+        data = saved.get("data", "embedded") if isinstance(saved, dict) else None
+        if not isinstance(data, str):
+            raise DsnasError(f"{path} is not a run configuration with a data entry; pass --data")
+        return data or "embedded"
     return "embedded"
 
 
