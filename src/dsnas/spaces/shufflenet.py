@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -209,19 +210,29 @@ def block_keys() -> list[str]:
     return [f"backbone.layers.{s}.{j}" for s, r in enumerate(STAGE_REPEATS) for j in range(r)]
 
 
+class Parts(NamedTuple):
+    """The modules of a ShuffleNet: stem, the blocks, head and classifier."""
+
+    stem: nn.Module
+    blocks: list[nn.Module]
+    head: nn.Module
+    classifier: nn.Module
+
+
 class _ShuffleNet(nn.Module):
-    def __init__(self, settings: ShuffleNetSettings, blocks: list[nn.Module], modules=None):
+    def __init__(self, settings: ShuffleNetSettings, parts: Parts):
         super().__init__()
-        self.settings = s = settings
-        if modules is None:
-            modules = (_conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2),
-                       _conv_bn(s.layout()[-1][1], s.head_channels, 1),
-                       nn.Linear(s.head_channels, s.num_classes))
-        self.stem = modules[0]
-        self.blocks = nn.Sequential(*blocks)
-        self.head = modules[1]
+        self.settings = settings
+        self.stem = parts.stem
+        self.blocks = nn.Sequential(*parts.blocks)
+        self.head = parts.head
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = modules[2]
+        self.classifier = parts.classifier
+
+    @staticmethod
+    def new_parts(s: ShuffleNetSettings, blocks: list[nn.Module]) -> Parts:
+        return Parts(_conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2), blocks,
+                     _conv_bn(s.layout()[-1][1], s.head_channels, 1), nn.Linear(s.head_channels, s.num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.head(self.blocks(self.stem(x)))
@@ -229,17 +240,24 @@ class _ShuffleNet(nn.Module):
 
 
 class ShuffleNetChild(_ShuffleNet):
-    """A plain network holding only the chosen ops: what gets deployed."""
+    """A plain network holding only the chosen ops: what gets deployed.
+
+    ``shared`` builds it from existing modules instead of new ones (no initialisation), as
+    `ShuffleNetSpace.child(share=True)` does with the supernet's."""
 
     def __init__(self, choices: list[str], settings: ShuffleNetSettings | None = None, init: str = "aligned",
-                 **kwargs):
+                 shared: Parts | None = None, **kwargs):
         settings = settings or ShuffleNetSettings(**kwargs)
         layout = settings.layout()
         if len(choices) != len(layout):
             raise ValueError(f"expected {len(layout)} choices, got {len(choices)}")
-        super().__init__(settings, [make_op(op, *shape) for op, shape in zip(choices, layout)])
+        if shared is None:
+            blocks = [make_op(op, *shape) for op, shape in zip(choices, layout)]
+            super().__init__(settings, self.new_parts(settings, blocks))
+            init_weights(self, init)
+        else:
+            super().__init__(settings, shared)
         self.choices = list(choices)
-        init_weights(self, init)
 
 
 class ShuffleNetSpace(_ShuffleNet):
@@ -257,7 +275,7 @@ class ShuffleNetSpace(_ShuffleNet):
                  width: float = 1.0, small_input: bool | None = None, init: str = "aligned"):
         settings = ShuffleNetSettings(num_classes, in_channels, input_size, width, small_input)
         blocks = [Choice({op: make_op(op, *shape) for op in OPS}) for shape in settings.layout()]
-        super().__init__(settings, blocks)
+        super().__init__(settings, self.new_parts(settings, blocks))
         init_weights(self, init)
 
     @property
@@ -285,11 +303,8 @@ class ShuffleNetSpace(_ShuffleNet):
             raise ValueError(f"expected {self.num_blocks} choices, got {len(choices)}")
         names = [block.names[block.index(c)] for block, c in zip(self.choices, choices)]
         if share:
-            child = ShuffleNetChild.__new__(ShuffleNetChild)
-            _ShuffleNet.__init__(child, self.settings, [b.candidates[b.index(n)] for b, n in zip(self.choices, names)],
-                                 modules=(self.stem, self.head, self.classifier))
-            child.choices = names
-            return child
+            chosen = [b.candidates[b.index(n)] for b, n in zip(self.choices, names)]
+            return ShuffleNetChild(names, self.settings, shared=Parts(self.stem, chosen, self.head, self.classifier))
         child = ShuffleNetChild(names, self.settings, init="torch")  # the weights are copied below
         child.to(next(self.parameters()).device)
         child.stem.load_state_dict(self.stem.state_dict())
