@@ -356,7 +356,8 @@ def _base_args(command: str, tmp: Path, arch: Path, weights: Path) -> dict:
             "train": {"arch": arch, "out": tmp / "fresh_run"},
             "eval": {"arch": arch, "weights": weights},
             "export": {"arch": arch, "weights": weights, "mmrazor": tmp / "m.yaml"},
-            "info": {}}[command]
+            "info": {},
+            "latency": {"out": tmp / "lut.yaml"}}[command]
 
 
 @pytest.mark.parametrize("command, dest", _sweep_cases())

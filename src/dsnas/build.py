@@ -16,7 +16,9 @@ from torch import nn
 from . import __version__
 from .arch import MMRAZOR_SOURCE, load_arch
 from .checkpoint import RUN_KEYS, RunState, load_checkpoint, restore_run
-from .config import Config
+from .config import COSTS, Config
+from .cost import UNITS, CostTable
+from .latency import load_latency
 from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
 from .files import RunLock, write_text
@@ -36,6 +38,7 @@ class Run:
     held: Data | None                  # spos/random: images the weights never see, for ranking
     out: Path
     space: ShuffleNetSpace
+    costs: CostTable                   # the space's cost per candidate (MFLOPs, params, measured latency)
     search: DSNAS
     optimizer: torch.optim.Optimizer
     arch_optimizer: torch.optim.Optimizer
@@ -75,8 +78,9 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
                             width=cfg.width, init=cfg.init)
     given = _given_arch(cfg, space) if cfg.method == "fixed" else None
-    _check_budget(cfg, space, data)
-    run = _build(cfg, rt, data, held, out, space, given, started)
+    costs = _cost_table(cfg, space)
+    _check_budget(cfg, costs, data)
+    run = _build(cfg, rt, data, held, out, space, costs, given, started)
     if rt.main:  # one writer per run folder, from here to the end of the run
         run.lock = RunLock(out).acquire()
         check_run_dir(out, resume)  # again: another writer may have finished here meanwhile
@@ -119,19 +123,28 @@ def _run_data(cfg: Config, rt: Runtime) -> tuple[Data, Data | None]:
     return data, held
 
 
-def _check_budget(cfg: Config, space: ShuffleNetSpace, data: Data) -> None:
-    cheapest = space.costs.bounds()["min"]
-    if cfg.budget_mflops and cfg.method != "fixed" and cfg.budget_mflops < cheapest:
-        raise DsnasError(f"config: budget_mflops {cfg.budget_mflops:g} is below the cheapest architecture of "
-                         f"this space ({cheapest:.3f} MFLOPs at {data.input_size} px, width {cfg.width:g})")
+def _cost_table(cfg: Config, space: ShuffleNetSpace) -> CostTable:
+    """The space's counted costs (on the CPU, before the model moves), with the measured
+    latencies when the run's cost is latency."""
+    if cfg.cost != "latency":
+        return space.costs
+    return space.costs.with_latency(load_latency(cfg.latency_table, space.settings.as_dict()))
 
 
-def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: ShuffleNetSpace, given, started) -> Run:
-    table = space.costs  # counted once, on the CPU, before the model moves
+def _check_budget(cfg: Config, costs: CostTable, data: Data) -> None:
+    cheapest = costs.bounds(cfg.cost_metric)["min"]
+    if cfg.budget and cfg.method != "fixed" and cfg.budget < cheapest:
+        key, unit = COSTS[cfg.cost][1], UNITS[cfg.cost_metric]
+        raise DsnasError(f"config: {key} {cfg.budget:g} is below the cheapest architecture of this space "
+                         f"({cheapest:.3f} {unit} at {data.input_size} px, width {cfg.width:g})")
+
+
+def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: ShuffleNetSpace, costs: CostTable, given,
+           started) -> Run:
     space.to(rt.device)
     if cfg.channels_last:
         space.to(memory_format=torch.channels_last)
-    search = DSNAS(space, costs=table, budget=cfg.budget_mflops or None, penalty=cfg.penalty,
+    search = DSNAS(space, costs=costs, metric=cfg.cost_metric, budget=cfg.budget, penalty=cfg.penalty,
                    early_fix=cfg.early_fix, generator=torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank))
     optimizer = torch.optim.SGD(weight_groups(space, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     arch_optimizer = torch.optim.Adam(search.alphas, lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2))
@@ -146,7 +159,7 @@ def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: Shuffle
                          train=False, workers=cfg.workers)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-    return Run(cfg, rt, data, held, out, space, search, optimizer, arch_optimizer, scheduler, scaler, criterion,
+    return Run(cfg, rt, data, held, out, space, costs, search, optimizer, arch_optimizer, scheduler, scaler, criterion,
                train_loader, test_loader, given, RunState(), started)
 
 

@@ -39,6 +39,12 @@ def _count(text: str) -> int:
     return value
 
 
+def _device(text: str) -> str:
+    if text in ("cpu", "cuda") or (text.startswith("cuda:") and text[5:].isdigit()):
+        return text
+    raise argparse.ArgumentTypeError(f"expected cpu, cuda or cuda:N, got {text!r}")
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -86,14 +92,28 @@ def cmd_info(args) -> int:
     settings = _resolve_settings(args, arch)
     space = ShuffleNetSpace(**settings)
     table = space.costs
+    if args.latency:
+        from .latency import load_latency
+
+        lut = load_latency(args.latency, settings)
+        table = table.with_latency(lut)
+    elif args.measure:
+        raise DsnasError("--measure needs --latency FILE (it times the child as the table was measured)")
     if arch is not None:
         out = {**table.costs(arch.choices), "choices": arch.choices, "settings": settings}
+        if args.measure:
+            from .latency import measure_network
+
+            out["measured_ms"] = round(measure_network(space.child(arch.choices), lut.measured)["ms"], 3)
         if args.json:
             print(json.dumps(out))
         else:
             print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
                   f"{settings['num_classes']} classes)")
             print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.3f} M   params {out['params_m']:.3f} M")
+            if "latency_ms" in out:
+                measured = f"   measured {out['measured_ms']:.3f} ms" if "measured_ms" in out else ""
+                print(f"  latency {out['latency_ms']:.3f} ms predicted by {args.latency}{measured}")
             for i, op in enumerate(arch.choices):
                 print(f"  block {i:2d}  {op}")
         return 0
@@ -234,6 +254,31 @@ def _eval_data_spec(args) -> str:
     return "embedded"
 
 
+def cmd_latency(args) -> int:
+    from tqdm import tqdm
+
+    from .config import load_config
+    from .data import load_data
+    from .latency import measure_latency, save_latency
+    from .spaces import ShuffleNetSpace
+
+    _check_outputs([args.out], args.force)
+    cfg = load_config(args.config, args.set)
+    data = load_data(args.data or cfg.data, cfg.input_size or None)
+    space = ShuffleNetSpace(data.num_classes, data.in_channels, data.input_size, cfg.width, init="torch")
+    bar = tqdm(total=space.num_blocks, desc=f"timing {space.num_blocks} blocks", disable=args.quiet or None)
+    table = measure_latency(space, args.device, args.backend, args.batch, args.threads, args.precision,
+                            args.warmup, args.repeats, progress=lambda n: bar.update(1))
+    bar.close()
+    save_latency(table, args.out)
+    names = [c.names for c in space.choices]
+    rows, base = table.entries(names)
+    low, high = base + sum(min(r) for r in rows), base + sum(max(r) for r in rows)
+    print(f"wrote {args.out}: {table.measured['device_name']}, {args.backend}, batch {args.batch}, "
+          f"{args.threads} thread(s); architectures predicted at {low:.3f}-{high:.3f} ms")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -276,8 +321,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="costs (MFLOPs, MACs, params) of the space or of an architecture")
     p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")
     _settings_args(p)
+    p.add_argument("--latency", metavar="FILE", help="latency table (dsnas latency): add the predicted latency")
+    p.add_argument("--measure", action="store_true", help="with --arch and --latency: also time the real child "
+                   "end to end, as the table was measured")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("latency", help="measure a latency table of the space on this machine")
+    p.add_argument("--out", required=True, help="the table to write (YAML)")
+    p.add_argument("--config", help="YAML config file or preset name (the space: width, data); default demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
+    p.add_argument("--data", help="dataset whose classes, channels and image size fix the space")
+    p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch (default) or onnxruntime (what an exported child runs on; CPU, fp32)")
+    p.add_argument("--batch", type=_positive_int, default=1, help="images per call (default 1)")
+    p.add_argument("--threads", type=_positive_int, default=1, help="CPU threads (default 1)")
+    p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
+    p.add_argument("--repeats", type=_positive_int, default=50, help="timed calls per entry (median; default 50)")
+    p.add_argument("--warmup", type=_count, default=10, help="untimed calls first (default 10)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_latency)
 
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")
     _child_args(p)

@@ -49,8 +49,12 @@ class Config:
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     early_fix: float = 0.3             # h: fix a block when top-1 minus top-2 probability >= h
-    budget_mflops: float = 0.0         # tau: penalise sampled paths at or above this (0 = no budget)
-    penalty: float = 0.0               # lambda: alpha-gradient per MFLOP above the budget
+    cost: str = "mflops"               # what the budget limits: mflops | params | latency (needs latency_table)
+    budget_mflops: float = 0.0         # tau for cost mflops: penalise sampled paths at or above this (0 = no budget)
+    budget_params_m: float = 0.0       # tau for cost params (millions of parameters)
+    budget_ms: float = 0.0             # tau for cost latency (ms, as the latency table predicts it)
+    latency_table: str = ""            # a table from `dsnas latency` (measured on the target device)
+    penalty: float = 0.0               # lambda: alpha-gradient per unit of cost above the budget
     # spos / random: the supernet trains with uniform single paths until search_epochs, then
     # `candidates` architectures within the budget are ranked by top-1 on `select_images` training
     # images held out from weight training (BN re-estimated on eval_bn_recalibrate images each)
@@ -86,7 +90,7 @@ class Config:
              f"input_size must be <= {SETTING_MAX['input_size']}, got {self.input_size}")
         need(self.seed < 2**31, f"seed must be < 2**31, got {self.seed}")
         for key in ("arch_lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs", "budget_mflops",
-                    "penalty"):
+                    "budget_params_m", "budget_ms", "penalty"):
             need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
         need(self.warmup_epochs <= self.search_epochs,
              f"warmup_epochs ({self.warmup_epochs}) must be <= search_epochs ({self.search_epochs})")
@@ -108,13 +112,27 @@ class Config:
             need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
         need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
+        need(self.cost != "latency" or bool(self.latency_table), "cost latency needs latency_table (from dsnas latency)")
         return self
+
+    @property
+    def cost_metric(self) -> str:
+        """The cost table's metric that the budget limits."""
+        return COSTS[self.cost][0]
+
+    @property
+    def budget(self) -> float | None:
+        """The budget of the chosen cost, in its unit (None: no budget)."""
+        return getattr(self, COSTS[self.cost][1]) or None
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 METHODS = ("dsnas", "spos", "random", "fixed")
+COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
+         "latency": ("latency_ms", "budget_ms")}  # cost -> (cost-table metric, budget key)
 _TYPES = {f.name: f.type for f in fields(Config)}
 
 

@@ -1,4 +1,5 @@
-"""Cost tables: MFLOPs (MMRazor ResourceEstimator rules), MACs (conv + linear only) and params.
+"""Cost tables: MFLOPs (MMRazor ResourceEstimator rules), MACs (conv + linear only), params and,
+from a measured table (`latency.py`), latency in ms.
 
 Counting rules per layer, batch 1: conv = k_h*k_w*C_in*C_out/groups*H_out*W_out; BatchNorm =
 2 x output elements; ReLU = output elements; pooling = input elements; linear = in x out.
@@ -17,7 +18,8 @@ from torch import nn
 
 from .choice import Choice
 
-METRICS = ("mflops", "macs_m", "params_m")
+METRICS = ("mflops", "macs_m", "params_m")  # counted; "latency_ms" comes from a measured table
+UNITS = {"mflops": "MFLOPs", "macs_m": "M MACs", "params_m": "M params", "latency_ms": "ms"}
 _POOLS = (nn.AvgPool2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 _BNS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.SyncBatchNorm)
 
@@ -77,8 +79,8 @@ class CostTable:
 
     def total(self, choices, metric: str = "mflops") -> float:
         """Cost of the architecture ``choices`` (indices or op names, one per block)."""
-        if metric not in METRICS:
-            raise ValueError(f"unknown metric {metric!r}; expected one of {list(METRICS)}")
+        if metric not in self.entries:
+            raise ValueError(f"unknown metric {metric!r}; expected one of {list(self.entries)}")
         if len(choices) != self.num_blocks:
             raise ValueError(f"expected {self.num_blocks} choices, got {len(choices)}")
         total = self.base[metric]
@@ -87,7 +89,12 @@ class CostTable:
         return total
 
     def costs(self, choices) -> dict[str, float]:
-        return {m: round(self.total(choices, m), 3) for m in METRICS}
+        return {m: round(self.total(choices, m), 3) for m in self.entries}
+
+    def with_latency(self, table) -> "CostTable":
+        """This table plus ``latency_ms`` from a measured `latency.LatencyTable`."""
+        rows, base = table.entries(self.names)
+        return CostTable(self.names, {**self.entries, "latency_ms": rows}, {**self.base, "latency_ms": base})
 
     def bounds(self, metric: str = "mflops") -> dict[str, float]:
         """min / mean (uniform sampling) / max over the whole space."""

@@ -8,6 +8,7 @@ network of its stage (`enter_stage`), train it (`train_epoch`), evaluate, record
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,7 +204,7 @@ def _evaluate_epoch(run: Run, stage: str, epoch: int) -> tuple[dict, float | Non
     if stage not in CHILD_STAGES and run.cfg.eval_bn_recalibrate:
         run.train_loader.set_epoch(epoch)
         recalibrate_bn(child, run.train_loader, run.cfg.eval_bn_recalibrate // run.rt.world)
-    return accuracy(child, run.test_loader, run.rt.amp_dtype), run.space.costs.total(arch)
+    return accuracy(child, run.test_loader, run.rt.amp_dtype), run.costs.total(arch)
 
 
 def checkpoint(run: Run, epoch: int, step: int) -> None:
@@ -251,8 +252,9 @@ def select_candidate(run: Run) -> list[int]:
         bar.update(1)
         return inherited(run, arch, held, cfg.search_epochs)["top1"]
 
-    found = select(cfg.method, [len(c) for c in run.search.choices], run.space.costs.total, cfg.budget_mflops or None,
-                   score, cfg.candidates, cfg.population, cfg.mutation_prob, cfg.seed)
+    cost = functools.partial(run.costs.total, metric=cfg.cost_metric)
+    found = select(cfg.method, [len(c) for c in run.search.choices], cost, cfg.budget, score, cfg.candidates,
+                   cfg.population, cfg.mutation_prob, cfg.seed)
     bar.close()
     run.state.selection = selection_summary(cfg.method, found, len(run.held.test), time.time() - t0)
     if rt.main:
@@ -265,7 +267,7 @@ def select_candidate(run: Run) -> list[int]:
 
 def finish(run: Run) -> RunResult:
     """The chosen child, its metrics and the run's files."""
-    cfg, rt, search, state, table = run.cfg, run.rt, run.search, run.state, run.space.costs
+    cfg, rt, search, state, table = run.cfg, run.rt, run.search, run.state, run.costs
     arch_idx = search.derive() if None not in search.fixed() else choose(run)  # no finetune stage: choose now
     result = dict(state.history[-1]) if state.history else {}
     if state.history and result["top1"] is None:  # ended on a supernet: the chosen child, inherited
@@ -273,8 +275,8 @@ def finish(run: Run) -> RunResult:
         result.update(top1=round(m["top1"], 2), top5=round(m["top5"], 2))
     costs = table.costs(arch_idx)
     metrics = {"method": cfg.method, "top1": result.get("top1"), "top5": result.get("top5"), **costs,
-               "budget_mflops": cfg.budget_mflops or None,
-               "within_budget": None if not cfg.budget_mflops else costs["mflops"] <= cfg.budget_mflops,
+               "cost": cfg.cost, "budget": cfg.budget, "budget_mflops": cfg.budget_mflops or None,
+               "within_budget": None if not cfg.budget else costs[cfg.cost_metric] <= cfg.budget,
                "wall_s": round(time.time() - run.started, 1), "epochs": cfg.epochs, "world_size": rt.world,
                "device": rt.device.type, "precision": run.precision, "data": run.data.name,
                "train_images": len(run.data.train), "test_images": len(run.data.test),

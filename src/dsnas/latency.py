@@ -1,0 +1,220 @@
+"""Latency tables: every candidate of every block timed on this machine at the input shape it
+sees in the network, plus the fixed parts (stem; head with pooling and classifier).
+
+A table is a versioned YAML file (``format: dsnas-latency/1``) that records what was measured
+and where: the space settings, the device, library versions, backend, threads, batch, precision
+and date, and per entry the median time in ms and its spread (interquartile range). The latency
+of an architecture is predicted as the sum of its entries, like MFLOPs in `cost.CostTable`, so a
+table measured on a small target device can drive a search run anywhere.
+"""
+
+from __future__ import annotations
+
+import io
+import platform
+import statistics
+import time
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .errors import DsnasError
+from .files import read_yaml, write_text
+
+FORMAT = "dsnas-latency/1"
+BACKENDS = ("torch", "onnxruntime")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class LatencyTable:
+    """``blocks[i][op]`` and ``fixed[part]`` hold ``{"ms": median, "spread": iqr}``."""
+
+    settings: dict
+    blocks: list[dict[str, dict]]
+    fixed: dict[str, dict]
+    measured: dict = field(default_factory=dict)  # device, backend, versions, threads, batch, precision, date
+
+    def entries(self, names: list[list[str]]) -> tuple[list[list[float]], float]:
+        """Per-block candidate latencies (ms) in the order of ``names``, and the fixed parts' sum."""
+        if [sorted(b) for b in self.blocks] != [sorted(n) for n in names]:
+            raise DsnasError("latency table: its blocks and candidates are not those of this space")
+        return [[self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], sum(
+            v["ms"] for v in self.fixed.values())
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "space": "shufflenet", "settings": dict(self.settings), "measured": self.measured,
+                "fixed": self.fixed, "blocks": self.blocks}
+
+
+def save_latency(table: LatencyTable, path: str | Path) -> None:
+    import yaml
+
+    write_text(path, yaml.safe_dump(table.to_dict(), sort_keys=False))
+
+
+def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable:
+    """Read a table; with ``settings``, refuse one measured for another space."""
+    data = read_yaml(path, "latency table")
+    try:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise DsnasError(f"has format {found!r}; this version reads {FORMAT!r}")
+        blocks, fixed = data.get("blocks"), data.get("fixed")
+        if not isinstance(blocks, list) or not isinstance(fixed, dict) or not isinstance(data.get("settings"), dict):
+            raise DsnasError("needs settings, fixed and blocks")
+        for entry in [*fixed.values(), *(e for b in blocks if isinstance(b, dict) for e in b.values())]:
+            ms = entry.get("ms") if isinstance(entry, dict) else None
+            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < float("inf"):
+                raise DsnasError(f"every entry needs a finite ms >= 0, got {entry!r}")
+        if not all(isinstance(b, dict) and b for b in blocks):
+            raise DsnasError("every block needs a mapping of candidates")
+    except DsnasError as e:
+        raise DsnasError(f"latency table {path} {e}") from None
+    table = LatencyTable(data["settings"], blocks, fixed, data.get("measured") or {})
+    if settings is not None and table.settings != settings:
+        raise DsnasError(f"latency table {path} is for space settings {table.settings}, this run uses {settings}")
+    return table
+
+
+# --- measuring --------------------------------------------------------------------------------------
+class _Timer:
+    """Median and interquartile range of repeated calls of one module on one input."""
+
+    def __init__(self, device: torch.device, backend: str, precision: str, threads: int, warmup: int, repeats: int):
+        self.device, self.backend, self.precision = device, backend, precision
+        self.threads, self.warmup, self.repeats = threads, warmup, repeats
+
+    def __call__(self, module: nn.Module, x: torch.Tensor) -> dict:
+        run = self._onnx(module, x) if self.backend == "onnxruntime" else self._torch(module, x)
+        for _ in range(self.warmup):
+            run()
+        times = sorted(self._once(run) for _ in range(self.repeats))
+        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+        return {"ms": round(q[1], 5), "spread": round(q[2] - q[0], 5)}
+
+    def _once(self, run) -> float:
+        if self.device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            run()
+            end.record()
+            torch.cuda.synchronize(self.device)
+            return start.elapsed_time(end)
+        t0 = time.perf_counter()
+        run()
+        return (time.perf_counter() - t0) * 1e3
+
+    def _torch(self, module: nn.Module, x: torch.Tensor):
+        dtype = torch.bfloat16 if self.precision == "bf16" else None
+
+        def run():
+            with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+                module(x)
+        return run
+
+    def _onnx(self, module: nn.Module, x: torch.Tensor):
+        import onnxruntime as ort
+
+        buf = io.BytesIO()
+        torch.onnx.export(module.cpu(), (x.cpu(),), buf, input_names=["x"], opset_version=17, dynamo=False)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = self.threads
+        opts.inter_op_num_threads = 1
+        session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+        feed = {"x": x.cpu().numpy()}
+        return lambda: session.run(None, feed)
+
+
+class _Head(nn.Module):
+    """Head, pooling and classifier of a ShuffleNet: the part after the last block."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.head, self.pool, self.classifier = net.head, net.pool, net.classifier
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.pool(self.head(x)), 1))
+
+
+def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: int = 1, threads: int = 1,
+                    precision: str = "fp32", warmup: int = 10, repeats: int = 50, progress=None) -> LatencyTable:
+    """Time every candidate of ``space`` (a `ShuffleNetSpace`) at its input shape in the network."""
+    if backend not in BACKENDS or precision not in PRECISIONS:
+        raise DsnasError(f"latency: backend must be one of {BACKENDS} and precision one of {PRECISIONS}")
+    if backend == "onnxruntime" and (device != "cpu" or precision != "fp32"):
+        raise DsnasError("latency: the onnxruntime backend measures fp32 on the CPU")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DsnasError(f"latency: device {device!r} requested but CUDA is not available")
+    torch.set_num_threads(threads)
+    space = space.to(dev).eval()
+    s = space.settings
+    x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev)
+    inputs = _block_inputs(space, x)
+    timer = _Timer(dev, backend, precision, threads, warmup, repeats)
+    fixed = {"stem": timer(space.stem, x), "head": timer(_Head(space).to(dev), _after_blocks(space, x))}
+    blocks = []
+    for choice, inp in zip(space.choices, inputs):
+        blocks.append({name: timer(op, inp) for name, op in zip(choice.names, choice.candidates)})
+        if progress is not None:
+            progress(len(blocks))
+    return LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats))
+
+
+@torch.no_grad()
+def _block_inputs(space, x: torch.Tensor) -> list[torch.Tensor]:
+    """The input of every block when candidate 0 runs everywhere (all candidates of a block see
+    the same shape)."""
+    inputs = []
+    h = space.stem(x)
+    for choice in space.choices:
+        inputs.append(h)
+        h = choice.candidates[0](h)
+    return inputs
+
+
+@torch.no_grad()
+def _after_blocks(space, x: torch.Tensor) -> torch.Tensor:
+    h = space.stem(x)
+    for choice in space.choices:
+        h = choice.candidates[0](h)
+    return h
+
+
+def _where(dev: torch.device, backend: str, threads: int, batch: int, precision: str, repeats: int) -> dict:
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    versions = {"torch": str(torch.__version__), "python": platform.python_version()}
+    if backend == "onnxruntime":
+        import onnxruntime
+
+        versions["onnxruntime"] = str(onnxruntime.__version__)
+    return {"device": dev.type, "device_name": name, "backend": backend, "threads": threads, "batch": batch,
+            "precision": precision, "repeats": repeats, "versions": versions, "date": date.today().isoformat()}
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def measure_network(net: nn.Module, measured: dict, warmup: int = 10, repeats: int = 50) -> dict:
+    """End-to-end latency of ``net`` with the device, backend, threads, batch and precision a
+    table was measured with (its ``measured`` record): ``{"ms": median, "spread": iqr}``."""
+    dev = torch.device(measured.get("device", "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DsnasError("the latency table was measured on CUDA, which this machine lacks")
+    threads, batch = int(measured.get("threads", 1)), int(measured.get("batch", 1))
+    torch.set_num_threads(threads)
+    timer = _Timer(dev, measured.get("backend", "torch"), measured.get("precision", "fp32"), threads, warmup, repeats)
+    s = net.settings
+    net = net.to(dev).eval()
+    return timer(net, torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev))

@@ -1,0 +1,102 @@
+"""Latency tables: the file format, refusal of a table for another space, latency as a cost on
+the same code path as MFLOPs, `info --measure`, and a search under a binding latency budget.
+No timing is asserted here; how well a table predicts is benchmarks/latency_lut.py's job."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dsnas import DSNAS, DsnasError, ShuffleNetSpace
+from dsnas.latency import LatencyTable, load_latency, measure_latency, save_latency
+
+SPACE = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}  # the embedded set's space
+
+
+@pytest.fixture(scope="module")
+def lut(tmp_path_factory):
+    path = tmp_path_factory.mktemp("lut") / "lut.yaml"
+    table = measure_latency(ShuffleNetSpace(**SPACE, init="torch"), warmup=1, repeats=3)
+    save_latency(table, path)
+    return path, table
+
+
+def test_table_round_trip(lut):
+    path, table = lut
+    again = load_latency(path, table.settings)
+    assert again == table
+    assert again.measured["backend"] == "torch" and again.measured["batch"] == 1
+    assert len(again.blocks) == 20 and set(again.fixed) == {"stem", "head"}
+    assert all(e["ms"] > 0 and e["spread"] >= 0 for b in again.blocks for e in b.values())
+
+
+def test_a_table_for_another_space_is_refused(lut, tmp_path, dsnas_main):
+    path, table = lut
+    with pytest.raises(DsnasError, match="is for space settings"):
+        load_latency(path, {**table.settings, "width": 0.5})
+    r = dsnas_main("info", "--latency", path, "--input-size", "32", "--num-classes", "10", "--in-channels", "1",
+                   "--width", "0.25")
+    assert r.returncode == 2 and "is for space settings" in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("format: dsnas-latency/1\nsettings: {}\nfixed: {stem: {ms: -1}}\nblocks: [{a: {ms: 1}}]\n")
+    with pytest.raises(DsnasError, match="finite ms >= 0"):
+        load_latency(bad)
+
+
+def test_latency_drives_the_penalty_like_mflops():
+    # latency entries = 3 x MFLOPs: lambda on latency must equal 3 lambda on MFLOPs, step for step
+    space = ShuffleNetSpace(**SPACE, init="torch")
+    counted = space.costs
+    fake = LatencyTable(space.settings.as_dict(),
+                        [{op: {"ms": 3 * v} for op, v in zip(names, row)}
+                         for names, row in zip(counted.names, counted.entries["mflops"])],
+                        {"stem": {"ms": 3 * counted.base["mflops"]}})
+    with_latency = counted.with_latency(fake)
+    budget = counted.bounds()["min"]  # every path is at or above it: the penalty applies
+    x = torch.randn(2, 1, 28, 28, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for metric, scale, penalty in (("mflops", 1.0, 0.3), ("latency_ms", 3.0, 0.1), ("latency_ms", 3.0, 0.0)):
+        search = DSNAS(space, costs=with_latency, metric=metric, budget=scale * budget, penalty=penalty,
+                       generator=torch.Generator().manual_seed(0))
+        search.sample()
+        space(x).sum().backward()
+        search.compute_arch_grads()
+        grads.append(torch.cat([a.grad for a in search.alphas]))
+        space.zero_grad(set_to_none=True)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+    assert not torch.allclose(grads[1], grads[2], atol=1e-3)  # and the penalty did act
+
+
+def test_info_measure_runs(lut, tmp_path, dsnas_main):
+    from conftest import random_arch
+
+    from dsnas import Architecture, save_arch
+
+    path, _ = lut
+    save_arch(Architecture(random_arch(3), settings=SPACE), tmp_path / "a.yaml")
+    r = dsnas_main("info", "--arch", tmp_path / "a.yaml", "--latency", path, "--measure", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["latency_ms"] > 0 and out["measured_ms"] > 0
+
+
+def test_search_under_a_binding_latency_budget(lut, tmp_path, dsnas_main):
+    path, table = lut
+    rows, base = table.entries([list(b) for b in table.blocks])
+    low, mean = base + sum(min(r) for r in rows), base + sum(sum(r) / len(r) for r in rows)
+    budget = low + 0.3 * (mean - low)  # below what a uniform draw costs on average: it binds
+    sets = ["width=0.25", "train_limit=384", "test_limit=128", "batch_size=64", "epochs=2", "search_epochs=1",
+            "lr_warmup_epochs=0.5", "eval_bn_recalibrate=64", "arch_lr=0.3", "cost=latency", f"latency_table={path}",
+            f"budget_ms={budget}", "penalty=1.0", "seed=3"]
+    r = dsnas_main("search", "--quiet", "--out", tmp_path / "run", *sum((["--set", s] for s in sets), []))
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert m["cost"] == "latency" and m["within_budget"] is True
+    assert m["latency_ms"] <= budget
+
+
+def test_cost_latency_needs_a_table(dsnas_main, tmp_path):
+    r = dsnas_main("search", "--out", tmp_path / "x", "--set", "cost=latency")
+    assert r.returncode == 2 and "needs latency_table" in r.stderr
