@@ -28,7 +28,7 @@ def test_table_round_trip(lut):
     again = load_latency(path, table.settings)
     assert again == table
     assert again.measured["backend"] == "torch" and again.measured["batch"] == 1
-    assert len(again.blocks) == 20 and set(again.fixed) == {"stem", "head"}
+    assert len(again.blocks) == 20 and set(again.fixed) == {"stem", "head", "call"}
     assert all(e["ms"] > 0 and e["spread"] >= 0 for b in again.blocks for e in b.values())
 
 
