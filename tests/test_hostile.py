@@ -385,3 +385,79 @@ def test_hostile_matrix(tmp_path, capsys, monkeypatch, command, dest):
             signal.alarm(0)
         assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, (argv, rc, err)
         assert _snapshot(tmp_path) == before, argv
+
+
+# --- permissions --------------------------------------------------------------------------------------------
+def _as_unprivileged():
+    """A preexec function that drops root to 'nobody' (None when not root: permissions apply already)."""
+    if os.geteuid() != 0:
+        return None
+    return lambda: (os.setgid(65534), os.setuid(65534))
+
+
+def test_permission_denied_is_one_line(tmp_path):
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="dsnas-perm-", dir="/tmp"))
+    try:
+        shared.chmod(0o755)
+        arch = Architecture(random_arch(4), settings=SMALL)
+        save_arch(arch, shared / "arch.yaml")
+        save_weights(ShuffleNetChild(arch.choices, ShuffleNetSettings(**SMALL)), shared / "w.safetensors")
+        for f in shared.iterdir():
+            f.chmod(0o644)
+        locked = shared / "ro"
+        locked.mkdir(mode=0o555)
+        locked.chmod(0o555)
+        env = {**os.environ, "PYTHONPATH": str(SRC_DIR), "OMP_NUM_THREADS": "1", "HOME": str(shared)}
+        drop = _as_unprivileged()
+        try:
+            probe = subprocess.run([sys.executable, "-c", "import dsnas"], env=env, preexec_fn=drop,
+                                   capture_output=True)
+        except PermissionError:
+            probe = None
+        if probe is None or probe.returncode:
+            pytest.skip("the unprivileged user cannot read this checkout or its Python")
+        cases = [["export", "--arch", shared / "arch.yaml", "--weights", shared / "w.safetensors", "--mmrazor",
+                  locked / "m.yaml"],
+                 ["search", "--out", locked / "run", "--set", "epochs=1", "--set", "search_epochs=1"]]
+        for args in cases:
+            r = subprocess.run([sys.executable, "-m", "dsnas", *map(str, args)], env=env, preexec_fn=drop,
+                               capture_output=True, text=True, timeout=300)
+            assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1 and "ermission denied" in r.stderr, r.stderr
+        assert list(locked.iterdir()) == []
+    finally:
+        import shutil
+
+        shutil.rmtree(shared, ignore_errors=True)
+
+
+def test_permission_errors_reach_the_user_as_one_line(tmp_path, capsys, monkeypatch, child_files):
+    # what a read-only folder does to the writers, injected: root ignores real permissions
+    import pathlib
+    import tempfile
+
+    arch, weights = child_files
+    locked = tmp_path / "ro"
+    real_mkstemp, real_mkdir = tempfile.mkstemp, pathlib.Path.mkdir
+
+    def mkstemp(*a, dir=None, **kw):
+        if str(dir).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(dir))
+        return real_mkstemp(*a, dir=dir, **kw)
+
+    def mkdir(self, *a, **kw):
+        if str(self).startswith(str(locked)):
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_mkdir(self, *a, **kw)
+
+    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(pathlib.Path, "mkdir", mkdir)
+    for args in (["export", "--arch", arch, "--weights", weights, "--mmrazor", locked / "m.yaml"],
+                 ["search", "--out", locked / "run", "--set", "epochs=1", "--set", "search_epochs=1",
+                  "--set", "train_limit=256", "--set", "test_limit=64"]):
+        rc, _, err = _call(args, capsys)
+        _one_line_error(rc, err)
+        assert "Permission denied" in err
+    assert not locked.exists()
