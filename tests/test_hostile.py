@@ -18,7 +18,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from conftest import SRC_DIR, random_arch, run_cli
-from dsnas import Architecture, DsnasError, ShuffleNetChild, load_arch, save_arch
+from dsnas import Architecture, DsnasError, ShuffleNetChild, ShuffleNetSpace, load_arch, save_arch
 from dsnas.config import load_config
 from dsnas.data import load_data
 from dsnas.export import export_onnx, load_child, save_weights
@@ -461,3 +461,20 @@ def test_permission_errors_reach_the_user_as_one_line(tmp_path, capsys, monkeypa
         _one_line_error(rc, err)
         assert "Permission denied" in err
     assert not locked.exists()
+
+
+def test_an_arch_file_asking_for_a_huge_classifier_is_refused_before_allocating(tmp_path, capsys):
+    (tmp_path / "a.yaml").write_text("format: dsnas-arch/1\nsettings: {num_classes: 100000000}\nchoices: "
+                                     + str(random_arch(1)).replace("'", "") + "\n")
+    rc, _, err = _call(["info", "--arch", tmp_path / "a.yaml"], capsys)
+    _one_line_error(rc, err)
+    assert "num_classes must be an integer in 1..100000" in err
+
+
+def test_the_readme_cifar_example_fits_the_default_budget():
+    # `dsnas search --data path/to/cifar` runs the demo preset on a 32 px, 3-channel, 10-class space
+    from dsnas.config import load_config
+
+    cfg = load_config()
+    cheapest = ShuffleNetSpace(10, 3, 32, cfg.width).costs.bounds()["min"]
+    assert cfg.budget_mflops >= cheapest
