@@ -18,10 +18,10 @@ from .arch import MMRAZOR_SOURCE, load_arch
 from .checkpoint import RUN_KEYS, RunState, load_checkpoint, restore_run
 from .config import COSTS, Config
 from .cost import UNITS, CostTable
-from .latency import load_latency
 from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
 from .files import RunLock, write_text
+from .latency import load_latency
 from .report import Logger, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, precision_label, setup_runtime
 from .search import DSNAS
@@ -166,11 +166,10 @@ def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: Shuffle
 def _given_arch(cfg: Config, space: ShuffleNetSpace) -> list[int]:
     """The architecture of method fixed, checked against the space this run's data builds."""
     arch = load_arch(cfg.arch)
-    if arch.metadata.get("source") == MMRAZOR_SOURCE:  # MMRazor's file names ops only: the data sizes the net
-        return [c.index(name) for c, name in zip(space.choices, arch.choices)]
     mine = space.settings.as_dict()
     differ = {k: (arch.settings.get(k), v) for k, v in mine.items() if arch.settings.get(k) != v}
-    if differ:
+    # an MMRazor file names ops only: the run's data and width size the network
+    if differ and arch.metadata.get("source") != MMRAZOR_SOURCE:
         detail = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in differ.items())
         raise DsnasError(f"{cfg.arch} does not fit this run's space: {detail}")
     return [c.index(name) for c, name in zip(space.choices, arch.choices)]

@@ -24,8 +24,7 @@ def check_writable(path: str | os.PathLike) -> Path:
     if stat.S_ISLNK(st.st_mode):
         raise DsnasError(f"{path} is a symbolic link; give the path of the file itself")
     if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise DsnasError(f"{path} is {kind}; outputs are written only to regular files")
+        raise DsnasError(f"{path} is {_kind(st)}; outputs are written only to regular files")
     return path
 
 
@@ -40,9 +39,12 @@ def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
     except OSError as e:
         raise DsnasError(f"{what} {path} cannot be read: {e.strerror}") from None
     if not stat.S_ISREG(st.st_mode):
-        kind = "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        raise DsnasError(f"{what} {path} is {kind}")
+        raise DsnasError(f"{what} {path} is {_kind(st)}")
     return path
+
+
+def _kind(st: os.stat_result) -> str:
+    return "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
 
 
 def _umask() -> int:

@@ -163,14 +163,14 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
     space = space.to(dev).eval()
     s = space.settings
     x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev)
-    inputs = _block_inputs(space, x)
+    inputs, features = _block_inputs(space, x)
     timer = _Timer(dev, backend, precision, threads, warmup, repeats)
     # Timing a part alone adds a fixed cost per call (the timer, the call into the backend) that
     # the network pays once, not once per part: measured on an identity, it is taken off every
     # entry and counted once, as the fixed part "call".
     call = timer(nn.Identity(), x)
     minus = (lambda e: {"ms": round(max(e["ms"] - call["ms"], 0.0), 5), "spread": e["spread"]})
-    fixed = {"stem": minus(timer(space.stem, x)), "head": minus(timer(_Head(space).to(dev), _after_blocks(space, x))),
+    fixed = {"stem": minus(timer(space.stem, x)), "head": minus(timer(_Head(space).to(dev), features)),
              "call": call}
     blocks = []
     for choice, inp in zip(space.choices, inputs):
@@ -198,23 +198,15 @@ def _calibrate(space, table: LatencyTable, timer: _Timer, x: torch.Tensor, n: in
 
 
 @torch.no_grad()
-def _block_inputs(space, x: torch.Tensor) -> list[torch.Tensor]:
+def _block_inputs(space, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
     """The input of every block when candidate 0 runs everywhere (all candidates of a block see
-    the same shape)."""
+    the same shape), and the output of the last block."""
     inputs = []
     h = space.stem(x)
     for choice in space.choices:
         inputs.append(h)
         h = choice.candidates[0](h)
-    return inputs
-
-
-@torch.no_grad()
-def _after_blocks(space, x: torch.Tensor) -> torch.Tensor:
-    h = space.stem(x)
-    for choice in space.choices:
-        h = choice.candidates[0](h)
-    return h
+    return inputs, h
 
 
 def _where(dev: torch.device, backend: str, threads: int, batch: int, precision: str, repeats: int) -> dict:
