@@ -57,16 +57,20 @@ def kendall_tau(a: list[float], b: list[float]) -> float:
     return (conc - disc) / denom if denom else float("nan")
 
 
-def bootstrap_tau(pairs: list[dict], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """2.5th and 97.5th percentiles of Kendall's tau over architectures resampled with replacement."""
+def bootstrap_tau(pairs: list[dict], a: str = "inherited", b: str = "alone", resamples: int = 2000,
+                  seed: int = 0) -> tuple[float, float]:
+    """2.5th and 97.5th percentiles of Kendall's tau between keys ``a`` and ``b`` over architectures
+    resampled with replacement."""
     rng = random.Random(seed)
     taus = []
     for _ in range(resamples):
         pick = [rng.choice(pairs) for _ in pairs]
-        t = kendall_tau([q["inherited"] for q in pick], [q["alone"] for q in pick])
+        t = kendall_tau([q[a] for q in pick], [q[b] for q in pick])
         if t == t:  # a resample of all-equal values has no tau
             taus.append(t)
     taus.sort()
+    if not taus:
+        return float("nan"), float("nan")
     return taus[int(0.025 * len(taus))], taus[min(len(taus) - 1, int(0.975 * len(taus)))]
 
 
@@ -119,12 +123,14 @@ class Runner:
 
     def ranking(self) -> dict:
         """A uniform supernet trained for search_epochs ranks `tau_archs` random architectures
-        (held-out top-1, inherited weights); each is then trained alone for `tau_epochs`."""
+        (held-out top-1, inherited weights); each is then trained alone for `tau_epochs`, once per
+        seed of `tau_repeats`, so that the ground truth's own run-to-run agreement is known."""
         from dsnas.arch import Architecture, load_arch, save_arch
 
         a = self.args
         sets = self.common(a.seeds[0], a.search_epochs)
         sets[sets.index(f"candidates={a.candidates}")] = f"candidates={a.tau_archs}"
+        sets[sets.index(f"select_images={a.select_images}")] = f"select_images={a.tau_held_out}"
         sup = self.run("ranking/supernet", ["search", "--method", "random", *sets])
         rows = (self.work / "ranking/supernet/candidates.csv").read_text().splitlines()
         header = rows[0].split(",")
@@ -136,9 +142,11 @@ class Runner:
             path = self.work / f"ranking/arch{rec['order']}.yaml"
             if not path.exists():
                 save_arch(Architecture(choices, "shufflenet", settings), path)
-            alone = self.run(f"ranking/alone{rec['order']}", ["train", str(path), *self.common(a.seeds[0], a.tau_epochs)])
-            pairs.append({"inherited": float(rec["held_out_top1"]), "alone": alone["top1"],
-                          "mflops": float(rec["mflops"])})
+            repeats = [self.run(f"ranking/alone{rec['order']}" + (f"_r{r}" if r else ""),
+                                ["train", str(path), *self.common(a.seeds[0] + r, a.tau_epochs)])["top1"]
+                       for r in range(a.tau_repeats)]
+            pairs.append({"inherited": float(rec["held_out_top1"]), "alone": statistics.mean(repeats),
+                          "repeats": repeats, "mflops": float(rec["mflops"])})
         return {"supernet": sup, "pairs": pairs}
 
 
@@ -155,6 +163,9 @@ def main() -> None:
     p.add_argument("--select-images", type=int, default=2000, help="held-out training images (random, spos)")
     p.add_argument("--tau-archs", type=int, default=10)
     p.add_argument("--tau-epochs", type=int, default=1, help="stand-alone training epochs in the ranking study")
+    p.add_argument("--tau-repeats", type=int, default=2, help="stand-alone runs per architecture (seeds 0, 1, ...)")
+    p.add_argument("--tau-held-out", type=int, default=10000, help="held-out training images that rank them")
+    p.add_argument("--parts", nargs="+", choices=["methods", "ranking"], default=["methods", "ranking"])
     p.add_argument("--set", action="append", default=[], help="extra config override for every run")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
@@ -167,14 +178,19 @@ def main() -> None:
                          "(apt-get install dataset-fashion-mnist) or pass --data FOLDER")
     r = Runner(args)
     with ThreadPoolExecutor(args.jobs) as pool:  # the longest chains first
-        tau = pool.submit(r.ranking) if args.tau_archs else None
-        chains = [pool.submit(r.seed_dsnas_then_scratch, s) for s in args.seeds]
-        chains += [pool.submit(r.seed_baseline, s, m) for m in ("random", "spos") for s in args.seeds]
+        tau = pool.submit(r.ranking) if "ranking" in args.parts and args.tau_archs else None
+        chains = []
+        if "methods" in args.parts:
+            chains = [pool.submit(r.seed_dsnas_then_scratch, s) for s in args.seeds]
+            chains += [pool.submit(r.seed_baseline, s, m) for m in ("random", "spos") for s in args.seeds]
         per_seed = {s: {} for s in args.seeds}
         for i, f in enumerate(chains):
             per_seed[(args.seeds * 3)[i]].update(f.result())
         ranking = tau.result() if tau else None
-    write_report(args, per_seed, ranking)
+    if chains:
+        write_report(args, per_seed)
+    if ranking:
+        write_ranking(args, ranking)
 
 
 def _ms(values: list[float], digits: int = 2) -> str:
@@ -182,25 +198,46 @@ def _ms(values: list[float], digits: int = 2) -> str:
     return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
 
 
-def write_report(args, per_seed: dict, ranking: dict) -> None:
+def _plt():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _command(args, parts: str) -> str:
+    return (f"python benchmarks/quality.py --parts {parts} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
+            f"--search-epochs {args.search_epochs} --budget {args.budget} --candidates {args.candidates} "
+            f"--population {args.population} --select-images {args.select_images} --tau-archs {args.tau_archs} "
+            f"--tau-epochs {args.tau_epochs} --tau-repeats {args.tau_repeats} --tau-held-out {args.tau_held_out} "
+            f"--jobs {args.jobs} --threads {args.threads}"
+            + "".join(f" --set {s}" for s in args.set) + ("" if args.name == "quality" else f" --name {args.name}"))
+
+
+def _figure(args, fig, name: str) -> str:
+    fig_dir = Path(args.work) if args.no_write else ROOT / "benchmarks" / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(fig_dir / f"{name}.png", dpi=110)
+    return f"![{name}](benchmarks/figures/{name}.png)"
+
+
+def _publish(args, name: str, text: str, record: dict) -> None:
+    print(text)
+    (Path(args.work) / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
+    if not args.no_write:
+        write_section(name, text)
+
+
+def write_report(args, per_seed: dict) -> None:
     seeds = args.seeds
-    pairs = ranking["pairs"] if ranking else []
-    tau = kendall_tau([q["inherited"] for q in pairs], [q["alone"] for q in pairs]) if pairs else float("nan")
     first = per_seed[seeds[0]]["dsnas"]
-    cmd = (f"python benchmarks/quality.py --seeds {' '.join(map(str, seeds))} --epochs {args.epochs} "
-           f"--search-epochs {args.search_epochs} --budget {args.budget} --candidates {args.candidates} "
-           f"--population {args.population} --select-images {args.select_images} --tau-archs {args.tau_archs} "
-           f"--tau-epochs {args.tau_epochs} --jobs {args.jobs} --threads {args.threads}"
-           + "".join(f" --set {s}" for s in args.set) + ("" if args.name == "quality" else f" --name {args.name}"))
     lines = [f"## Search quality: {args.epochs} epochs, {args.search_epochs} of search, {len(seeds)} seed(s) "
              "(`benchmarks/quality.py`)", "",
              f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each "
-             "(finished runs in the work folder are reused, not rerun).", f"Command: `{cmd}`", "",
+             "(finished runs in the work folder are reused, not rerun).", f"Command: `{_command(args, 'methods')}`", "",
              f"Data: {first['data']} ({first['train_images']} training images for "
              f"DSNAS, {first['test_images']} test images). "
              f"Every method trains for {args.epochs} epochs from the `{args.config}` preset (width "
@@ -222,52 +259,73 @@ def write_report(args, per_seed: dict, ranking: dict) -> None:
     wins = {m: sum(per_seed[s]["dsnas"]["top1"] >= per_seed[s][m]["top1"] for s in seeds) for m in METHODS[1:]}
     lines += ["", "DSNAS child at or above: " + ", ".join(f"{m} in {wins[m]} of {len(seeds)} seeds" for m in wins) + "."]
     mean = {m: statistics.mean(per_seed[s][m]["top1"] for s in seeds) for m in METHODS}
-    reading = (f"**Reading.** The DSNAS child is {mean['dsnas'] - mean['scratch']:+.2f} points from the same "
-               f"architecture trained from scratch, {mean['dsnas'] - mean['random']:+.2f} from random search and "
-               f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS (means over seeds).")
-    if pairs:
-        lines += ["", f"**Ranking.** A uniform supernet trained for {args.search_epochs} epoch(s) (seed {seeds[0]}) ranks "
-              f"{len(pairs)} random architectures within the budget by held-out top-1 with inherited "
-              f"weights (BN re-estimated); each is then trained alone for {args.tau_epochs} epoch(s) and tested. "
-              f"Kendall τ between the two = **{tau:.3f}**.", "",
-              "| inherited top-1 (%) | stand-alone top-1 (%) | MFLOPs |", "|---|---|---|"]
-        lines += [f"| {q['inherited']:.2f} | {q['alone']:.2f} | {q['mflops']:.3f} |" for q in pairs]
-        lo, hi = bootstrap_tau(pairs)
-        lines += ["", f"Bootstrap 95% interval of τ (2,000 resamples of the architectures): [{lo:.3f}, {hi:.3f}]."]
-        inherited = [q["inherited"] for q in pairs]
-        reading += (f" After {args.search_epochs} epoch(s) the uniform supernet gives its candidates "
-                    f"{min(inherited):.1f}-{max(inherited):.1f}% held-out top-1 (10% is chance), and its ranking "
-                    f"agrees with stand-alone training at τ = {tau:.3f} (goal ≥ 0.5).")
-    lines += ["", reading]
+    lines += ["", f"**Reading.** The DSNAS child is {mean['dsnas'] - mean['scratch']:+.2f} points from the same "
+              f"architecture trained from scratch, {mean['dsnas'] - mean['random']:+.2f} from random search and "
+              f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS (means over seeds)."]
 
-    fig_dir = Path(args.work) if args.no_write else ROOT / "benchmarks" / "figures"
-    fig_dir.mkdir(exist_ok=True)
-    fig, axes = plt.subplots(1, 2 if pairs else 1, figsize=(11 if pairs else 5.5, 4), squeeze=False)
-    ax1 = axes[0][0]
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
     for i, m in enumerate(METHODS):
         vals = [per_seed[s][m]["top1"] for s in seeds]
-        ax1.bar(i, statistics.mean(vals), color=f"C{i}", alpha=0.6)
-        ax1.scatter([i] * len(vals), vals, color="k", s=12, zorder=3)
-    lo = min(per_seed[s][m]["top1"] for s in seeds for m in METHODS)
-    ax1.set_ylim(lo - 2, None)
-    ax1.set_xticks(range(len(METHODS)), METHODS)
-    ax1.set_ylabel("test top-1 (%)")
-    ax1.set_title(f"{args.epochs} epochs each, {args.budget} MFLOPs budget ({len(seeds)} seeds)")
-    if pairs:
-        ax2 = axes[0][1]
-        ax2.scatter([q["inherited"] for q in pairs], [q["alone"] for q in pairs])
-        ax2.set_xlabel("supernet-inherited held-out top-1 (%)")
-        ax2.set_ylabel(f"stand-alone test top-1 (%), {args.tau_epochs} epoch(s)")
-        ax2.set_title(f"Kendall tau = {tau:.3f} ({len(pairs)} architectures)")
-    fig.tight_layout()
-    fig.savefig(fig_dir / f"{args.name}.png", dpi=110)
-    lines += ["", f"![{args.name}](benchmarks/figures/{args.name}.png)"]
-    text = "\n".join(lines)
-    print(text)
-    (Path(args.work) / f"{args.name}.json").write_text(json.dumps({"per_seed": per_seed, "ranking": ranking, "tau": tau},
-                                                             indent=1, default=str))
-    if not args.no_write:
-        write_section(args.name, text)
+        ax.bar(i, statistics.mean(vals), color=f"C{i}", alpha=0.6)
+        ax.scatter([i] * len(vals), vals, color="k", s=12, zorder=3)
+    ax.set_ylim(min(per_seed[s][m]["top1"] for s in seeds for m in METHODS) - 2, None)
+    ax.set_xticks(range(len(METHODS)), METHODS)
+    ax.set_ylabel("test top-1 (%)")
+    ax.set_title(f"{args.epochs} epochs each, {args.budget} MFLOPs budget ({len(seeds)} seeds)")
+    lines += ["", _figure(args, fig, args.name)]
+    _publish(args, args.name, "\n".join(lines), {"per_seed": per_seed})
+
+
+def write_ranking(args, ranking: dict) -> None:
+    pairs, name = ranking["pairs"], f"{args.name}_ranking"
+    tau = kendall_tau([q["inherited"] for q in pairs], [q["alone"] for q in pairs])
+    lo, hi = bootstrap_tau(pairs)
+    repeats = len(pairs[0]["repeats"])
+    lines = ["## Supernet ranking against stand-alone training (`benchmarks/quality.py --parts ranking`)", "",
+             f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each.",
+             f"Command: `{_command(args, 'ranking')}`", "",
+             f"A uniform supernet (`--method random`, the `{args.config}` preset, seed {args.seeds[0]}) trained for "
+             f"{args.search_epochs} epoch(s) ranks {len(pairs)} random architectures within {args.budget} MFLOPs by "
+             f"top-1 with inherited weights (BN re-estimated) on {args.tau_held_out} training images held out from "
+             f"weight training. Each architecture is then trained alone for {args.tau_epochs} epoch(s), "
+             f"{repeats} time(s) with seeds {args.seeds[0]}..{args.seeds[0] + repeats - 1}, and tested on the test "
+             "split; the stand-alone score is the mean over those runs.", "",
+             "| inherited top-1 (%) | stand-alone top-1 (%), per seed | mean | MFLOPs |", "|---|---|---|---|"]
+    lines += [f"| {q['inherited']:.2f} | {' / '.join(f'{v:.2f}' for v in q['repeats'])} | {q['alone']:.2f} | "
+              f"{q['mflops']:.3f} |" for q in pairs]
+    lines += ["", f"Kendall τ, supernet against the stand-alone mean: **{tau:.3f}**, bootstrap 95% interval "
+              f"(2,000 resamples of the architectures) [{lo:.3f}, {hi:.3f}]."]
+    record = {"pairs": pairs, "tau": tau, "interval": [lo, hi]}
+    if repeats >= 2:
+        for q in pairs:
+            q["first"], q["second"] = q["repeats"][0], q["repeats"][1]
+        ceiling = kendall_tau([q["first"] for q in pairs], [q["second"] for q in pairs])
+        c_lo, c_hi = bootstrap_tau(pairs, "first", "second")
+        per_repeat = [kendall_tau([q["inherited"] for q in pairs], [q["repeats"][r] for q in pairs])
+                      for r in range(repeats)]
+        diffs = [q["first"] - q["second"] for q in pairs]
+        noise = statistics.stdev(diffs) / 2 ** 0.5
+        spread = statistics.stdev(q["alone"] for q in pairs)
+        lines += [f"Against each seed's stand-alone result alone: τ = {', '.join(f'{t:.3f}' for t in per_repeat)}.",
+                  f"Two stand-alone runs of the same architectures agree with each other at τ = **{ceiling:.3f}** "
+                  f"[{c_lo:.3f}, {c_hi:.3f}]: the ground truth's own reproducibility. The run-to-run standard "
+                  f"deviation of one stand-alone result is {noise:.2f} points; the architectures' means spread with "
+                  f"a standard deviation of {spread:.2f} points."]
+        record.update(ceiling=ceiling, ceiling_interval=[c_lo, c_hi], per_repeat=per_repeat, noise=noise,
+                      spread=spread)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4))
+    for r in range(repeats):
+        ax.scatter([q["inherited"] for q in pairs], [q["repeats"][r] for q in pairs], s=14, alpha=0.6,
+                   label=f"stand-alone seed {args.seeds[0] + r}")
+    ax.scatter([q["inherited"] for q in pairs], [q["alone"] for q in pairs], color="k", marker="x", label="mean")
+    ax.set_xlabel("supernet-inherited held-out top-1 (%)")
+    ax.set_ylabel(f"stand-alone test top-1 (%), {args.tau_epochs} epoch(s)")
+    ax.set_title(f"Kendall tau = {tau:.3f} ({len(pairs)} architectures)")
+    ax.legend(fontsize=8)
+    lines += ["", _figure(args, fig, name)]
+    _publish(args, name, "\n".join(lines), record)
 
 
 def _cfg(args, key: str):

@@ -4,7 +4,6 @@ bitwise identical across ranks; the consistency check fires when they do not."""
 import os
 import socket
 
-import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp

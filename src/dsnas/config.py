@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import types
-import typing
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
