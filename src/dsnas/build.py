@@ -154,9 +154,9 @@ def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: Shuffle
         warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
     batch = cfg.batch_size // rt.world
     train_loader = Loader(data, "train", batch, cfg.seed, rt.device, rt.rank, rt.world, train=True,
-                          workers=cfg.workers, pad=2 if cfg.augment else 0)
+                          workers=cfg.workers, pad=2 if cfg.augment else 0, jpeg_decode=cfg.jpeg_decode)
     test_loader = Loader(data, "test", max(batch, 256), cfg.seed, rt.device, rt.rank, rt.world,
-                         train=False, workers=cfg.workers)
+                         train=False, workers=cfg.workers, jpeg_decode=cfg.jpeg_decode)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
     return Run(cfg, rt, data, held, out, space, costs, search, optimizer, arch_optimizer, scheduler, scaler, criterion,

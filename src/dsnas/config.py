@@ -15,6 +15,7 @@ import yaml
 
 from .errors import DsnasError
 from .files import read_yaml
+from .images import DECODERS
 from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
 
 
@@ -26,6 +27,7 @@ class Config:
     train_limit: int = 0               # cap on training images (0 = all)
     test_limit: int = 0                # cap on test images (0 = all)
     workers: int = 4                   # DataLoader workers for streamed (large-image) data
+    jpeg_decode: str = "workers"       # streamed JPEGs: decoded by PIL in the workers, or on the run's device (nvJPEG)
     augment: bool = True               # in-memory data: padded random crop (2 px) and horizontal flip
     # space and method
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
@@ -109,6 +111,7 @@ class Config:
             need(self.population >= 2, f"population must be >= 2, got {self.population}")
             need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
         need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        need(self.jpeg_decode in DECODERS, f"jpeg_decode must be one of {', '.join(DECODERS)}, got {self.jpeg_decode!r}")
         need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
         need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
         need(self.cost != "latency" or bool(self.latency_table), "cost latency needs latency_table (from dsnas latency)")

@@ -3,13 +3,12 @@
 Small images (the embedded set, any IDX folder, CIFAR-10, an ImageFolder of images up to 64 px) are held in
 memory as uint8 tensors and batched by index, with augmentation (padded random crop, horizontal
 flip) applied to whole batches. Larger ImageFolder images stream through a DataLoader with the
-standard ImageNet transforms. Both are ordered by `BatchPlan`, which shards a seeded per-epoch
+standard ImageNet crops (`images.py`), decoded in the workers or on the device. Both are ordered by `BatchPlan`, which shards a seeded per-epoch
 permutation across ranks and can start mid-epoch (for resume).
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import gzip
 import math
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from .errors import DsnasError
+from .images import ImageFiles, collate, decode_batch, open_image
 
 EMBEDDED = "embedded"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
@@ -188,28 +188,6 @@ def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
 
 
-def _open_image(path: Path):
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return _to_8bit(im.copy())
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
-        raise DsnasError(f"image {path} cannot be read: {e}") from None
-
-
-def _to_8bit(im):
-    """16- and 32-bit grayscale images rescaled to 8 bits (PIL's convert would clip them)."""
-    from PIL import Image
-
-    if not im.mode.startswith("I"):
-        return im
-    a = np.asarray(im).astype(np.float64)
-    top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
-
-
 def _image_folder_splits(root: Path) -> tuple[Path, Path]:
     train = root / "train"
     for name in ("val", "test"):
@@ -238,7 +216,7 @@ def _scan_image_folder(split: Path, classes: list[str] | None) -> tuple[list[str
 def _load_small_images(samples: list[tuple[Path, int]], mode: str, size: int) -> Split:
     arrays = []
     for path, _ in samples:
-        im = _open_image(path).convert(mode)
+        im = open_image(path).convert(mode)
         if im.size != (size, size):
             raise DsnasError(f"image {path} is {im.size[0]}x{im.size[1]}, the others are {size}x{size}")
         a = np.asarray(im, dtype=np.uint8)
@@ -247,12 +225,10 @@ def _load_small_images(samples: list[tuple[Path, int]], mode: str, size: int) ->
 
 
 def _load_image_folder(root: Path, input_size: int | None) -> Data:
-    from torchvision import datasets, transforms
-
     train_dir, test_dir = _image_folder_splits(root)
     classes, train_samples = _scan_image_folder(train_dir, None)
     _, test_samples = _scan_image_folder(test_dir, classes)
-    first = _open_image(train_samples[0][0])
+    first = open_image(train_samples[0][0])
     mode = "L" if first.mode in ("L", "1", "I;16", "I") else "RGB"
     channels = 1 if mode == "L" else 3
     if max(first.size) <= SMALL_IMAGE_MAX and not input_size:
@@ -263,12 +239,8 @@ def _load_image_folder(root: Path, input_size: int | None) -> Data:
         return _with_stats(Data(root.name, train, test, len(classes), channels, size, (), (), classes))
     size = input_size or 224
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.5,), (0.25,))
-    convert = transforms.Lambda(lambda im: _to_8bit(im).convert(mode))
-    norm = [transforms.ToTensor(), transforms.Normalize(mean, std)]
-    train_tf = transforms.Compose([convert, transforms.RandomResizedCrop(size), transforms.RandomHorizontalFlip(), *norm])
-    test_tf = transforms.Compose([convert, transforms.Resize(int(round(size * 256 / 224))), transforms.CenterCrop(size), *norm])
-    train = datasets.ImageFolder(str(train_dir), transform=train_tf)
-    test = datasets.ImageFolder(str(test_dir), transform=test_tf)
+    train = ImageFiles([(str(p), y) for p, y in train_samples], size, mode, train=True)
+    test = ImageFiles([(str(p), y) for p, y in test_samples], size, mode, train=False)
     return Data(root.name, train, test, len(classes), channels, size, mean, std, classes)
 
 
@@ -317,7 +289,7 @@ def load_data(spec: str = EMBEDDED, input_size: int | None = None) -> Data:
 
 def hold_out(data: Data, n: int, seed: int = 0) -> tuple[Data, Data]:
     """Split ``n`` seeded random training images off ``data``: (data without them, data whose
-    test split is them). Held-out images of a streamed dataset get the test transforms."""
+    test split is them). Held-out images of a streamed dataset get the evaluation crop."""
     source = data.train
     if n >= len(source):
         raise DsnasError(f"config: select_images ({n}) must be smaller than the {len(source)} training images")
@@ -326,11 +298,7 @@ def hold_out(data: Data, n: int, seed: int = 0) -> tuple[Data, Data]:
     if isinstance(source, Split):
         kept, out = Split(source.images[rest], source.labels[rest]), Split(source.images[held], source.labels[held])
     else:
-        evaluated = copy.copy(source)
-        if hasattr(data.test, "transform"):
-            evaluated.transform = data.test.transform
-        kept = torch.utils.data.Subset(source, rest.tolist())
-        out = torch.utils.data.Subset(evaluated, held.tolist())
+        kept, out = source.subset(rest.tolist()), source.evaluation().subset(held.tolist())
     return dataclasses.replace(data, train=kept), dataclasses.replace(data, name=f"{data.name}-held-out", test=out)
 
 
@@ -384,14 +352,17 @@ DEVICE_SPLIT_BYTES = 2 << 30  # an in-memory split up to this size is copied to 
 
 
 class Loader:
-    """Iterates (images, labels) batches on ``device`` for one split and one rank.
+    """Iterates normalised (images, labels) batches on ``device`` for one split and one rank.
 
     In-memory splits are augmented here (train) from a generator seeded per (seed, epoch, step,
-    rank), so a run resumed mid-epoch sees exactly the batches it would have seen.
+    rank), so a run resumed mid-epoch sees exactly the batches it would have seen. Streamed
+    images come from DataLoader workers as uint8, their JPEGs decoded on ``device`` when
+    ``jpeg_decode`` is ``device``.
     """
 
     def __init__(self, data: Data, split: str, batch_size: int, seed: int, device: torch.device,
-                 rank: int = 0, world: int = 1, train: bool = True, workers: int = 0, pad: int = 2):
+                 rank: int = 0, world: int = 1, train: bool = True, workers: int = 0, pad: int = 2,
+                 jpeg_decode: str = "workers"):
         self.data, self.device, self.train, self.pad, self.seed, self.rank = data, device, train, pad, seed, rank
         self.source = getattr(data, split)
         self.plan = BatchPlan(len(self.source), batch_size, seed, rank, world, shuffle=train, drop_last=train)
@@ -402,8 +373,9 @@ class Loader:
             store = device if self.source.images.nbytes <= DEVICE_SPLIT_BYTES else torch.device("cpu")
             self.images, self.labels = self.source.images.to(store), self.source.labels.to(store)
         else:
+            self.source = self.source.decoded_on(jpeg_decode)
             self.loader = torch.utils.data.DataLoader(self.source, batch_sampler=self.plan, num_workers=workers,
-                                                      pin_memory=device.type == "cuda",
+                                                      collate_fn=collate, pin_memory=device.type == "cuda",
                                                       persistent_workers=workers > 0)
 
     def __len__(self) -> int:
@@ -414,11 +386,7 @@ class Loader:
 
     def __iter__(self):
         if self.loader is not None:
-            try:
-                for x, y in self.loader:
-                    yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
-            except (OSError, ValueError) as e:  # a file that fails to decode, in a worker or here
-                raise DsnasError(f"an image of {self.data.name} cannot be read: {str(e).splitlines()[0]}") from None
+            yield from self._streamed()
             return
         for step, idx in enumerate(self.plan, start=self.plan.start):
             index = torch.tensor(idx, device=self.images.device)
@@ -428,3 +396,17 @@ class Loader:
                 g = torch.Generator().manual_seed(hash((self.seed, self.plan.epoch, step, self.rank)) & 0xFFFFFFFF)
                 x = augment(x, self.pad, g)
             yield (x - self.mean) / self.std, y
+
+    def _streamed(self):
+        batches = iter(self.loader)
+        while True:
+            try:
+                x, y = next(batches)
+            except StopIteration:
+                return
+            except DsnasError as e:  # raised in a worker: its message ends with ours
+                raise DsnasError(str(e).strip().splitlines()[-1].removeprefix("dsnas.errors.DsnasError: ")) from None
+            if isinstance(x, list):
+                x = decode_batch(x, self.source.mode, self.source.size, self.device)
+            x = x.to(self.device, non_blocking=True).float().div_(255)
+            yield (x - self.mean) / self.std, y.to(self.device, non_blocking=True)

@@ -243,7 +243,7 @@ def select_candidate(run: Run) -> list[int]:
     """spos/random: rank candidates by held-out top-1 with inherited weights; the best wins."""
     cfg, rt = run.cfg, run.rt
     held = Loader(run.held, "test", max(cfg.batch_size // rt.world, 256), cfg.seed, rt.device, rt.rank, rt.world,
-                  train=False, workers=cfg.workers)
+                  train=False, workers=cfg.workers, jpeg_decode=cfg.jpeg_decode)
     bar = tqdm(total=cfg.candidates, desc=f"{cfg.method}: ranking candidates", leave=False,
                disable=None if run.log.enabled else True, dynamic_ncols=True)
     t0 = time.time()

@@ -1,0 +1,185 @@
+"""Large images streamed from files, with the ImageNet crops.
+
+Two decoders share one definition of the crops:
+
+- ``workers``: DataLoader workers decode with PIL and crop and resize in one pass;
+- ``device``: workers only read a JPEG's bytes and draw its crop; the loader decodes the whole
+  batch on the training device (nvJPEG on a GPU) and crops there. This keeps a GPU fed when
+  the CPU cores cannot decode fast enough. Files that are not JPEGs still go through PIL.
+
+Either way the loader receives uint8 tensors and normalises whole batches on the device, so the
+workers do no float work and move a quarter of the bytes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from .errors import DsnasError
+
+DECODERS = ("workers", "device")
+CROP_SCALE, CROP_RATIO = (0.08, 1.0), (3 / 4, 4 / 3)  # RandomResizedCrop's defaults, as in the ImageNet recipe
+RESIZE_FOR_CROP = 256 / 224  # evaluation: shorter side to this times the crop size, then a centre crop
+
+
+class Box(NamedTuple):
+    """A crop in source pixels."""
+
+    top: int
+    left: int
+    height: int
+    width: int
+
+
+class Encoded(NamedTuple):
+    """A JPEG's bytes and how to crop it, decoded later on the training device."""
+
+    data: torch.Tensor
+    box: Box
+    flip: bool
+    path: str
+
+
+def train_box(width: int, height: int) -> Box:
+    """A RandomResizedCrop box (scale 0.08-1 of the area, aspect 3/4-4/3), from torch's RNG."""
+    from torchvision.transforms import RandomResizedCrop
+
+    size_only = torch.empty(1, 1, 1).expand(1, height, width)  # get_params reads the size alone
+    return Box(*RandomResizedCrop.get_params(size_only, list(CROP_SCALE), list(CROP_RATIO)))
+
+
+def eval_box(width: int, height: int, size: int) -> Box:
+    """The region that Resize(size * 256/224) followed by CenterCrop(size) keeps."""
+    short = min(width, height)
+    side = min(short, round(size * short / round(size * RESIZE_FOR_CROP)))
+    return Box((height - side) // 2, (width - side) // 2, side, side)
+
+
+def to_8bit(im):
+    """16- and 32-bit grayscale images rescaled to 8 bits (PIL's convert would clip them)."""
+    from PIL import Image
+
+    if not im.mode.startswith("I"):
+        return im
+    a = np.asarray(im).astype(np.float64)
+    top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
+    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+
+
+def open_image(path: Path):
+    """A decoded image, 8 bits per channel; an unreadable file is a DsnasError naming it."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return to_8bit(im.copy())
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DsnasError(f"image {path} cannot be read: {e}") from None
+
+
+@dataclasses.dataclass
+class ImageFiles(torch.utils.data.Dataset):
+    """(path, label) samples cropped to ``size``: random crop and flip when ``train``, else the
+    centre crop; each item is a uint8 (C, size, size) tensor, or an `Encoded` JPEG when
+    ``decode`` is ``device``."""
+
+    samples: list[tuple[str, int]]
+    size: int
+    mode: str  # "RGB" or "L"
+    train: bool = True
+    decode: str = "workers"
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, indices) -> ImageFiles:
+        return dataclasses.replace(self, samples=[self.samples[i] for i in indices])
+
+    def evaluation(self) -> ImageFiles:
+        return dataclasses.replace(self, train=False)
+
+    def decoded_on(self, where: str) -> ImageFiles:
+        if where not in DECODERS:
+            raise DsnasError(f"jpeg_decode must be one of {', '.join(DECODERS)}, got {where!r}")
+        return dataclasses.replace(self, decode=where)
+
+    def __getitem__(self, i: int):
+        from PIL import Image
+
+        path, label = self.samples[i]
+        try:
+            raw = Path(path).read_bytes()
+            with Image.open(io.BytesIO(raw)) as im:
+                box = train_box(*im.size) if self.train else eval_box(*im.size, self.size)
+                flip = self.train and bool(torch.rand(()) < 0.5)
+                if self.decode == "device" and im.format == "JPEG" and im.mode in ("L", "RGB"):
+                    return Encoded(torch.frombuffer(bytearray(raw), dtype=torch.uint8), box, flip, path), label
+                im.load()
+                pixels = self._crop(to_8bit(im).convert(self.mode), box)
+        except (OSError, ValueError, Image.DecompressionBombError) as e:
+            raise DsnasError(f"image {path} cannot be read: {e}") from None
+        if flip:
+            pixels = pixels.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        t = torch.from_numpy(np.array(pixels, dtype=np.uint8))
+        return (t[None] if t.ndim == 2 else t.permute(2, 0, 1)), label
+
+    def _crop(self, im, box: Box):
+        from PIL import Image
+
+        region = (box.left, box.top, box.left + box.width, box.top + box.height)
+        return im.resize((self.size, self.size), Image.Resampling.BILINEAR, box=region)  # crop and resize in one pass
+
+
+def collate(batch: list) -> tuple:
+    """A stacked uint8 batch, or, when JPEGs wait to be decoded on the device, the list of items."""
+    items, labels = zip(*batch)
+    labels = torch.tensor(labels, dtype=torch.int64)
+    if all(isinstance(x, torch.Tensor) for x in items):
+        return torch.stack(items), labels
+    return list(items), labels
+
+
+def decode_batch(items: list, mode: str, size: int, device: torch.device) -> torch.Tensor:
+    """uint8 (N, C, size, size) on ``device`` from `Encoded` JPEGs (decoded there, in one call)
+    and tensors the workers already cropped."""
+    from torchvision.transforms.v2.functional import resized_crop
+
+    out = torch.empty(len(items), 1 if mode == "L" else 3, size, size, dtype=torch.uint8, device=device)
+    jpegs = [i for i, x in enumerate(items) if isinstance(x, Encoded)]
+    for i, x in enumerate(items):
+        if not isinstance(x, Encoded):
+            out[i] = x.to(device, non_blocking=True)
+    for i, image in zip(jpegs, _decode_jpegs([items[i] for i in jpegs], mode, device)):
+        top, left, height, width = items[i].box
+        crop = resized_crop(image, top, left, height, width, [size, size], antialias=True)
+        out[i] = crop.flip(-1) if items[i].flip else crop
+    return out
+
+
+def _decode_jpegs(encoded: list[Encoded], mode: str, device: torch.device) -> list[torch.Tensor]:
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    if not encoded:
+        return []
+    read_mode = ImageReadMode.GRAY if mode == "L" else ImageReadMode.RGB
+    with warnings.catch_warnings():  # torchvision 0.29 names TorchCodec as its decoders' successor
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            return decode_jpeg([e.data for e in encoded], mode=read_mode, device=device)
+        except RuntimeError:  # one bad file fails the batch: find it, decoding one by one on the CPU
+            images = []
+            for e in encoded:
+                try:
+                    images.append(decode_jpeg(e.data, mode=read_mode).to(device))
+                except RuntimeError as err:
+                    reason = str(err).splitlines()[0].rsplit(", ", 1)[-1]  # after torchvision's source location
+                    raise DsnasError(f"image {e.path} cannot be read: {reason}") from None
+            return images
