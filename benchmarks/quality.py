@@ -135,16 +135,19 @@ class Runner:
         rows = (self.work / "ranking/supernet/candidates.csv").read_text().splitlines()
         header = rows[0].split(",")
         settings = load_arch(self.work / "ranking/supernet/arch.yaml").settings
-        pairs = []
-        for line in rows[1:]:
-            rec = dict(zip(header, line.split(",")))
-            choices = [rec[f"block_{i}"] for i in range(len(header) - 4)]
+        records, runs = [dict(zip(header, line.split(","))) for line in rows[1:]], []
+        for rec in records:
             path = self.work / f"ranking/arch{rec['order']}.yaml"
             if not path.exists():
-                save_arch(Architecture(choices, "shufflenet", settings), path)
-            repeats = [self.run(f"ranking/alone{rec['order']}" + (f"_r{r}" if r else ""),
-                                ["train", str(path), *self.common(a.seeds[0] + r, a.tau_epochs)])["top1"]
-                       for r in range(a.tau_repeats)]
+                save_arch(Architecture([rec[f"block_{i}"] for i in range(len(header) - 4)], "shufflenet", settings), path)
+            runs += [(f"ranking/alone{rec['order']}" + (f"_r{r}" if r else ""),
+                      ["train", str(path), *self.common(a.seeds[0] + r, a.tau_epochs)]) for r in range(a.tau_repeats)]
+        alone_jobs = a.jobs if a.parts == ["ranking"] else 1  # beside the methods, the ranking takes one slot
+        with ThreadPoolExecutor(alone_jobs) as pool:
+            top1 = iter(list(pool.map(lambda job: self.run(*job)["top1"], runs)))
+        pairs = []
+        for rec in records:
+            repeats = [next(top1) for _ in range(a.tau_repeats)]
             pairs.append({"inherited": float(rec["held_out_top1"]), "alone": statistics.mean(repeats),
                           "repeats": repeats, "mflops": float(rec["mflops"])})
         return {"supernet": sup, "pairs": pairs}
