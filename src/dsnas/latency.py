@@ -3,8 +3,10 @@ sees in the network, plus the fixed parts (stem; head with pooling and classifie
 
 The fixed cost of one timed call (measured on an identity) is taken off every entry and counted
 once, as the fixed part ``call``: a network pays it once, not once per block. Parts timed alone
-also run with a hot cache, so a few random children are timed end to end and the median ratio of
-measured to summed latency is stored as the table's ``scale``.
+also run with a hot cache, and how much that matters depends on the op (a depthwise 7x7 is bound
+by arithmetic, a small 1x1 by memory), so random children are timed end to end and one factor
+per op (and one for the fixed parts) is fitted to them by least squares on relative error: the
+table's ``scales``. ``scale``, the median ratio of measured to summed latency, is kept too.
 
 A table is a versioned YAML file (``format: dsnas-latency/1``) that records what was measured
 and where: the space settings, the device, library versions, backend, threads, batch, precision
@@ -32,6 +34,7 @@ from .files import read_yaml, write_text
 FORMAT = "dsnas-latency/1"
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
+RIDGE = 0.05  # pull of the per-op calibration toward the single scale, relative to the data's
 
 
 @dataclass
@@ -43,13 +46,18 @@ class LatencyTable:
     fixed: dict[str, dict]
     measured: dict = field(default_factory=dict)  # device, backend, versions, threads, batch, precision, date
 
-    def entries(self, names: list[list[str]]) -> tuple[list[list[float]], float]:
+    def entries(self, names: list[list[str]], calibrated: bool = True) -> tuple[list[list[float]], float]:
         """Per-block candidate latencies (ms) in the order of ``names``, and the fixed parts' sum,
-        times the table's calibration ``scale``."""
+        times the table's calibration: a factor per op (``scales``) or, in a table without them,
+        one for all (``scale``)."""
         if [sorted(b) for b in self.blocks] != [sorted(n) for n in names]:
             raise DsnasError("latency table: its blocks and candidates are not those of this space")
-        k = float(self.measured.get("scale", 1.0))
-        return [[k * self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], k * sum(
+        scales = self.measured.get("scales") or {}
+        one = float(self.measured.get("scale", 1.0)) if calibrated else 1.0
+
+        def k(part: str) -> float:
+            return float(scales.get(part, one)) if calibrated else 1.0
+        return [[k(op) * self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], k("fixed") * sum(
             v["ms"] for v in self.fixed.values())
 
     def to_dict(self) -> dict:
@@ -149,9 +157,9 @@ class _Head(nn.Module):
 
 def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: int = 1, threads: int = 1,
                     precision: str = "fp32", warmup: int = 10, repeats: int = 50, progress=None,
-                    calibrate: int = 8) -> LatencyTable:
+                    calibrate: int = 24) -> LatencyTable:
     """Time every candidate of ``space`` (a `ShuffleNetSpace`) at its input shape in the network;
-    then ``calibrate`` random children end to end fix the table's ``scale`` (0: no calibration)."""
+    then ``calibrate`` random children end to end fix the table's ``scales`` (0: no calibration)."""
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise DsnasError(f"latency: backend must be one of {BACKENDS} and precision one of {PRECISIONS}")
     if backend == "onnxruntime" and (device != "cpu" or precision != "fp32"):
@@ -178,23 +186,42 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
         if progress is not None:
             progress(len(blocks))
     table = LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats))
-    table.measured["scale"] = round(_calibrate(space, table, timer, x, calibrate), 5) if calibrate else 1.0
+    table.measured.update(_calibrate(space, table, timer, x, calibrate) if calibrate else {"scale": 1.0})
     return table
 
 
-def _calibrate(space, table: LatencyTable, timer: _Timer, x: torch.Tensor, n: int) -> float:
+def _calibrate(space, table: LatencyTable, timer: _Timer, x: torch.Tensor, n: int) -> dict:
     """Parts timed alone run with their weights and inputs hot in the cache; in a network they
-    do not. The median ratio of measured to summed latency over ``n`` seeded random children
-    scales every entry."""
+    do not, and by how much differs per op. ``n`` seeded random children are timed end to end;
+    ``scale`` is the median ratio of measured to summed latency, ``scales`` one factor per op and
+    one for the fixed parts, fitted by least squares on the relative error."""
     names = [c.names for c in space.choices]
-    rows, base = table.entries(names)
+    rows, base = table.entries(names, calibrated=False)
+    parts = sorted({op for n_ in names for op in n_}) + ["fixed"]
     gen = torch.Generator().manual_seed(12345)
-    ratios = []
+    features, measured = [], []
     for _ in range(n):
         arch = [int(torch.randint(len(r), (), generator=gen)) for r in rows]
-        predicted = base + sum(r[i] for r, i in zip(rows, arch))
-        ratios.append(timer(space.child(arch).to(x.device).eval(), x)["ms"] / predicted)
-    return statistics.median(ratios)
+        f = dict.fromkeys(parts, 0.0)
+        f["fixed"] = base
+        for r, i, n_ in zip(rows, arch, names):
+            f[n_[i]] += r[i]
+        features.append([f[p] for p in parts])
+        measured.append(timer(space.child(arch).to(x.device).eval(), x)["ms"])
+    a, y = torch.tensor(features, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
+    ratios = y / a.sum(1)
+    out = {"scale": round(float(ratios.median()), 5)}
+    used = a.abs().sum(0) > 0
+    if n >= 2 * int(used.sum()):  # enough children for a factor per part; else the one scale serves
+        rel = a[:, used] / y[:, None]  # relative error: every child counts alike, fast or slow
+        gram = rel.T @ rel
+        # a light ridge toward the one scale keeps a part that varies little between children sane
+        mu = RIDGE * gram.diagonal().mean()
+        k = torch.linalg.solve(gram + mu * torch.eye(len(gram), dtype=gram.dtype),
+                               rel.sum(0) + mu * float(ratios.median()))
+        if bool((k > 0).all()):
+            out["scales"] = {p: round(float(v), 5) for p, v in zip([p for p, u in zip(parts, used) if u], k)}
+    return out
 
 
 @torch.no_grad()
