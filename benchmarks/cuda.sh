@@ -42,11 +42,11 @@ if [ "${REHEARSE:-0}" = 1 ]; then  # every step on the CPU at toy sizes, results
 else
     "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'no CUDA device')" || exit 2
     DEV=cuda NW=
-    THROUGHPUT=() PRECISION=(--epochs 0 1 3) PIPELINE=() DEMO=() OVERHEAD=() LUT=(--batches 1 32 --backends torch)
+    THROUGHPUT=(--compile) PRECISION=(--epochs 0 1 3) PIPELINE=() DEMO=() OVERHEAD=() LUT=(--batches 1 32 --backends torch)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null | tee "$OUT/gpu.txt"
 fi
 
-step throughput 150 "$PY" benchmarks/throughput.py --device $DEV --compile ${THROUGHPUT[@]+"${THROUGHPUT[@]}"} $NW
+step throughput 150 "$PY" benchmarks/throughput.py --device $DEV ${THROUGHPUT[@]+"${THROUGHPUT[@]}"} $NW
 step reward_precision 90 "$PY" benchmarks/reward_precision.py --device $DEV ${PRECISION[@]+"${PRECISION[@]}"} $NW
 step input_pipeline 150 "$PY" benchmarks/input_pipeline.py --device $DEV ${PIPELINE[@]+"${PIPELINE[@]}"} $NW
 rm -rf "$OUT/demo" "$OUT/demo_compile" "$OUT/search_nccl"

@@ -3,8 +3,9 @@
 Small images (the embedded set, any IDX folder, CIFAR-10, an ImageFolder of images up to 64 px) are held in
 memory as uint8 tensors and batched by index, with augmentation (padded random crop, horizontal
 flip) applied to whole batches. Larger ImageFolder images stream through a DataLoader with the
-standard ImageNet crops (`images.py`), decoded in the workers or on the device. Both are ordered by `BatchPlan`, which shards a seeded per-epoch
-permutation across ranks and can start mid-epoch (for resume).
+standard ImageNet crops (`images.py`), decoded in the workers or on the device. Both are ordered
+by `BatchPlan`, which shards a seeded per-epoch permutation across ranks and can start mid-epoch
+(for resume).
 """
 
 from __future__ import annotations
