@@ -10,14 +10,16 @@ from dsnas import DsnasError
 from dsnas.data import Loader, load_data
 
 
-def _tree(root, size=80, per_class=3):
+def _tree(root, per_class=3, draw=None, suffix=".png"):
+    """train/ and val/ with two class folders; ``draw(rng)`` makes each image (default: 80x80 noise)."""
     rng = np.random.default_rng(0)
+    draw = draw or (lambda rng: rng.integers(0, 256, (80, 80, 3), dtype=np.uint8))
     for split in ("train", "val"):
         for cls in ("cat", "dog"):
             folder = root / split / cls
             folder.mkdir(parents=True)
             for i in range(per_class):
-                Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+                Image.fromarray(draw(rng)).save(folder / f"{i}{suffix}", **({"quality": 90} if suffix == ".jpg" else {}))
     return root
 
 
@@ -65,16 +67,13 @@ def _photo(rng, width, height, channels=3):
 
 
 def _jpeg_tree(root, per_class=3, channels=3, png_too=False):
-    rng = np.random.default_rng(1)
-    for split in ("train", "val"):
-        for cls in ("a", "b"):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                w, h = int(rng.integers(120, 200)), int(rng.integers(90, 150))
-                Image.fromarray(_photo(rng, w, h, channels)).save(folder / f"{i}.jpg", quality=90)
-            if png_too:
-                Image.fromarray(_photo(rng, 160, 120, channels)).save(folder / "png.png")
+    """Photo-like JPEGs of varied sizes; with ``png_too`` one PNG more in every class folder."""
+    _tree(root, per_class, lambda rng: _photo(rng, int(rng.integers(120, 200)), int(rng.integers(90, 150)), channels),
+          ".jpg")
+    if png_too:
+        rng = np.random.default_rng(2)
+        for folder in sorted(root.glob("*/*")):
+            Image.fromarray(_photo(rng, 160, 120, channels)).save(folder / "png.png")
     return root
 
 
@@ -141,7 +140,7 @@ def test_undecodable_jpeg_on_the_device_is_one_line_error(tmp_path):
     """A file whose header reads as JPEG but whose data does not decode fails the batch decode;
     the error names that file."""
     root = _jpeg_tree(tmp_path)
-    bad = root / "val" / "b" / "1.jpg"
+    bad = root / "val" / "dog" / "1.jpg"
     raw = bytearray(bad.read_bytes())
     sos = raw.index(b"\xff\xda")
     bad.write_bytes(bytes(raw[: sos + 2]) + b"\x00\x03\xff")  # a start-of-scan header cut short
