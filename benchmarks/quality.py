@@ -285,11 +285,13 @@ def write_ranking(args, ranking: dict) -> None:
     tau = kendall_tau([q["inherited"] for q in pairs], [q["alone"] for q in pairs])
     lo, hi = bootstrap_tau(pairs)
     repeats = len(pairs[0]["repeats"])
-    lines = ["## Supernet ranking against stand-alone training (`benchmarks/quality.py --parts ranking`)", "",
+    within = f"within {args.budget} MFLOPs" if args.budget else "from the whole space"
+    lines = [f"## Supernet ranking against stand-alone training, architectures {within} "
+             "(`benchmarks/quality.py --parts ranking`)", "",
              f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each.",
              f"Command: `{_command(args, 'ranking')}`", "",
              f"A uniform supernet (`--method random`, the `{args.config}` preset, seed {args.seeds[0]}) trained for "
-             f"{args.search_epochs} epoch(s) ranks {len(pairs)} random architectures within {args.budget} MFLOPs by "
+             f"{args.search_epochs} epoch(s) ranks {len(pairs)} random architectures {within} by "
              f"top-1 with inherited weights (BN re-estimated) on {args.tau_held_out} training images held out from "
              f"weight training. Each architecture is then trained alone for {args.tau_epochs} epoch(s), "
              f"{repeats} time(s) with seeds {args.seeds[0]}..{args.seeds[0] + repeats - 1}, and tested on the test "
