@@ -129,13 +129,16 @@ class Runner:
 
         a = self.args
         sets = self.common(a.seeds[0], a.search_epochs)
-        sets[sets.index(f"candidates={a.candidates}")] = f"candidates={a.tau_archs}"
+        sets[sets.index(f"candidates={a.candidates}")] = f"candidates={max(a.tau_pool, a.tau_archs)}"
         sets[sets.index(f"select_images={a.select_images}")] = f"select_images={a.tau_held_out}"
         sup = self.run("ranking/supernet", ["search", "--method", "random", *sets])
         rows = (self.work / "ranking/supernet/candidates.csv").read_text().splitlines()
         header = rows[0].split(",")
         settings = load_arch(self.work / "ranking/supernet/arch.yaml").settings
         records, runs = [dict(zip(header, line.split(","))) for line in rows[1:]], []
+        if len(records) > a.tau_archs:  # a pool: keep architectures evenly spaced in MFLOPs rank
+            records.sort(key=lambda rec: float(rec["mflops"]))
+            records = [records[round(i * (len(records) - 1) / (a.tau_archs - 1))] for i in range(a.tau_archs)]
         for rec in records:
             path = self.work / f"ranking/arch{rec['order']}.yaml"
             if not path.exists():
@@ -168,6 +171,8 @@ def main() -> None:
     p.add_argument("--tau-epochs", type=int, default=1, help="stand-alone training epochs in the ranking study")
     p.add_argument("--tau-repeats", type=int, default=2, help="stand-alone runs per architecture (seeds 0, 1, ...)")
     p.add_argument("--tau-held-out", type=int, default=10000, help="held-out training images that rank them")
+    p.add_argument("--tau-pool", type=int, default=0, help="rank this many uniform draws with the supernet and keep "
+                   "--tau-archs of them evenly spaced in MFLOPs (0: the first --tau-archs draws)")
     p.add_argument("--parts", nargs="+", choices=["methods", "ranking"], default=["methods", "ranking"])
     p.add_argument("--set", action="append", default=[], help="extra config override for every run")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
@@ -215,6 +220,7 @@ def _command(args, parts: str) -> str:
             f"--search-epochs {args.search_epochs} --budget {args.budget} --candidates {args.candidates} "
             f"--population {args.population} --select-images {args.select_images} --tau-archs {args.tau_archs} "
             f"--tau-epochs {args.tau_epochs} --tau-repeats {args.tau_repeats} --tau-held-out {args.tau_held_out} "
+            + (f"--tau-pool {args.tau_pool} " if args.tau_pool else "") +
             f"--jobs {args.jobs} --threads {args.threads}"
             + "".join(f" --set {s}" for s in args.set) + ("" if args.name == "quality" else f" --name {args.name}"))
 
@@ -286,6 +292,8 @@ def write_ranking(args, ranking: dict) -> None:
     lo, hi = bootstrap_tau(pairs)
     repeats = len(pairs[0]["repeats"])
     within = f"within {args.budget} MFLOPs" if args.budget else "from the whole space"
+    if args.tau_pool:
+        within += f", spread over the MFLOPs range of {args.tau_pool} uniform draws"
     lines = [f"## Supernet ranking against stand-alone training, architectures {within} "
              "(`benchmarks/quality.py --parts ranking`)", "",
              f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each.",
