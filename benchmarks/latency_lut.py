@@ -19,7 +19,7 @@ from _report import machine, write_section
 from quality import kendall_tau
 
 from dsnas import ShuffleNetSpace
-from dsnas.latency import measure_latency, measure_network
+from dsnas.latency import measure_latency, measure_networks
 
 
 def architectures(space: ShuffleNetSpace, n: int, seed: int) -> list[list[int]]:
@@ -32,24 +32,22 @@ def architectures(space: ShuffleNetSpace, n: int, seed: int) -> list[list[int]]:
 
 
 def study(space: ShuffleNetSpace, archs, backend: str, batch: int, args) -> dict:
-    """Each child predicted three ways (a factor per op, one factor, none) and measured end to
-    end twice, in two passes over all children, so the measurement's own agreement is known."""
+    """Each child predicted with and without the table's calibration and measured end to end
+    twice, in two passes over all children, so the measurement's own agreement is known."""
     table = measure_latency(space, args.device, backend, batch, args.threads, "fp32", args.warmup, args.repeats)
     names = [c.names for c in space.choices]
     (rows, base), (raw, raw_base) = table.entries(names), table.entries(names, calibrated=False)
     scale = table.measured["scale"]
-    out = {"predicted": [], "one_scale": [], "uncorrected": [], "measured": [], "again": [], "mflops": [],
-           "scale": scale, "scales": table.measured.get("scales", {})}
+    out = {"predicted": [], "uncorrected": [], "measured": [], "again": [], "mflops": [], "scale": scale}
     for arch in archs:
         out["predicted"].append(base + sum(r[i] for r, i in zip(rows, arch)))
         out["uncorrected"].append(raw_base + sum(r[i] for r, i in zip(raw, arch)))
-        out["one_scale"].append(out["uncorrected"][-1] * scale)
         out["mflops"].append(space.costs.total(arch))
+    children = [space.child(arch) for arch in archs]
     for key in ("measured", "again"):
-        for arch, predicted in zip(archs, out["predicted"]):
-            out[key].append(measure_network(space.child(arch), table.measured, args.warmup, args.repeats)["ms"])
-            print(f"{backend} batch {batch} ({key}): predicted {predicted:.3f} ms, measured {out[key][-1]:.3f} ms",
-                  flush=True)
+        out[key] = [t["ms"] for t in measure_networks(children, table.measured, args.warmup, args.repeats)]
+        for predicted, ms in zip(out["predicted"], out[key]):
+            print(f"{backend} batch {batch} ({key}): predicted {predicted:.3f} ms, measured {ms:.3f} ms", flush=True)
     return out
 
 
@@ -86,31 +84,26 @@ def main() -> None:
              f"Space: the demo's (width {args.width:g}, {args.input_size} px, 1 channel, 10 classes). "
              f"{args.archs} uniformly drawn architectures plus the cheapest and the dearest by MFLOPs; each is "
              "predicted by the table's sum and measured end to end as one network, twice (two passes over all "
-             "children), on the same backend, batch and threads as the table. *Per op*: the table as shipped, "
-             "one calibration factor per op and one for the fixed parts, fitted by least squares to 24 other "
-             "seeded random children timed end to end when the table is made (parts timed alone run with a hot "
-             "cache, and how much that matters differs per op); *one scale*: the median ratio of measured to "
-             "summed latency over the same children, for all entries; *uncorrected*: the sums without either. "
-             "Every entry also has the cost of one timed call (measured on an identity, a few µs) taken off and "
-             "counted once. *τ repeat*: the two measurement passes against each other, the most any predictor "
+             "children, each pass timing all children in interleaved rounds), on the same backend, batch and threads "
+             "as the table. *Scale*: the table's calibration, the median ratio of measured to summed latency over "
+             "24 other seeded random children timed end to end when the table is made (parts timed alone run with "
+             "a hot cache); *uncorrected*: the same sums without it. The table times all its entries (and its "
+             "calibration children) in 5 interleaved rounds, so a slow spell of the machine falls on all of them "
+             "alike. Every entry also has the cost of one timed call (measured on an identity, a few µs) taken off "
+             "and counted once. *τ repeat*: the two measurement passes against each other, the most any predictor "
              "can agree with one pass.", "",
-             "| backend | batch | measured (ms) | τ per op | τ one scale | τ MFLOPs | τ repeat | median / max error "
-             "(median signed), per op | the same, one scale | the same, uncorrected |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    factors = []
+             "| backend | batch | measured (ms) | scale | τ table | τ MFLOPs | τ repeat | median / max error "
+             "(median signed), table | the same, uncorrected |", "|---|---|---|---|---|---|---|---|---|"]
     for backend in args.backends:
         for batch in args.batches:
             r = study(space, archs, backend, batch, args)
-            tau = {k: kendall_tau(r[k], r["measured"]) for k in ("predicted", "one_scale", "mflops", "again")}
+            tau = {k: kendall_tau(r[k], r["measured"]) for k in ("predicted", "mflops", "again")}
             err = {k: "{:.1f}% / {:.1f}% ({:+.1f}%)".format(*errors(r[k], r["measured"]))
-                   for k in ("predicted", "one_scale", "uncorrected")}
-            lines.append(f"| {backend} | {batch} | {min(r['measured']):.3f}-{max(r['measured']):.3f} | "
-                         f"{tau['predicted']:.3f} | {tau['one_scale']:.3f} | {tau['mflops']:.3f} | {tau['again']:.3f} | "
-                         f"{err['predicted']} | {err['one_scale']} | {err['uncorrected']} |")
-            factors.append(f"{backend} batch {batch}: " + ", ".join(f"{k} {v:.3f}" for k, v in r["scales"].items())
-                           + f" (one scale {r['scale']:.3f})")
-    lines += ["", "Fitted factors: " + "; ".join(factors) + ".", "",
-              "Goals (batch 1, CPU): τ ≥ 0.9 and median error ≤ 5%."]
+                   for k in ("predicted", "uncorrected")}
+            lines.append(f"| {backend} | {batch} | {min(r['measured']):.3f}-{max(r['measured']):.3f} | {r['scale']:.3f} | "
+                         f"{tau['predicted']:.3f} | {tau['mflops']:.3f} | {tau['again']:.3f} | {err['predicted']} | "
+                         f"{err['uncorrected']} |")
+    lines += ["", "Goals (batch 1, CPU): τ ≥ 0.9 and median error ≤ 5%."]
     text = "\n".join(lines)
     print(text)
     if not args.no_write:

@@ -32,19 +32,18 @@ def test_table_round_trip(lut):
     assert all(e["ms"] > 0 and e["spread"] >= 0 for b in again.blocks for e in b.values())
 
 
-def test_calibration_is_a_factor_per_op(lut):
-    """The shipped table carries one fitted factor per op and one for the fixed parts, and its
-    entries apply them; a table with only the older single ``scale`` still applies that."""
+def test_calibration_scales_every_entry(lut):
+    """The table's calibration (a median ratio over children timed end to end) multiplies every
+    entry and the fixed parts; uncalibrated entries are the timings as measured."""
     _, table = lut
     names = [list(b) for b in table.blocks]
-    ops = {op for n in names for op in n}
-    assert set(table.measured["scales"]) == ops | {"fixed"} and all(v > 0 for v in table.measured["scales"].values())
+    k = table.measured["scale"]
+    assert k > 0
     rows, base = table.entries(names)
     raw, raw_base = table.entries(names, calibrated=False)
-    k = table.measured["scales"]
-    assert rows[3][1] == pytest.approx(k[names[3][1]] * raw[3][1]) and base == pytest.approx(k["fixed"] * raw_base)
-    old = LatencyTable(table.settings, table.blocks, table.fixed, {"scale": 2.0})
-    assert old.entries(names)[0][5][2] == pytest.approx(2 * raw[5][2])
+    assert raw[3][1] == table.blocks[3][names[3][1]]["ms"] and raw_base == pytest.approx(sum(
+        v["ms"] for v in table.fixed.values()))
+    assert rows[3][1] == pytest.approx(k * raw[3][1]) and base == pytest.approx(k * raw_base)
 
 
 def test_a_table_for_another_space_is_refused(lut, tmp_path, dsnas_main):

@@ -254,9 +254,13 @@ def cmd_latency(args) -> int:
     cfg = load_config(args.config, args.set)
     data = load_data(args.data or cfg.data, cfg.input_size or None)
     space = ShuffleNetSpace(data.num_classes, data.in_channels, data.input_size, cfg.width, init="torch")
-    bar = tqdm(total=space.num_blocks, desc=f"timing {space.num_blocks} blocks", disable=args.quiet or None)
+    bar = tqdm(desc=f"timing {space.num_blocks} blocks, rounds", disable=args.quiet or None)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
     table = measure_latency(space, args.device, args.backend, args.batch, args.threads, args.precision,
-                            args.warmup, args.repeats, progress=lambda n: bar.update(1))
+                            args.warmup, args.repeats, progress=progress)
     bar.close()
     save_latency(table, args.out)
     names = [c.names for c in space.choices]

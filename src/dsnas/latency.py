@@ -3,10 +3,9 @@ sees in the network, plus the fixed parts (stem; head with pooling and classifie
 
 The fixed cost of one timed call (measured on an identity) is taken off every entry and counted
 once, as the fixed part ``call``: a network pays it once, not once per block. Parts timed alone
-also run with a hot cache, and how much that matters depends on the op (a depthwise 7x7 is bound
-by arithmetic, a small 1x1 by memory), so random children are timed end to end and one factor
-per op (and one for the fixed parts) is fitted to them by least squares on relative error: the
-table's ``scales``. ``scale``, the median ratio of measured to summed latency, is kept too.
+also run with a hot cache, so random children are timed end to end and the median ratio of
+measured to summed latency is stored as the table's ``scale``. Everything is timed in
+interleaved rounds, so that a slow spell of a shared machine falls on all entries alike.
 
 A table is a versioned YAML file (``format: dsnas-latency/1``) that records what was measured
 and where: the space settings, the device, library versions, backend, threads, batch, precision
@@ -34,7 +33,6 @@ from .files import read_yaml, write_text
 FORMAT = "dsnas-latency/1"
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
-RIDGE = 0.05  # pull of the per-op calibration toward the single scale, relative to the data's
 
 
 @dataclass
@@ -48,16 +46,11 @@ class LatencyTable:
 
     def entries(self, names: list[list[str]], calibrated: bool = True) -> tuple[list[list[float]], float]:
         """Per-block candidate latencies (ms) in the order of ``names``, and the fixed parts' sum,
-        times the table's calibration: a factor per op (``scales``) or, in a table without them,
-        one for all (``scale``)."""
+        times the table's calibration ``scale`` (unless not ``calibrated``)."""
         if [sorted(b) for b in self.blocks] != [sorted(n) for n in names]:
             raise DsnasError("latency table: its blocks and candidates are not those of this space")
-        scales = self.measured.get("scales") or {}
-        one = float(self.measured.get("scale", 1.0)) if calibrated else 1.0
-
-        def k(part: str) -> float:
-            return float(scales.get(part, one)) if calibrated else 1.0
-        return [[k(op) * self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], k("fixed") * sum(
+        k = float(self.measured.get("scale", 1.0)) if calibrated else 1.0
+        return [[k * self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], k * sum(
             v["ms"] for v in self.fixed.values())
 
     def to_dict(self) -> dict:
@@ -96,20 +89,38 @@ def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable
 
 
 # --- measuring --------------------------------------------------------------------------------------
-class _Timer:
-    """Median and interquartile range of repeated calls of one module on one input."""
+def _summary(times: list[float]) -> dict:
+    q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
+    return {"ms": round(q[1], 5), "spread": round(q[2] - q[0], 5)}
 
-    def __init__(self, device: torch.device, backend: str, precision: str, threads: int, warmup: int, repeats: int):
+
+class _Timer:
+    """Median and interquartile range of repeated calls of modules on their inputs. Several
+    modules are timed in interleaved rounds (``rounds`` passes over all of them, a share of the
+    calls each time), so a slow spell of the machine falls on all of them alike instead of on
+    whichever was being timed."""
+
+    def __init__(self, device: torch.device, backend: str, precision: str, threads: int, warmup: int, repeats: int,
+                 rounds: int = 5):
         self.device, self.backend, self.precision = device, backend, precision
-        self.threads, self.warmup, self.repeats = threads, warmup, repeats
+        self.threads, self.warmup, self.repeats, self.rounds = threads, warmup, repeats, max(1, min(rounds, repeats))
 
     def __call__(self, module: nn.Module, x: torch.Tensor) -> dict:
-        run = self._onnx(module, x) if self.backend == "onnxruntime" else self._torch(module, x)
-        for _ in range(self.warmup):
-            run()
-        times = sorted(self._once(run) for _ in range(self.repeats))
-        q = statistics.quantiles(times, n=4) if len(times) > 1 else [times[0]] * 3
-        return {"ms": round(q[1], 5), "spread": round(q[2] - q[0], 5)}
+        return self.many([(module, x)])[0]
+
+    def many(self, jobs: list[tuple[nn.Module, torch.Tensor]], progress=None) -> list[dict]:
+        runs = [self._onnx(m, x) if self.backend == "onnxruntime" else self._torch(m, x) for m, x in jobs]
+        for run in runs:
+            for _ in range(self.warmup):
+                run()
+        samples = [[] for _ in runs]
+        for r in range(self.rounds):
+            calls = self.repeats // self.rounds + (r < self.repeats % self.rounds)
+            for run, times in zip(runs, samples):
+                times.extend(self._once(run) for _ in range(calls))
+            if progress is not None:
+                progress(r + 1, self.rounds)
+        return [_summary(sorted(t)) for t in samples]
 
     def _once(self, run) -> float:
         if self.device.type == "cuda":
@@ -158,8 +169,9 @@ class _Head(nn.Module):
 def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: int = 1, threads: int = 1,
                     precision: str = "fp32", warmup: int = 10, repeats: int = 50, progress=None,
                     calibrate: int = 24) -> LatencyTable:
-    """Time every candidate of ``space`` (a `ShuffleNetSpace`) at its input shape in the network;
-    then ``calibrate`` random children end to end fix the table's ``scales`` (0: no calibration)."""
+    """Time every candidate of ``space`` (a `ShuffleNetSpace`) at its input shape in the network,
+    all in interleaved rounds (``progress(done, total)`` after each); then ``calibrate`` random
+    children end to end fix the table's ``scale`` (0: no calibration)."""
     if backend not in BACKENDS or precision not in PRECISIONS:
         raise DsnasError(f"latency: backend must be one of {BACKENDS} and precision one of {PRECISIONS}")
     if backend == "onnxruntime" and (device != "cpu" or precision != "fp32"):
@@ -176,52 +188,30 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
     # Timing a part alone adds a fixed cost per call (the timer, the call into the backend) that
     # the network pays once, not once per part: measured on an identity, it is taken off every
     # entry and counted once, as the fixed part "call".
-    call = timer(nn.Identity(), x)
+    jobs = [(nn.Identity(), x), (space.stem, x), (_Head(space).to(dev), features)]
+    jobs += [(op, inp) for choice, inp in zip(space.choices, inputs) for op in choice.candidates]
+    timed = timer.many(jobs, progress)
+    call = timed[0]
     minus = (lambda e: {"ms": round(max(e["ms"] - call["ms"], 0.0), 5), "spread": e["spread"]})
-    fixed = {"stem": minus(timer(space.stem, x)), "head": minus(timer(_Head(space).to(dev), features)),
-             "call": call}
-    blocks = []
-    for choice, inp in zip(space.choices, inputs):
-        blocks.append({name: minus(timer(op, inp)) for name, op in zip(choice.names, choice.candidates)})
-        if progress is not None:
-            progress(len(blocks))
+    fixed = {"stem": minus(timed[1]), "head": minus(timed[2]), "call": call}
+    entries = iter(timed[3:])
+    blocks = [{name: minus(next(entries)) for name in choice.names} for choice in space.choices]
     table = LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats))
-    table.measured.update(_calibrate(space, table, timer, x, calibrate) if calibrate else {"scale": 1.0})
+    table.measured["scale"] = round(_calibrate(space, table, timer, x, calibrate), 5) if calibrate else 1.0
     return table
 
 
-def _calibrate(space, table: LatencyTable, timer: _Timer, x: torch.Tensor, n: int) -> dict:
+def _calibrate(space, table: LatencyTable, timer: _Timer, x: torch.Tensor, n: int) -> float:
     """Parts timed alone run with their weights and inputs hot in the cache; in a network they
-    do not, and by how much differs per op. ``n`` seeded random children are timed end to end;
-    ``scale`` is the median ratio of measured to summed latency, ``scales`` one factor per op and
-    one for the fixed parts, fitted by least squares on the relative error."""
+    do not. The median ratio of measured to summed latency over ``n`` seeded random children
+    scales every entry."""
     names = [c.names for c in space.choices]
     rows, base = table.entries(names, calibrated=False)
-    parts = sorted({op for n_ in names for op in n_}) + ["fixed"]
     gen = torch.Generator().manual_seed(12345)
-    features, measured = [], []
-    for _ in range(n):
-        arch = [int(torch.randint(len(r), (), generator=gen)) for r in rows]
-        f = dict.fromkeys(parts, 0.0)
-        f["fixed"] = base
-        for r, i, n_ in zip(rows, arch, names):
-            f[n_[i]] += r[i]
-        features.append([f[p] for p in parts])
-        measured.append(timer(space.child(arch).to(x.device).eval(), x)["ms"])
-    a, y = torch.tensor(features, dtype=torch.float64), torch.tensor(measured, dtype=torch.float64)
-    ratios = y / a.sum(1)
-    out = {"scale": round(float(ratios.median()), 5)}
-    used = a.abs().sum(0) > 0
-    if n >= 2 * int(used.sum()):  # enough children for a factor per part; else the one scale serves
-        rel = a[:, used] / y[:, None]  # relative error: every child counts alike, fast or slow
-        gram = rel.T @ rel
-        # a light ridge toward the one scale keeps a part that varies little between children sane
-        mu = RIDGE * gram.diagonal().mean()
-        k = torch.linalg.solve(gram + mu * torch.eye(len(gram), dtype=gram.dtype),
-                               rel.sum(0) + mu * float(ratios.median()))
-        if bool((k > 0).all()):
-            out["scales"] = {p: round(float(v), 5) for p, v in zip([p for p, u in zip(parts, used) if u], k)}
-    return out
+    archs = [[int(torch.randint(len(r), (), generator=gen)) for r in rows] for _ in range(n)]
+    measured = timer.many([(space.child(arch).to(x.device).eval(), x) for arch in archs])
+    return statistics.median(m["ms"] / (base + sum(r[i] for r, i in zip(rows, arch)))
+                             for m, arch in zip(measured, archs))
 
 
 @torch.no_grad()
@@ -260,12 +250,17 @@ def _cpu_name() -> str:
 def measure_network(net: nn.Module, measured: dict, warmup: int = 10, repeats: int = 50) -> dict:
     """End-to-end latency of ``net`` with the device, backend, threads, batch and precision a
     table was measured with (its ``measured`` record): ``{"ms": median, "spread": iqr}``."""
+    return measure_networks([net], measured, warmup, repeats)[0]
+
+
+def measure_networks(nets: list[nn.Module], measured: dict, warmup: int = 10, repeats: int = 50) -> list[dict]:
+    """`measure_network` for several networks, timed in interleaved rounds."""
     dev = torch.device(measured.get("device", "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DsnasError("the latency table was measured on CUDA, which this machine lacks")
     threads, batch = int(measured.get("threads", 1)), int(measured.get("batch", 1))
     torch.set_num_threads(threads)
     timer = _Timer(dev, measured.get("backend", "torch"), measured.get("precision", "fp32"), threads, warmup, repeats)
-    s = net.settings
-    net = net.to(dev).eval()
-    return timer(net, torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev))
+    s = nets[0].settings
+    x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev)
+    return timer.many([(net.to(dev).eval(), x) for net in nets])
