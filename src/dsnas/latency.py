@@ -197,6 +197,7 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
     entries = iter(timed[3:])
     blocks = [{name: minus(next(entries)) for name in choice.names} for choice in space.choices]
     table = LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats))
+    table.measured["rounds"] = timer.rounds
     table.measured["scale"] = round(_calibrate(space, table, timer, x, calibrate), 5) if calibrate else 1.0
     return table
 
@@ -260,7 +261,8 @@ def measure_networks(nets: list[nn.Module], measured: dict, warmup: int = 10, re
         raise DsnasError("the latency table was measured on CUDA, which this machine lacks")
     threads, batch = int(measured.get("threads", 1)), int(measured.get("batch", 1))
     torch.set_num_threads(threads)
-    timer = _Timer(dev, measured.get("backend", "torch"), measured.get("precision", "fp32"), threads, warmup, repeats)
+    timer = _Timer(dev, measured.get("backend", "torch"), measured.get("precision", "fp32"), threads, warmup, repeats,
+                   int(measured.get("rounds", 5)))
     s = nets[0].settings
     x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev)
     return timer.many([(net.to(dev).eval(), x) for net in nets])
