@@ -59,6 +59,21 @@ def test_a_table_for_another_space_is_refused(lut, tmp_path, dsnas_main):
         load_latency(bad)
 
 
+@pytest.mark.parametrize("key, value", [("threads", "x"), ("rounds", 0), ("batch", 10**9), ("repeats", True),
+                                        ("backend", "tvm"), ("precision", "int8"), ("device", "tpu")])
+def test_a_table_with_a_bad_measured_record_is_refused(lut, tmp_path, key, value):
+    """The record that end-to-end timings reuse is checked on load: a one-line error, no traceback."""
+    import yaml
+
+    path, table = lut
+    data = yaml.safe_load(path.read_text())
+    data["measured"][key] = value
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(data))
+    with pytest.raises(DsnasError, match=f"measured.{key}"):
+        load_latency(bad)
+
+
 def test_latency_drives_the_penalty_like_mflops():
     # latency entries = 3 x MFLOPs: lambda on latency must equal 3 lambda on MFLOPs, step for step
     space = ShuffleNetSpace(**SPACE, init="torch")

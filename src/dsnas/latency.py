@@ -80,12 +80,31 @@ def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable
                 raise DsnasError(f"every entry needs a finite ms >= 0, got {entry!r}")
         if not all(isinstance(b, dict) and b for b in blocks):
             raise DsnasError("every block needs a mapping of candidates")
+        _check_measured(data.get("measured") or {})
     except DsnasError as e:
         raise DsnasError(f"latency table {path} {e}") from None
     table = LatencyTable(data["settings"], blocks, fixed, data.get("measured") or {})
     if settings is not None and table.settings != settings:
         raise DsnasError(f"latency table {path} is for space settings {table.settings}, this run uses {settings}")
     return table
+
+
+MEASURED_LIMITS = {"threads": 1024, "batch": 65536, "repeats": 1_000_000, "rounds": 1000}
+
+
+def _check_measured(measured) -> None:
+    """The record a table's end-to-end timings reuse: known backend and precision, counts in range."""
+    if not isinstance(measured, dict):
+        raise DsnasError("has a measured record that is not a mapping")
+    for key, top in MEASURED_LIMITS.items():
+        v = measured.get(key, 1)
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
+            raise DsnasError(f"needs measured.{key} a whole number in 1..{top}, got {v!r}")
+    if measured.get("backend", "torch") not in BACKENDS or measured.get("precision", "fp32") not in PRECISIONS:
+        raise DsnasError(f"needs measured.backend in {BACKENDS} and measured.precision in {PRECISIONS}")
+    device = measured.get("device", "cpu")
+    if device not in ("cpu", "cuda"):
+        raise DsnasError(f"needs measured.device cpu or cuda, got {device!r}")
 
 
 # --- measuring --------------------------------------------------------------------------------------
