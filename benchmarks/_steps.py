@@ -96,6 +96,11 @@ def saved_activation_bytes(fn_forward) -> int:
     return sum(seen.values())
 
 
+def amp_name(dtype: torch.dtype | None) -> str:
+    """The autocast dtype of a step as the tables name it (None: fp32)."""
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
 def median(xs: list[float]) -> float:
     xs = sorted(xs)
     n = len(xs)

@@ -32,14 +32,13 @@ import numpy as np
 import torch
 
 from _report import machine, write_section
-from _steps import Pair, median
+from _steps import Pair, amp_name, median
 
 from dsnas.config import load_config
 from dsnas.data import Loader, load_data
 from dsnas.runtime import autocast_dtype, stage_autocast
 
 IMAGENET_IMAGES = 1_281_167
-AMP_NAMES = {"None": "fp32", "torch.bfloat16": "bf16", "torch.float16": "fp16"}
 ASPECTS = (4 / 3, 3 / 4, 1.0, 16 / 9, 3 / 2)
 
 
@@ -205,7 +204,7 @@ def measure(args, data, device: torch.device, batch: int, steps: int) -> dict:
         for decode in args.decoders:
             fed, resident = step_rates(pair, data, decode, args.workers, batch, steps, kind == "child")
             out["rates"][f"{kind}/{decode}"] = {"fed": round(fed, 1), "resident": round(resident, 1),
-                                                "ratio": round(fed / resident, 3), "amp": str(dtype)}
+                                                "ratio": round(fed / resident, 3), "amp": amp_name(dtype)}
             print(f"{kind} step, {decode}: fed {fed:.1f}, resident {resident:.1f} images/s", flush=True)
     cfg = load_config("imagenet", [])
     for decode in args.decoders:
@@ -242,7 +241,7 @@ def report(r: dict) -> str:
     for key, s in r["rates"].items():
         kind, decode = key.split("/")
         name = "DSNAS search step" if kind == "search" else "child training step"
-        lines.append(f"| {name} | {decode} | {AMP_NAMES.get(s['amp'], s['amp'])} | {s['fed']} | {s['resident']} | "
+        lines.append(f"| {name} | {decode} | {s['amp']} | {s['fed']} | {s['resident']} | "
                      f"{s['ratio']} |")
     hours = ", ".join(f"{r[k]} h with `jpeg_decode: {k.split('/')[1]}`" for k in r if k.startswith("hours/"))
     lines += ["", f"Projected cost of `configs/imagenet.yaml` (85 supernet epochs at the fed search-step rate, 155 "

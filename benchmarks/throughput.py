@@ -13,13 +13,9 @@ import json
 import torch
 
 from _report import machine, write_section
-from _steps import Pair, median
+from _steps import Pair, amp_name, median
 
 from dsnas.runtime import autocast_dtype
-
-
-def amp_name(dtype) -> str:
-    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
 
 def compiled_child(pair: Pair, reps: int) -> dict:

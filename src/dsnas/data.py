@@ -396,7 +396,7 @@ class Loader:
             if self.train and self.pad:  # pad=0: no augmentation
                 g = torch.Generator().manual_seed(hash((self.seed, self.plan.epoch, step, self.rank)) & 0xFFFFFFFF)
                 x = augment(x, self.pad, g)
-            yield (x - self.mean) / self.std, y
+            yield self._normalised(x), y
 
     def _streamed(self):
         batches = iter(self.loader)
@@ -410,4 +410,7 @@ class Loader:
             if isinstance(x, list):
                 x = decode_batch(x, self.source.mode, self.source.size, self.device)
             x = x.to(self.device, non_blocking=True).float().div_(255)
-            yield (x - self.mean) / self.std, y.to(self.device, non_blocking=True)
+            yield self._normalised(x), y.to(self.device, non_blocking=True)
+
+    def _normalised(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
