@@ -142,7 +142,8 @@ class Runner:
         for rec in records:
             path = self.work / f"ranking/arch{rec['order']}.yaml"
             if not path.exists():
-                save_arch(Architecture([rec[f"block_{i}"] for i in range(len(header) - 4)], "shufflenet", settings), path)
+                blocks = sum(h.startswith("block_") for h in header)
+                save_arch(Architecture([rec[f"block_{i}"] for i in range(blocks)], "shufflenet", settings), path)
             runs += [(f"ranking/alone{rec['order']}" + (f"_r{r}" if r else ""),
                       ["train", str(path), *self.common(a.seeds[0] + r, a.tau_epochs)]) for r in range(a.tau_repeats)]
         alone_jobs = a.jobs if a.parts == ["ranking"] else 1  # beside the methods, the ranking takes one slot
@@ -151,7 +152,8 @@ class Runner:
         pairs = []
         for rec in records:
             repeats = [next(top1) for _ in range(a.tau_repeats)]
-            pairs.append({"inherited": float(rec["held_out_top1"]), "alone": statistics.mean(repeats),
+            pairs.append({"inherited": float(rec["held_out_top1"]), "inherited_loss": float(rec["held_out_loss"]),
+                          "alone": statistics.mean(repeats),
                           "repeats": repeats, "mflops": float(rec["mflops"])})
         return {"supernet": sup, "pairs": pairs}
 
@@ -310,6 +312,15 @@ def write_ranking(args, ranking: dict) -> None:
     lines += ["", f"Kendall τ, supernet against the stand-alone mean: **{tau:.3f}**, bootstrap 95% interval "
               f"(2,000 resamples of the architectures) [{lo:.3f}, {hi:.3f}]."]
     record = {"pairs": pairs, "tau": tau, "interval": [lo, hi]}
+    for q in pairs:
+        q["neg_loss"] = -q["inherited_loss"]
+    by_loss = kendall_tau([q["neg_loss"] for q in pairs], [q["alone"] for q in pairs])
+    l_lo, l_hi = bootstrap_tau(pairs, "neg_loss")
+    size = {k: kendall_tau([q[k] for q in pairs], [q["mflops"] for q in pairs]) for k in ("inherited", "alone")}
+    lines += [f"Ranked by inherited held-out cross-entropy instead (lower is better): τ = **{by_loss:.3f}** "
+              f"[{l_lo:.3f}, {l_hi:.3f}].",
+              f"τ against MFLOPs: inherited top-1 {size['inherited']:.3f}, stand-alone mean {size['alone']:.3f}."]
+    record.update(tau_loss=by_loss, tau_loss_interval=[l_lo, l_hi], tau_mflops=size)
     if repeats >= 2:
         for q in pairs:
             q["first"], q["second"] = q["repeats"][0], q["repeats"][1]

@@ -45,6 +45,7 @@ def test_spos_trains_uniform_supernet_then_finetunes_the_best_candidate(spos_run
     assert [int(r["generation"]) for r in rows] == [0, 0, 0, 1, 1, 1]
     assert all(float(r["mflops"]) <= 2.2 for r in rows)
     assert len({tuple(r[f"block_{i}"] for i in range(20)) for r in rows}) == 6
+    assert all(0 < float(r["held_out_loss"]) < 10 for r in rows)  # cross-entropy, recorded for each candidate
     top = max(float(r["held_out_top1"]) for r in rows)
     winners = [r for r in rows if float(r["held_out_top1"]) == top]
     winner = min(winners, key=lambda r: float(r["mflops"]))

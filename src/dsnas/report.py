@@ -96,14 +96,15 @@ def write_alpha_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def write_candidates_csv(path: Path, candidates, names: list[list[str]]) -> None:
+def write_candidates_csv(path: Path, candidates, names: list[list[str]], losses: dict) -> None:
     """The architectures a baseline ranked, in evaluation order: generation, MFLOPs, held-out
-    top-1 and the op of every block."""
+    top-1 and cross-entropy, and the op of every block."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["order", "generation", "mflops", "held_out_top1", *[f"block_{i}" for i in range(len(names))]])
+    writer.writerow(["order", "generation", "mflops", "held_out_top1", "held_out_loss",
+                     *[f"block_{i}" for i in range(len(names))]])
     for i, c in enumerate(candidates):
-        writer.writerow([i, c.generation, round(c.mflops, 4), round(c.score, 2),
+        writer.writerow([i, c.generation, round(c.mflops, 4), round(c.score, 2), round(losses[c.choices], 5),
                          *[n[k] for n, k in zip(names, c.choices)]])
     write_text(path, buf.getvalue())
 

@@ -247,10 +247,13 @@ def select_candidate(run: Run) -> list[int]:
     bar = tqdm(total=cfg.candidates, desc=f"{cfg.method}: ranking candidates", leave=False,
                disable=None if run.log.enabled else True, dynamic_ncols=True)
     t0 = time.time()
+    losses = {}  # held-out cross-entropy, recorded beside the top-1 that ranks
 
     def score(arch) -> float:  # the same BN images for every candidate
         bar.update(1)
-        return inherited(run, arch, held, cfg.search_epochs)["top1"]
+        m = inherited(run, arch, held, cfg.search_epochs)
+        losses[arch] = m["loss"]
+        return m["top1"]
 
     cost = functools.partial(run.costs.total, metric=cfg.cost_metric)
     found = select(cfg.method, [len(c) for c in run.search.choices], cost, cfg.budget, score, cfg.candidates,
@@ -258,7 +261,7 @@ def select_candidate(run: Run) -> list[int]:
     bar.close()
     run.state.selection = selection_summary(cfg.method, found, len(run.held.test), time.time() - t0)
     if rt.main:
-        write_candidates_csv(run.out / "candidates.csv", found, [c.names for c in run.search.choices])
+        write_candidates_csv(run.out / "candidates.csv", found, [c.names for c in run.search.choices], losses)
     win = best(found)
     run.log.line(f"{cfg.method}: {len(found)} candidates ranked on {len(run.held.test)} held-out images in "
                  f"{run.state.selection['wall_s']:.0f}s; best {win.score:.2f}% at {win.mflops:.2f} MFLOPs")
