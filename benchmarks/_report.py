@@ -28,7 +28,7 @@ def machine() -> str:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
     return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}; torch {torch.__version__}, "
-            f"{torch.get_num_threads()} threads; Python {platform.python_version()}; {date.today().isoformat()}")
+            f"{torch.get_num_threads()} thread(s); Python {platform.python_version()}; {date.today().isoformat()}")
 
 
 def write_section(name: str, body: str) -> None:
