@@ -134,6 +134,7 @@ class Runner:
         sup = self.run("ranking/supernet", ["search", "--method", "random", *sets])
         rows = (self.work / "ranking/supernet/candidates.csv").read_text().splitlines()
         header = rows[0].split(",")
+        blocks = sum(h.startswith("block_") for h in header)
         settings = load_arch(self.work / "ranking/supernet/arch.yaml").settings
         records, runs = [dict(zip(header, line.split(","))) for line in rows[1:]], []
         if len(records) > a.tau_archs:  # a pool: keep architectures evenly spaced in MFLOPs rank
@@ -142,7 +143,6 @@ class Runner:
         for rec in records:
             path = self.work / f"ranking/arch{rec['order']}.yaml"
             if not path.exists():
-                blocks = sum(h.startswith("block_") for h in header)
                 save_arch(Architecture([rec[f"block_{i}"] for i in range(blocks)], "shufflenet", settings), path)
             runs += [(f"ranking/alone{rec['order']}" + (f"_r{r}" if r else ""),
                       ["train", str(path), *self.common(a.seeds[0] + r, a.tau_epochs)]) for r in range(a.tau_repeats)]
