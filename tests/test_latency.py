@@ -57,6 +57,11 @@ def test_a_table_for_another_space_is_refused(lut, tmp_path, dsnas_main):
     bad.write_text("format: dsnas-latency/1\nsettings: {}\nfixed: {stem: {ms: -1}}\nblocks: [{a: {ms: 1}}]\n")
     with pytest.raises(DsnasError, match="finite ms >= 0"):
         load_latency(bad)
+    bad.write_text(path.read_text().replace("  width: 0.25", "  width: 0.25\n  depth: 3"))
+    with pytest.raises(DsnasError, match="unknown space setting.*depth"):
+        load_latency(bad)
+    r = dsnas_main("info", "--latency", bad)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "depth" in r.stderr
 
 
 @pytest.mark.parametrize("key, value", [("threads", "x"), ("rounds", 0), ("batch", 10**9), ("repeats", True),
@@ -109,6 +114,19 @@ def test_info_measure_runs(lut, tmp_path, dsnas_main):
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
     assert out["latency_ms"] > 0 and out["measured_ms"] > 0
+
+
+def test_info_of_the_space_gives_the_latency_range(lut, dsnas_main):
+    """With a table, `info` of the whole space reports the latency range beside the counted costs;
+    the space is the table's unless flags say otherwise."""
+    path, table = lut
+    rows, base = table.entries([list(b) for b in table.blocks])
+    r = dsnas_main("info", "--latency", path, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["latency_ms"]["min"] == pytest.approx(base + sum(min(x) for x in rows), abs=1e-3)
+    assert out["latency_ms"]["min"] < out["latency_ms"]["mean"] < out["latency_ms"]["max"]
+    assert set(out) >= {"mflops", "macs_m", "params_m"}
 
 
 def test_search_under_a_binding_latency_budget(lut, tmp_path, dsnas_main):

@@ -76,20 +76,14 @@ def parse_arch(data, source: str = "architecture") -> Architecture:
             choices = data.get("choices")
             if not isinstance(choices, list):
                 raise DsnasError("'choices' must be a list of op names")
-            settings = data.get("settings") or {}
-            if not isinstance(settings, dict):
-                raise DsnasError("'settings' must be a mapping")
-            unknown = set(settings) - set(ShuffleNetSettings().as_dict())
-            if unknown:
-                raise DsnasError(f"unknown space setting(s): {', '.join(sorted(unknown))}")
             try:
-                ShuffleNetSettings(**settings)
-            except (TypeError, ValueError) as e:
+                settings = ShuffleNetSettings.from_mapping(data.get("settings") or {}).as_dict()
+            except ValueError as e:
                 raise DsnasError(f"bad space settings: {e}") from None
             metadata = data.get("metadata") or {}
             if not isinstance(metadata, dict):
                 raise DsnasError("'metadata' must be a mapping")
-            return Architecture(choices, "shufflenet", {**ShuffleNetSettings().as_dict(), **settings}, dict(metadata))
+            return Architecture(choices, "shufflenet", settings, dict(metadata))
         return Architecture(_parse_mmrazor(data), metadata={"source": MMRAZOR_SOURCE})  # no settings in the file
     except DsnasError as e:
         raise DsnasError(f"{source}: {e}") from None

@@ -56,10 +56,12 @@ def _child_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
 
 
-def _resolve_settings(args, arch=None) -> dict:
+def _resolve_settings(args, source=None) -> dict:
+    """Space settings from ``source`` (an architecture or latency table; default space if None),
+    overridden by the --input-size/--num-classes/--in-channels/--width flags given."""
     from .spaces import ShuffleNetSettings
 
-    base = dict(arch.settings) if arch is not None else ShuffleNetSettings().as_dict()
+    base = dict(source.settings) if source is not None else ShuffleNetSettings().as_dict()
     for key in ("input_size", "num_classes", "in_channels", "width"):
         if getattr(args, key) is not None:
             base[key] = getattr(args, key)
@@ -73,55 +75,68 @@ def _resolve_settings(args, arch=None) -> dict:
 
 def cmd_info(args) -> int:
     from .arch import load_arch
-    from .cost import METRICS
     from .spaces import ShuffleNetSpace
 
-    arch = load_arch(args.arch) if args.arch else None
-    settings = _resolve_settings(args, arch)
-    space = ShuffleNetSpace(**settings)
-    table = space.costs
+    arch, lut = load_arch(args.arch) if args.arch else None, None
     if args.latency:
         from .latency import load_latency
 
-        lut = load_latency(args.latency, settings)
-        table = table.with_latency(lut)
+        lut = load_latency(args.latency)
     elif args.measure:
         raise DsnasError("--measure needs --latency FILE (it times the child as the table was measured)")
+    # the space is the architecture's, else the table's, else the default one; flags override it
+    settings = _resolve_settings(args, arch if arch is not None else lut)
+    space = ShuffleNetSpace(**settings)
+    table = space.costs
+    if lut is not None:
+        lut.check_settings(settings, args.latency)
+        table = table.with_latency(lut)
     if arch is not None:
-        out = {**table.costs(arch.choices), "choices": arch.choices, "settings": settings}
-        if args.measure:
-            from .latency import measure_network
+        _info_arch(args, arch, space, table, lut)
+    else:
+        _info_space(args, space, table)
+    return 0
 
-            out["measured_ms"] = round(measure_network(space.child(arch.choices), lut.measured)["ms"], 3)
-        if args.json:
-            print(json.dumps(out))
-        else:
-            print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
-                  f"{settings['num_classes']} classes)")
-            print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.3f} M   params {out['params_m']:.3f} M")
-            if "latency_ms" in out:
-                measured = f"   measured {out['measured_ms']:.3f} ms" if "measured_ms" in out else ""
-                print(f"  latency {out['latency_ms']:.3f} ms predicted by {args.latency}{measured}")
-            for i, op in enumerate(arch.choices):
-                print(f"  block {i:2d}  {op}")
-        return 0
-    bounds = {m: {k: round(v, 3) for k, v in table.bounds(m).items()} for m in METRICS}
+
+def _info_arch(args, arch, space, table, lut) -> None:
+    """Costs of one architecture; with ``--measure`` also its end-to-end latency on this machine."""
+    settings = space.settings.as_dict()
+    out = {**table.costs(arch.choices), "choices": arch.choices, "settings": settings}
+    if args.measure:
+        from .latency import measure_network
+
+        out["measured_ms"] = round(measure_network(space.child(arch.choices), lut.measured)["ms"], 3)
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
+          f"{settings['num_classes']} classes)")
+    print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.3f} M   params {out['params_m']:.3f} M")
+    if "latency_ms" in out:
+        measured = f"   measured {out['measured_ms']:.3f} ms" if "measured_ms" in out else ""
+        print(f"  latency {out['latency_ms']:.3f} ms predicted by {args.latency}{measured}")
+    for i, op in enumerate(arch.choices):
+        print(f"  block {i:2d}  {op}")
+
+
+def _info_space(args, space, table) -> None:
+    """The whole space: blocks, candidates, and min/mean/max of every cost the table holds."""
+    settings = space.settings.as_dict()
+    bounds = {m: {k: round(v, 3) for k, v in table.bounds(m).items()} for m in table.entries}
     supernet_params = round(sum(p.numel() for p in space.parameters()) / 1e6, 3)
     out = {"space": "shufflenet", "settings": settings, "blocks": table.num_blocks,
            "candidates": space.ops, "candidates_per_block": [len(n) for n in table.names],
-           "mflops": bounds["mflops"], "macs_m": bounds["macs_m"], "params_m": bounds["params_m"],
-           "supernet_params_m": supernet_params}
+           **bounds, "supernet_params_m": supernet_params}
     if args.json:
         print(json.dumps(out))
-    else:
-        print(f"shufflenet space: {table.num_blocks} blocks x {len(space.ops)} candidates "
-              f"({', '.join(space.ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
-              f"{settings['num_classes']} classes, width {settings['width']}")
-        for m, label in (("mflops", "MFLOPs"), ("macs_m", "MACs (M)"), ("params_m", "params (M)")):
-            b = bounds[m]
-            print(f"  {label:<11} min {b['min']:9.3f}   mean {b['mean']:9.3f}   max {b['max']:9.3f}")
-        print(f"  supernet params {supernet_params:.3f} M")
-    return 0
+        return
+    print(f"shufflenet space: {table.num_blocks} blocks x {len(space.ops)} candidates "
+          f"({', '.join(space.ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
+          f"{settings['num_classes']} classes, width {settings['width']}")
+    labels = {"mflops": "MFLOPs", "macs_m": "MACs (M)", "params_m": "params (M)", "latency_ms": "latency (ms)"}
+    for m, b in bounds.items():
+        print(f"  {labels[m]:<12} min {b['min']:9.3f}   mean {b['mean']:9.3f}   max {b['max']:9.3f}")
+    print(f"  supernet params {supernet_params:.3f} M")
 
 
 def _load_run_child(args):

@@ -29,6 +29,7 @@ from torch import nn
 
 from .errors import DsnasError
 from .files import read_yaml, write_text
+from .spaces import ShuffleNetSettings
 
 FORMAT = "dsnas-latency/1"
 BACKENDS = ("torch", "onnxruntime")
@@ -52,6 +53,11 @@ class LatencyTable:
         k = float(self.measured.get("scale", 1.0)) if calibrated else 1.0
         return [[k * self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], k * sum(
             v["ms"] for v in self.fixed.values())
+
+    def check_settings(self, settings: dict, path: str | Path) -> None:
+        """Refuse to cost a space other than the one this table was measured for."""
+        if self.settings != settings:
+            raise DsnasError(f"latency table {path} is for space settings {self.settings}, this run uses {settings}")
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "space": "shufflenet", "settings": dict(self.settings), "measured": self.measured,
@@ -81,11 +87,14 @@ def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable
         if not all(isinstance(b, dict) and b for b in blocks):
             raise DsnasError("every block needs a mapping of candidates")
         _check_measured(data.get("measured") or {})
+        space_settings = ShuffleNetSettings.from_mapping(data["settings"]).as_dict()
+    except ValueError as e:
+        raise DsnasError(f"latency table {path} has bad space settings: {e}") from None
     except DsnasError as e:
         raise DsnasError(f"latency table {path} {e}") from None
-    table = LatencyTable(data["settings"], blocks, fixed, data.get("measured") or {})
-    if settings is not None and table.settings != settings:
-        raise DsnasError(f"latency table {path} is for space settings {table.settings}, this run uses {settings}")
+    table = LatencyTable(space_settings, blocks, fixed, data.get("measured") or {})
+    if settings is not None:
+        table.check_settings(settings, path)
     return table
 
 

@@ -12,7 +12,7 @@ drawn per block leave chance within a few hundred steps (BENCHMARKS.md, ``platea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from functools import cached_property
 from typing import NamedTuple
 
@@ -186,6 +186,16 @@ class ShuffleNetSettings:
         elif not isinstance(self.small_input, bool):
             raise ValueError(f"small_input must be true, false or null, got {self.small_input!r}")
         object.__setattr__(self, "width", float(self.width))
+
+    @classmethod
+    def from_mapping(cls, value) -> "ShuffleNetSettings":
+        """Settings read from a file: a mapping of known keys (missing ones take their defaults)."""
+        if not isinstance(value, dict):
+            raise ValueError("space settings must be a mapping")
+        unknown = set(value) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown space setting(s): {', '.join(sorted(map(str, unknown)))}")
+        return cls(**value)
 
     def as_dict(self) -> dict:
         return asdict(self)
