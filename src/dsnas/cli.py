@@ -286,55 +286,21 @@ def cmd_latency(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _run_args(p: argparse.ArgumentParser) -> None:
+    """The options of a run: `search` and `train`."""
+    p.add_argument("--config", help="YAML config file or preset name (demo, fmnist, imagenet); default demo")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key (repeatable)")
+    p.add_argument("--data", help="dataset: 'embedded', an IDX folder, a CIFAR-10 folder or an ImageFolder tree "
+                   "(same as --set data=...)")
+    p.add_argument("--out", help="run directory (default: a new folder under runs/)")
+    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    p.set_defaults(func=cmd_search)
 
-    parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
-                                     "without parameter retraining.")
-    parser.add_argument("--version", action="version", version=f"dsnas {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def run_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--config", help="YAML config file or preset name (demo, fmnist, imagenet); default demo")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config key (repeatable)")
-        p.add_argument("--data", help="dataset: 'embedded', an IDX folder, a CIFAR-10 folder or an ImageFolder tree "
-                       "(same as --set data=...)")
-        p.add_argument("--out", help="run directory (default: a new folder under runs/)")
-        p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
-        p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
-        p.set_defaults(func=cmd_search)
-
-    p = sub.add_parser("search", help="run a DSNAS search (default: the embedded Fashion-MNIST demo)")
-    p.add_argument("--method", choices=("dsnas", "spos", "random"),
-                   help="dsnas (default), or a baseline on the same supernet: spos (uniform single-path "
-                   "training, then evolution) or random (uniform training, then random candidates)")
-    run_args(p)
-
-    p = sub.add_parser("train", help="train one architecture from scratch (the same loop, no search)")
-    p.add_argument("arch", nargs="?", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML); "
-                   "not needed with --resume")
-    run_args(p)
-    p.set_defaults(train=True)
-
-    p = sub.add_parser("eval", help="top-1/top-5 of a child on the test split")
-    _child_args(p)
-    p.add_argument("--data", help="dataset (default: the run's, else the embedded set)")
-    p.add_argument("--bn-recalibrate", type=_count, default=0, metavar="N",
-                   help="re-estimate BN statistics on N training images first")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_eval)
-
-    p = sub.add_parser("info", help="costs (MFLOPs, MACs, params) of the space or of an architecture")
-    p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")
-    _settings_args(p)
-    p.add_argument("--latency", metavar="FILE", help="latency table (dsnas latency): add the predicted latency")
-    p.add_argument("--measure", action="store_true", help="with --arch and --latency: also time the real child "
-                   "end to end, as the table was measured")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.set_defaults(func=cmd_info)
-
-    p = sub.add_parser("latency", help="measure a latency table of the space on this machine")
+def _latency_args(p: argparse.ArgumentParser) -> None:
+    """The options of `latency`: the space, and how and where it is timed."""
     p.add_argument("--out", required=True, help="the table to write (YAML)")
     p.add_argument("--config", help="YAML config file or preset name (the space: width, data); default demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -350,6 +316,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_latency)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
+                                     "without parameter retraining.")
+    parser.add_argument("--version", action="version", version=f"dsnas {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("search", help="run a DSNAS search (default: the embedded Fashion-MNIST demo)")
+    p.add_argument("--method", choices=("dsnas", "spos", "random"),
+                   help="dsnas (default), or a baseline on the same supernet: spos (uniform single-path "
+                   "training, then evolution) or random (uniform training, then random candidates)")
+    _run_args(p)
+
+    p = sub.add_parser("train", help="train one architecture from scratch (the same loop, no search)")
+    p.add_argument("arch", nargs="?", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML); "
+                   "not needed with --resume")
+    _run_args(p)
+    p.set_defaults(train=True)
+
+    p = sub.add_parser("eval", help="top-1/top-5 of a child on the test split")
+    _child_args(p)
+    p.add_argument("--data", help="dataset (default: the run's, else the embedded set)")
+    p.add_argument("--bn-recalibrate", type=_count, default=0, metavar="N",
+                   help="re-estimate BN statistics on N training images first")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("info", help="costs (MFLOPs, MACs, params, latency) of the space or of an architecture")
+    p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")
+    _settings_args(p)
+    p.add_argument("--latency", metavar="FILE", help="latency table (dsnas latency): add the predicted latency")
+    p.add_argument("--measure", action="store_true", help="with --arch and --latency: also time the real child "
+                   "end to end, as the table was measured")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("latency", help="measure a latency table of the space on this machine")
+    _latency_args(p)
 
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")
     _child_args(p)
