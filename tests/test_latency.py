@@ -116,6 +116,23 @@ def test_info_measure_runs(lut, tmp_path, dsnas_main):
     assert out["latency_ms"] > 0 and out["measured_ms"] > 0
 
 
+def test_info_costs_an_mmrazor_subnet_in_the_tables_space(lut, tmp_path, dsnas_main):
+    """An MMRazor subnet names no space, so `info --latency` costs it in the table's space."""
+    from conftest import random_arch
+
+    from dsnas import Architecture, save_arch
+
+    path, table = lut
+    choices = random_arch(4)
+    save_arch(Architecture(choices), tmp_path / "subnet.yaml", mmrazor=True)
+    r = dsnas_main("info", "--arch", tmp_path / "subnet.yaml", "--latency", path, "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    space = ShuffleNetSpace(**SPACE, init="torch")
+    assert out["settings"] == space.settings.as_dict()
+    assert out["latency_ms"] == pytest.approx(space.costs.with_latency(table).total(choices, "latency_ms"), abs=1e-3)
+
+
 def test_info_of_the_space_gives_the_latency_range(lut, dsnas_main):
     """With a table, `info` of the whole space reports the latency range beside the counted costs;
     the space is the table's unless flags say otherwise."""
