@@ -19,6 +19,11 @@ from .images import DECODERS
 from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
 
 
+def _need(cond: bool, msg: str) -> None:
+    if not cond:
+        raise DsnasError(f"config: {msg}")
+
+
 @dataclass
 class Config:
     # data
@@ -73,49 +78,54 @@ class Config:
     compile: bool = False              # torch.compile the model (CUDA only)
 
     def validate(self) -> "Config":
-        def need(cond: bool, msg: str):
-            if not cond:
-                raise DsnasError(f"config: {msg}")
+        """Refuse, in one line, a config whose values are out of range or do not fit together."""
+        self._check_ranges()
+        self._check_choices()
+        return self
 
+    def _check_ranges(self) -> None:
         for key in ("epochs", "batch_size"):
-            need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
+            _need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
         for key in ("warmup_epochs", "search_epochs", "train_limit", "test_limit", "workers", "input_size",
                     "eval_bn_recalibrate", "checkpoint_every", "seed", "select_images", "candidates",
-                    "population"):
-            need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
+                    "population", "arch_lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs",
+                    "budget_mflops", "budget_params_m", "budget_ms", "penalty"):
+            _need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
         for key in ("lr", "width"):
-            need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        need(self.width <= SETTING_MAX["width"], f"width must be <= {SETTING_MAX['width']:g}, got {self.width}")
-        need(self.input_size <= SETTING_MAX["input_size"],
-             f"input_size must be <= {SETTING_MAX['input_size']}, got {self.input_size}")
-        need(self.seed < 2**31, f"seed must be < 2**31, got {self.seed}")
-        for key in ("arch_lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs", "budget_mflops",
-                    "budget_params_m", "budget_ms", "penalty"):
-            need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
-        need(self.warmup_epochs <= self.search_epochs,
-             f"warmup_epochs ({self.warmup_epochs}) must be <= search_epochs ({self.search_epochs})")
-        need(self.search_epochs <= self.epochs, f"search_epochs ({self.search_epochs}) must be <= epochs ({self.epochs})")
-        need(self.lr_warmup_epochs <= self.epochs, f"lr_warmup_epochs ({self.lr_warmup_epochs}) must be <= epochs ({self.epochs})")
-        need(0 < self.early_fix <= 1, f"early_fix must be in (0, 1], got {self.early_fix}")
-        need(self.label_smoothing < 1, f"label_smoothing must be < 1, got {self.label_smoothing}")
-        need(0 <= self.arch_beta1 < 1 and 0 <= self.arch_beta2 < 1, "arch_beta1 and arch_beta2 must be in [0, 1)")
-        need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-             f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        need(bool(self.arch) == (self.method == "fixed"),
-             "method fixed needs arch (an architecture file)" if self.method == "fixed"
-             else "arch is only used with method fixed")
+            _need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
+        _need(self.width <= SETTING_MAX["width"], f"width must be <= {SETTING_MAX['width']:g}, got {self.width}")
+        _need(self.input_size <= SETTING_MAX["input_size"],
+              f"input_size must be <= {SETTING_MAX['input_size']}, got {self.input_size}")
+        _need(self.seed < 2**31, f"seed must be < 2**31, got {self.seed}")
+        _need(self.warmup_epochs <= self.search_epochs,
+              f"warmup_epochs ({self.warmup_epochs}) must be <= search_epochs ({self.search_epochs})")
+        _need(self.search_epochs <= self.epochs,
+              f"search_epochs ({self.search_epochs}) must be <= epochs ({self.epochs})")
+        _need(self.lr_warmup_epochs <= self.epochs,
+              f"lr_warmup_epochs ({self.lr_warmup_epochs}) must be <= epochs ({self.epochs})")
+        _need(0 < self.early_fix <= 1, f"early_fix must be in (0, 1], got {self.early_fix}")
+        _need(self.label_smoothing < 1, f"label_smoothing must be < 1, got {self.label_smoothing}")
+        _need(0 <= self.arch_beta1 < 1 and 0 <= self.arch_beta2 < 1, "arch_beta1 and arch_beta2 must be in [0, 1)")
+
+    def _check_choices(self) -> None:
+        _need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
+              f"device must be auto, cpu or cuda[:N], got {self.device!r}")
+        _need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        _need(bool(self.arch) == (self.method == "fixed"),
+              "method fixed needs arch (an architecture file)" if self.method == "fixed"
+              else "arch is only used with method fixed")
         if self.method in ("spos", "random"):
             for key in ("candidates", "eval_bn_recalibrate"):
-                need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
-            need(self.population >= 2, f"population must be >= 2, got {self.population}")
-            need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
-        need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
-        need(self.jpeg_decode in DECODERS, f"jpeg_decode must be one of {', '.join(DECODERS)}, got {self.jpeg_decode!r}")
-        need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
-        need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
-        need(self.cost != "latency" or bool(self.latency_table), "cost latency needs latency_table (from dsnas latency)")
-        return self
+                _need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
+            _need(self.population >= 2, f"population must be >= 2, got {self.population}")
+            _need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
+        _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        _need(self.jpeg_decode in DECODERS,
+              f"jpeg_decode must be one of {', '.join(DECODERS)}, got {self.jpeg_decode!r}")
+        _need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
+        _need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
+        _need(self.cost != "latency" or bool(self.latency_table),
+              "cost latency needs latency_table (from dsnas latency)")
 
     @property
     def cost_metric(self) -> str:
