@@ -164,3 +164,15 @@ def test_search_under_a_binding_latency_budget(lut, tmp_path, dsnas_main):
 def test_cost_latency_needs_a_table(dsnas_main, tmp_path):
     r = dsnas_main("search", "--out", tmp_path / "x", "--set", "cost=latency")
     assert r.returncode == 2 and "needs latency_table" in r.stderr
+
+
+def test_a_table_for_a_space_whose_data_is_elsewhere(dsnas_main, tmp_path):
+    """On a target device without the dataset, the space's shape comes from flags: no data is read."""
+    absent = tmp_path / "no-such-data"
+    shape = ["--num-classes", "7", "--in-channels", "3", "--input-size", "32"]
+    args = ["latency", "--set", f"data={absent}", "--set", "width=0.25", "--repeats", "1", "--warmup", "0", "--quiet"]
+    r = dsnas_main(*args, "--out", tmp_path / "lut.yaml", *shape)
+    assert r.returncode == 0, r.stderr
+    assert load_latency(tmp_path / "lut.yaml").settings == ShuffleNetSpace(7, 3, 32, 0.25).settings.as_dict()
+    r = dsnas_main(*args, "--out", tmp_path / "lut2.yaml", *shape[:4])  # no size: the data would give it
+    assert r.returncode == 2 and "does not exist" in r.stderr and not (tmp_path / "lut2.yaml").exists()

@@ -269,8 +269,15 @@ def cmd_latency(args) -> int:
 
     _check_outputs([args.out], args.force)
     cfg = load_config(args.config, args.set)
-    data = load_data(args.data or cfg.data, cfg.input_size or None)
-    space = ShuffleNetSpace(data.num_classes, data.in_channels, data.input_size, cfg.width, init="torch")
+    shape = (args.num_classes, args.in_channels, args.input_size or cfg.input_size or None)
+    if None in shape:  # the data gives what the flags leave out; a target device need not hold it
+        data = load_data(args.data or cfg.data, shape[2])
+        shape = tuple(given or found for given, found in zip(shape, (data.num_classes, data.in_channels,
+                                                                     data.input_size)))
+    try:
+        space = ShuffleNetSpace(*shape, cfg.width, init="torch")
+    except ValueError as e:
+        raise DsnasError(str(e)) from None
     bar = tqdm(desc=f"timing {space.num_blocks} blocks, rounds", disable=args.quiet or None)
 
     def progress(done: int, total: int) -> None:
@@ -307,6 +314,11 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file or preset name (the space: width, data); default demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
     p.add_argument("--data", help="dataset whose classes, channels and image size fix the space")
+    p.add_argument("--num-classes", type=_positive_int, help="classes (instead of reading them from the data)")
+    p.add_argument("--in-channels", type=_positive_int, help="image channels (instead of reading them from the data)")
+    p.add_argument("--input-size", type=_positive_int,
+                   help="image size in pixels (default: the config's, else the data's); with --num-classes and "
+                   "--in-channels no data is read")
     p.add_argument("--device", type=_device, default="cpu", help="cpu (default), cuda or cuda:N")
     p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
                    help="torch (default) or onnxruntime (what an exported child runs on; CPU, fp32)")
