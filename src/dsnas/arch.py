@@ -44,6 +44,11 @@ class Architecture:
         validate_choices(self.choices)
         self.settings = ShuffleNetSettings(**self.settings).as_dict()
 
+    @property
+    def names_space(self) -> bool:
+        """False for an MMRazor subnet: its file names ops only, and ``settings`` are the defaults."""
+        return self.metadata.get("source") != MMRAZOR_SOURCE
+
     def to_dict(self) -> dict:
         return {"format": FORMAT, "space": self.space, "settings": dict(self.settings),
                 "choices": list(self.choices), "metadata": dict(self.metadata)}

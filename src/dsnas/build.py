@@ -14,7 +14,7 @@ import yaml
 from torch import nn
 
 from . import __version__
-from .arch import MMRAZOR_SOURCE, load_arch
+from .arch import load_arch
 from .checkpoint import RUN_KEYS, RunState, load_checkpoint, restore_run
 from .config import COSTS, Config
 from .cost import UNITS, CostTable
@@ -169,7 +169,7 @@ def _given_arch(cfg: Config, space: ShuffleNetSpace) -> list[int]:
     mine = space.settings.as_dict()
     differ = {k: (arch.settings.get(k), v) for k, v in mine.items() if arch.settings.get(k) != v}
     # an MMRazor file names ops only: the run's data and width size the network
-    if differ and arch.metadata.get("source") != MMRAZOR_SOURCE:
+    if differ and arch.names_space:
         detail = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in differ.items())
         raise DsnasError(f"{cfg.arch} does not fit this run's space: {detail}")
     return [c.index(name) for c, name in zip(space.choices, arch.choices)]

@@ -74,7 +74,7 @@ def _resolve_settings(args, source=None) -> dict:
 
 
 def cmd_info(args) -> int:
-    from .arch import MMRAZOR_SOURCE, load_arch
+    from .arch import load_arch
     from .spaces import ShuffleNetSpace
 
     arch, lut = load_arch(args.arch) if args.arch else None, None
@@ -86,8 +86,7 @@ def cmd_info(args) -> int:
         raise DsnasError("--measure needs --latency FILE (it times the child as the table was measured)")
     # the space is the architecture's, else (no arch, or an MMRazor file, which names none) the
     # table's, else the default one; flags override it
-    has_space = arch is not None and arch.metadata.get("source") != MMRAZOR_SOURCE
-    settings = _resolve_settings(args, arch if has_space or lut is None else lut)
+    settings = _resolve_settings(args, arch if (arch is not None and arch.names_space) or lut is None else lut)
     space = ShuffleNetSpace(**settings)
     table = space.costs
     if lut is not None:
