@@ -84,6 +84,24 @@ def dsnas_main(capsys):
     return call
 
 
+def dsnas_error(fn, *args, **kwargs) -> str:
+    """The message of the `DsnasError` that ``fn(*args, **kwargs)`` raises; it must be one line."""
+    from dsnas.errors import DsnasError
+
+    with pytest.raises(DsnasError) as e:
+        fn(*args, **kwargs)
+    msg = str(e.value)
+    assert msg and "\n" not in msg, msg
+    return msg
+
+
+def assert_one_line_error(returncode: int, stderr: str) -> None:
+    """A refused command: exit code 2 and one line on stderr, no traceback."""
+    assert returncode == 2, stderr
+    assert "Traceback" not in stderr, stderr
+    assert len(stderr.strip().splitlines()) == 1, stderr
+
+
 def random_arch(seed: int, num_blocks: int = 20) -> list[str]:
     from dsnas.spaces.shufflenet import OPS
 
