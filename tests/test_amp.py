@@ -111,10 +111,12 @@ def test_search_end_to_end_under_amp(tmp_path, amp):
 
 
 def test_precision_label():
+    from dsnas.methods import METHODS
     from dsnas.runtime import precision_label
 
-    assert precision_label("auto", None, "dsnas") == "fp32"
-    assert precision_label("auto", torch.bfloat16, "dsnas") == "bf16, search stage fp32"
-    assert precision_label("auto", torch.bfloat16, "spos") == "bf16"  # no stage collects rewards
-    assert precision_label("bf16", torch.bfloat16, "dsnas") == "bf16"
-    assert precision_label("fp16", torch.float16, "dsnas") == "fp16 (scaled)"
+    dsnas, spos = METHODS["dsnas"].stages, METHODS["spos"].stages
+    assert precision_label("auto", None, dsnas) == "fp32"
+    assert precision_label("auto", torch.bfloat16, dsnas) == "bf16, search stage fp32"
+    assert precision_label("auto", torch.bfloat16, spos) == "bf16"  # no stage collects rewards
+    assert precision_label("bf16", torch.bfloat16, dsnas) == "bf16"
+    assert precision_label("fp16", torch.float16, dsnas) == "fp16 (scaled)"

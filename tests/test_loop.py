@@ -10,7 +10,7 @@ from dsnas.checkpoint import STATEFUL, RunState, load_checkpoint, restore_run, r
 from dsnas.config import Config
 from dsnas.report import check_run_dir
 from dsnas.build import lr_factor
-from dsnas.train import stage_of, switch_epoch
+from dsnas.methods import METHODS, method_of
 
 
 def _cfg(**kw) -> Config:
@@ -28,13 +28,22 @@ def _cfg(**kw) -> Config:
 ])
 def test_stage_of_every_method(method, want):
     cfg = _cfg(method=method, epochs=5, warmup_epochs=1, search_epochs=3)
-    assert [stage_of(e, cfg) for e in range(5)] == want
-    assert switch_epoch(cfg) == (0 if method == "fixed" else 3)
+    rules = method_of(cfg)
+    assert [rules.stage(e, cfg) for e in range(5)] == want
+    assert set(want) <= set(rules.stages)
+    assert rules.switch_epoch(cfg) == (0 if method == "fixed" else 3)
+
+
+def test_every_method_has_its_stage_rules():
+    assert sorted(METHODS) == ["dsnas", "fixed", "random", "spos"]
+    assert [m for m, rules in METHODS.items() if rules.learns_alpha] == ["dsnas"]
+    assert sorted(m for m, rules in METHODS.items() if rules.holds_out) == ["random", "spos"]
+    assert [m for m, rules in METHODS.items() if not rules.searches] == ["fixed"]
 
 
 def test_stage_of_search_only_run_never_finetunes():
     cfg = _cfg(method="dsnas", epochs=3, warmup_epochs=0, search_epochs=3)
-    assert [stage_of(e, cfg) for e in range(3)] == ["search"] * 3
+    assert [method_of(cfg).stage(e, cfg) for e in range(3)] == ["search"] * 3
 
 
 def test_lr_factor_warms_up_linearly_then_cosine_to_zero():

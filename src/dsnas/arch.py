@@ -23,7 +23,7 @@ import yaml
 
 from .errors import DsnasError
 from .files import read_yaml, write_text
-from .spaces.shufflenet import OPS, STAGE_REPEATS, ShuffleNetSettings, block_keys
+from .spaces import DEFAULT_SPACE, settings_of, space_class
 
 FORMAT = "dsnas-arch/1"
 MMRAZOR_SOURCE = "mmrazor subnet"  # metadata.source of an architecture read from MMRazor's YAML
@@ -32,17 +32,30 @@ _MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d+)\.(\d+)$"
 
 @dataclass
 class Architecture:
-    """One choice (op name) per block of a space, with the space's settings and metadata."""
+    """One choice (op name) per decision of a space, with the space's settings and metadata.
+
+    ``choices`` is a list in the space's order, or a mapping from each decision's label to its
+    op (matched by label, in any order); it is kept as the ordered list."""
 
     choices: list[str]
-    space: str = "shufflenet"
-    settings: dict = field(default_factory=lambda: ShuffleNetSettings().as_dict())
+    space: str = DEFAULT_SPACE
+    settings: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
 
     def __post_init__(self):
-        self.choices = [str(c) for c in self.choices]
-        validate_choices(self.choices)
-        self.settings = ShuffleNetSettings(**self.settings).as_dict()
+        space_class(self.space)
+        self.settings = settings_of(self.space, self.settings).as_dict()
+        self.choices = ordered_choices(self.decisions, self.choices, self.space)
+
+    @property
+    def decisions(self) -> list[tuple[str, list[str]]]:
+        """(label, candidates) of every decision of the space."""
+        cls = space_class(self.space)
+        return cls.decisions(cls.Settings(**self.settings))
+
+    @property
+    def labels(self) -> list[str]:
+        return [label for label, _ in self.decisions]
 
     @property
     def names_space(self) -> bool:
@@ -54,16 +67,29 @@ class Architecture:
                 "choices": list(self.choices), "metadata": dict(self.metadata)}
 
     def to_mmrazor(self) -> dict:
-        return {key: {"chosen": op} for key, op in zip(block_keys(), self.choices)}
+        return {label: {"chosen": op} for label, op in zip(self.labels, self.choices)}
 
 
-def validate_choices(choices: list[str]) -> None:
-    expected = sum(STAGE_REPEATS)
-    if len(choices) != expected:
-        raise DsnasError(f"architecture has {len(choices)} blocks, the shufflenet space has {expected}")
-    for i, op in enumerate(choices):
-        if op not in OPS:
-            raise DsnasError(f"block {i}: unknown op {op!r} (expected one of {', '.join(OPS)})")
+def ordered_choices(decisions: list[tuple[str, list[str]]], choices, space: str) -> list[str]:
+    """``choices`` (a list in order, or a mapping label -> op) as a list in the order of
+    ``decisions``, every op checked against its decision's candidates."""
+    labels = [label for label, _ in decisions]
+    if isinstance(choices, dict):
+        unknown = [str(k) for k in choices if k not in labels]
+        if unknown:
+            raise DsnasError(f"block {unknown[0]} is not in the {space} space")
+        missing = [label for label in labels if label not in choices]
+        if missing:
+            raise DsnasError(f"architecture lacks block {missing[0]} ({len(choices)} of the {len(labels)} blocks "
+                             f"of the {space} space are given)")
+        choices = [choices[label] for label in labels]
+    choices = [str(c) for c in choices]
+    if len(choices) != len(labels):
+        raise DsnasError(f"architecture has {len(choices)} blocks, the {space} space has {len(labels)}")
+    for i, (op, (label, names)) in enumerate(zip(choices, decisions)):
+        if op not in names:
+            raise DsnasError(f"block {i} ({label}): unknown op {op!r} (expected one of {', '.join(names)})")
+    return choices
 
 
 def parse_arch(data, source: str = "architecture") -> Architecture:
@@ -73,29 +99,29 @@ def parse_arch(data, source: str = "architecture") -> Architecture:
             raise DsnasError("the file is empty")
         if not isinstance(data, dict) or not data:
             raise DsnasError("not a mapping of architecture settings")
-        if "format" in data:
-            if data["format"] != FORMAT:
-                raise DsnasError(f"unknown format {data['format']!r} (this version reads {FORMAT!r})")
-            if data.get("space", "shufflenet") != "shufflenet":
-                raise DsnasError(f"unknown space {data.get('space')!r} (known: shufflenet)")
-            choices = data.get("choices")
-            if not isinstance(choices, list):
-                raise DsnasError("'choices' must be a list of op names")
-            try:
-                settings = ShuffleNetSettings.from_mapping(data.get("settings") or {}).as_dict()
-            except ValueError as e:
-                raise DsnasError(f"bad space settings: {e}") from None
-            metadata = data.get("metadata") or {}
-            if not isinstance(metadata, dict):
-                raise DsnasError("'metadata' must be a mapping")
-            return Architecture(choices, "shufflenet", settings, dict(metadata))
-        return Architecture(_parse_mmrazor(data), metadata={"source": MMRAZOR_SOURCE})  # no settings in the file
+        if "format" not in data:
+            return Architecture(_parse_mmrazor(data), metadata={"source": MMRAZOR_SOURCE})  # no settings in the file
+        if data["format"] != FORMAT:
+            raise DsnasError(f"unknown format {data['format']!r} (this version reads {FORMAT!r})")
+        space = data.get("space", DEFAULT_SPACE)
+        if not isinstance(space, str):
+            raise DsnasError(f"'space' must be a space name, got {space!r}")
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            raise DsnasError("'choices' must be a list of op names")
+        metadata = data.get("metadata") or {}
+        if not isinstance(metadata, dict):
+            raise DsnasError("'metadata' must be a mapping")
+        settings = data.get("settings") or {}
+        return Architecture(choices, space, settings_of(space, settings).as_dict(), dict(metadata))
     except DsnasError as e:
         raise DsnasError(f"{source}: {e}") from None
 
 
-def _parse_mmrazor(data: dict) -> list[str]:
-    found: dict[tuple[int, int], str] = {}
+def _parse_mmrazor(data: dict) -> dict[str, str]:
+    """MMRazor's subnet YAML as a mapping label -> op (keys normalised: no ``architecture.``
+    prefix, no leading zeros)."""
+    found: dict[str, str] = {}
     for key, value in data.items():
         m = _MMRAZOR_KEY.match(str(key))
         if not m:
@@ -104,19 +130,11 @@ def _parse_mmrazor(data: dict) -> list[str]:
             value = value.get("chosen")
         if not isinstance(value, str):
             raise DsnasError(f"{key}: expected an op name or {{chosen: <op>}}")
-        block = (int(m.group(1)), int(m.group(2)))
-        if block in found:  # "0.0" and "00.000", or with and without the "architecture." prefix
-            raise DsnasError(f"block backbone.layers.{block[0]}.{block[1]} is named twice (again as {key!r})")
-        found[block] = value
-    expected = [tuple(map(int, k.split(".")[-2:])) for k in block_keys()]
-    extra = sorted(set(found) - set(expected))
-    if extra:
-        s, b = extra[0]
-        raise DsnasError(f"block backbone.layers.{s}.{b} is not in the shufflenet space")
-    missing = [k for k in expected if k not in found]
-    if missing:
-        raise DsnasError(f"architecture has {len(found)} blocks, the shufflenet space has {len(expected)}")
-    return [found[k] for k in expected]
+        label = f"backbone.layers.{int(m.group(1))}.{int(m.group(2))}"
+        if label in found:  # "0.0" and "00.000", or with and without the "architecture." prefix
+            raise DsnasError(f"block {label} is named twice (again as {key!r})")
+        found[label] = value
+    return found
 
 
 def load_arch(path: str | Path) -> Architecture:

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from . import __version__
@@ -20,12 +19,13 @@ from .config import COSTS, Config
 from .cost import UNITS, CostTable
 from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
-from .files import RunLock, write_text
+from .files import RunLock
 from .latency import load_latency
-from .report import Logger, alpha_rows, check_run_dir, new_run_dir
+from .methods import Method, method_of
+from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, precision_label, setup_runtime
 from .search import DSNAS
-from .spaces import ShuffleNetSpace
+from . import spaces
 
 
 @dataclass
@@ -33,11 +33,12 @@ class Run:
     """Everything one run builds, and the network each stage trains."""
 
     cfg: Config
+    method: Method
     rt: Runtime
     data: Data
     held: Data | None                  # spos/random: images the weights never see, for ranking
     out: Path
-    space: ShuffleNetSpace
+    space: nn.Module                   # the supernet, built through the space registry
     costs: CostTable                   # the space's cost per candidate (MFLOPs, params, measured latency)
     search: DSNAS
     optimizer: torch.optim.Optimizer
@@ -51,6 +52,7 @@ class Run:
     state: RunState
     started: float
     log: Logger | None = None
+    files: RunFiles | None = None      # what the run writes into its folder (rank 0)
     lock: RunLock | None = None        # rank 0 holds the run folder's lock
     child: nn.Module | None = None     # the fixed child, from the switch on
     ddp: nn.Module | None = None
@@ -58,7 +60,7 @@ class Run:
 
     @property
     def precision(self) -> str:
-        return precision_label(self.cfg.amp, self.rt.amp_dtype, self.cfg.method)
+        return precision_label(self.cfg.amp, self.rt.amp_dtype, self.method.stages)
 
     @property
     def parts(self) -> dict:
@@ -70,40 +72,39 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     """Runtime, data, supernet, optimizers and loaders; restored from the checkpoint on resume."""
     started = time.time()
     rt = setup_runtime(cfg)
-    data, held = _run_data(cfg, rt)
+    method = method_of(cfg)
+    if out is not None and (rt.main or resume):  # refuse a used folder before the data is read
+        check_run_dir(Path(out), resume)
+    data, held = _run_data(cfg, method, rt)
     out = Path(out) if out is not None else new_run_dir(data.name)
-    if rt.main or resume:
-        check_run_dir(out, resume)
     torch.manual_seed(cfg.seed)
-    space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
-                            width=cfg.width, init=cfg.init)
-    given = _given_arch(cfg, space) if cfg.method == "fixed" else None
+    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init)
+    given = None if method.searches else _given_arch(cfg, space)
     costs = _cost_table(cfg, space)
-    _check_budget(cfg, costs, data)
-    run = _build(cfg, rt, data, held, out, space, costs, given, started)
+    _check_budget(cfg, method, costs, data)
+    run = _build(cfg, method, rt, data, held, out, space, costs, given, started)
+    run.files = RunFiles(out, rt.main)
     if rt.main:  # one writer per run folder, from here to the end of the run
         run.lock = RunLock(out).acquire()
-        check_run_dir(out, resume)  # again: another writer may have finished here meanwhile
+        check_run_dir(out, resume)  # under the lock: another writer may have used the folder since the first check
     if resume:
         ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS)
         run.state = restore_run(ckpt, run.parts, rt.rank)
         run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
     else:
         run.state.alpha_rows = alpha_rows(run.search, 0, "init")
-        if rt.main:
-            out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
+        run.files.config({**cfg.to_dict(), "world_size": rt.world})
     run.log = Logger(out, rt.main, quiet)
     if not resume:
         b = space.costs.bounds()
         run.log.line(f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
-                     f"{data.num_classes} classes, {data.input_size} px; method {cfg.method}; space "
-                     f"{space.costs.num_blocks} blocks x {len(space.ops)} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; "
+                     f"{data.num_classes} classes, {data.input_size} px; method {run.method.name}; space "
+                     f"{space.costs.num_blocks} blocks x {max(map(len, space.costs.names))} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; "
                      f"{rt.world} x {rt.device.type}, {run.precision}; run dir {out}")
     return run
 
 
-def _run_data(cfg: Config, rt: Runtime) -> tuple[Data, Data | None]:
+def _run_data(cfg: Config, method: Method, rt: Runtime) -> tuple[Data, Data | None]:
     """The run's images (capped by train/test_limit) and, for spos/random, the held-out images
     on which candidates are ranked."""
     data = load_data(cfg.data, cfg.input_size or None)
@@ -111,7 +112,7 @@ def _run_data(cfg: Config, rt: Runtime) -> tuple[Data, Data | None]:
         data.train = data.train.limit(cfg.train_limit, cfg.seed)
         data.test = data.test.limit(cfg.test_limit, cfg.seed)
     held = None
-    if cfg.method in ("spos", "random"):
+    if method.holds_out:
         data, held = hold_out(data, cfg.select_images or min(10_000, len(data.train) // 10), cfg.seed)
     if cfg.batch_size % rt.world:
         raise DsnasError(f"config: batch_size {cfg.batch_size} is not divisible by the {rt.world} processes")
@@ -123,23 +124,23 @@ def _run_data(cfg: Config, rt: Runtime) -> tuple[Data, Data | None]:
     return data, held
 
 
-def _cost_table(cfg: Config, space: ShuffleNetSpace) -> CostTable:
+def _cost_table(cfg: Config, space: nn.Module) -> CostTable:
     """The space's counted costs (on the CPU, before the model moves), with the measured
     latencies when the run's cost is latency."""
     if cfg.cost != "latency":
         return space.costs
-    return space.costs.with_latency(load_latency(cfg.latency_table, space.settings.as_dict()))
+    return space.costs.with_latency(load_latency(cfg.latency_table, space.settings.as_dict(), space.name))
 
 
-def _check_budget(cfg: Config, costs: CostTable, data: Data) -> None:
+def _check_budget(cfg: Config, method: Method, costs: CostTable, data: Data) -> None:
     cheapest = costs.bounds(cfg.cost_metric)["min"]
-    if cfg.budget and cfg.method != "fixed" and cfg.budget < cheapest:
+    if cfg.budget and method.searches and cfg.budget < cheapest:
         key, unit = COSTS[cfg.cost][1], UNITS[cfg.cost_metric]
         raise DsnasError(f"config: {key} {cfg.budget:g} is below the cheapest architecture of this space "
                          f"({cheapest:.3f} {unit} at {data.input_size} px, width {cfg.width:g})")
 
 
-def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: ShuffleNetSpace, costs: CostTable, given,
+def _build(cfg: Config, method: Method, rt: Runtime, data: Data, held, out: Path, space: nn.Module, costs: CostTable, given,
            started) -> Run:
     space.to(rt.device)
     if cfg.channels_last:
@@ -159,20 +160,24 @@ def _build(cfg: Config, rt: Runtime, data: Data, held, out: Path, space: Shuffle
                          train=False, workers=cfg.workers, jpeg_decode=cfg.jpeg_decode)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-    return Run(cfg, rt, data, held, out, space, costs, search, optimizer, arch_optimizer, scheduler, scaler, criterion,
+    return Run(cfg, method, rt, data, held, out, space, costs, search, optimizer, arch_optimizer, scheduler, scaler, criterion,
                train_loader, test_loader, given, RunState(), started)
 
 
-def _given_arch(cfg: Config, space: ShuffleNetSpace) -> list[int]:
-    """The architecture of method fixed, checked against the space this run's data builds."""
+def _given_arch(cfg: Config, space: nn.Module) -> list[int]:
+    """The architecture of method fixed, checked against the space this run's data builds and
+    matched to its blocks by label."""
     arch = load_arch(cfg.arch)
     mine = space.settings.as_dict()
     differ = {k: (arch.settings.get(k), v) for k, v in mine.items() if arch.settings.get(k) != v}
+    if arch.space != space.name:
+        raise DsnasError(f"{cfg.arch} is an architecture of the {arch.space} space, this run searches {space.name}")
     # an MMRazor file names ops only: the run's data and width size the network
     if differ and arch.names_space:
         detail = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in differ.items())
         raise DsnasError(f"{cfg.arch} does not fit this run's space: {detail}")
-    return [c.index(name) for c, name in zip(space.choices, arch.choices)]
+    op_of = dict(zip(arch.labels, arch.choices))
+    return [choice.index(op_of[label]) for label, choice in zip(space.labels, space.choices)]
 
 
 def weight_groups(model: nn.Module, weight_decay: float) -> list[dict]:

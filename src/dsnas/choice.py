@@ -41,11 +41,16 @@ class Choice(nn.Module):
     """Candidates for one place in a network; only the active one runs.
 
     ``Choice([op_a, op_b])`` names candidates ``"0"``, ``"1"``; ``Choice({"a": op_a, ...})`` keeps
-    the given names (used in architecture files and plots).
+    the given names (used in architecture files and plots). ``label`` names the decision itself:
+    architecture files, checkpoints and latency tables match blocks by it (default: the
+    module's path in the network, see `labelled_choices`).
     """
 
-    def __init__(self, candidates: Sequence[nn.Module] | Mapping[str, nn.Module]):
+    def __init__(self, candidates: Sequence[nn.Module] | Mapping[str, nn.Module], label: str | None = None):
         super().__init__()
+        if label is not None and (not isinstance(label, str) or not label):
+            raise ValueError(f"a Choice label must be a non-empty string, got {label!r}")
+        self.label = label
         if isinstance(candidates, Mapping):
             names, ops = list(candidates.keys()), list(candidates.values())
         else:
@@ -85,5 +90,17 @@ class Choice(nn.Module):
         return y
 
     def extra_repr(self) -> str:
+        label = f"label={self.label!r}, " if self.label else ""
         state = f"fixed={self.names[self.fixed]}" if self.fixed is not None else f"active={self.names[self.active]}"
-        return f"names={self.names}, {state}"
+        return f"{label}names={self.names}, {state}"
+
+
+def labelled_choices(model: nn.Module) -> list[tuple[str, Choice]]:
+    """Every `Choice` of ``model`` in ``model.modules()`` order, with its label: its own, else its
+    path in ``model`` (``"blocks.3"``). Labels must be unique: they are how files name blocks."""
+    found = [(m.label or name or "choice", m) for name, m in model.named_modules() if isinstance(m, Choice)]
+    labels = [label for label, _ in found]
+    if len(set(labels)) != len(labels):
+        twice = next(label for label in labels if labels.count(label) > 1)
+        raise ValueError(f"two Choice modules share the label {twice!r}")
+    return found

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -56,26 +56,24 @@ def _child_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
 
 
-def _resolve_settings(args, source=None) -> dict:
-    """Space settings from ``source`` (an architecture or latency table; default space if None),
-    overridden by the --input-size/--num-classes/--in-channels/--width flags given."""
-    from .spaces import ShuffleNetSettings
+def _resolve_settings(args, source=None) -> tuple[str, dict]:
+    """The space and its settings from ``source`` (an architecture or latency table; the default
+    space if None), overridden by the --input-size/--num-classes/--in-channels/--width flags given."""
+    from .spaces import DEFAULT_SPACE, settings_of
 
-    base = dict(source.settings) if source is not None else ShuffleNetSettings().as_dict()
-    for key in ("input_size", "num_classes", "in_channels", "width"):
-        if getattr(args, key) is not None:
-            base[key] = getattr(args, key)
-            if key == "input_size":
-                base["small_input"] = None
+    name = source.space if source is not None else DEFAULT_SPACE
+    settings = settings_of(name, source.settings if source is not None else None)
+    flags = {k: getattr(args, k) for k in ("input_size", "num_classes", "in_channels", "width")
+             if getattr(args, k) is not None}
     try:
-        return ShuffleNetSettings(**base).as_dict()
-    except ValueError as e:
-        raise DsnasError(str(e)) from None
+        return name, settings.replace(**flags).as_dict()
+    except (TypeError, ValueError) as e:
+        raise DsnasError(f"the {name} space: {e}") from None
 
 
 def cmd_info(args) -> int:
+    from . import spaces
     from .arch import load_arch
-    from .spaces import ShuffleNetSpace
 
     arch, lut = load_arch(args.arch) if args.arch else None, None
     if args.latency:
@@ -86,11 +84,11 @@ def cmd_info(args) -> int:
         raise DsnasError("--measure needs --latency FILE (it times the child as the table was measured)")
     # the space is the architecture's, else (no arch, or an MMRazor file, which names none) the
     # table's, else the default one; flags override it
-    settings = _resolve_settings(args, arch if (arch is not None and arch.names_space) or lut is None else lut)
-    space = ShuffleNetSpace(**settings)
+    name, settings = _resolve_settings(args, arch if (arch is not None and arch.names_space) or lut is None else lut)
+    space = spaces.build(name, settings)
     table = space.costs
     if lut is not None:
-        lut.check_settings(settings, args.latency)
+        lut.check_settings(settings, args.latency, name)
         table = table.with_latency(lut)
     if arch is not None:
         _info_arch(args, arch, space, table, lut)
@@ -125,14 +123,15 @@ def _info_space(args, space, table) -> None:
     settings = space.settings.as_dict()
     bounds = {m: {k: round(v, 3) for k, v in table.bounds(m).items()} for m in table.entries}
     supernet_params = round(sum(p.numel() for p in space.parameters()) / 1e6, 3)
-    out = {"space": "shufflenet", "settings": settings, "blocks": table.num_blocks,
-           "candidates": space.ops, "candidates_per_block": [len(n) for n in table.names],
+    ops = list(dict.fromkeys(op for names in table.names for op in names))
+    out = {"space": space.name, "settings": settings, "blocks": table.num_blocks,
+           "candidates": ops, "candidates_per_block": [len(n) for n in table.names],
            **bounds, "supernet_params_m": supernet_params}
     if args.json:
         print(json.dumps(out))
         return
-    print(f"shufflenet space: {table.num_blocks} blocks x {len(space.ops)} candidates "
-          f"({', '.join(space.ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
+    print(f"{space.name} space: {table.num_blocks} blocks x {len(ops)} candidates "
+          f"({', '.join(ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
           f"{settings['num_classes']} classes, width {settings['width']}")
     labels = {"mflops": "MFLOPs", "macs_m": "MACs (M)", "params_m": "params (M)", "latency_ms": "latency (ms)"}
     for m, b in bounds.items():
@@ -199,7 +198,6 @@ def cmd_export(args) -> int:
 
 def cmd_search(args) -> int:
     from .config import load_config, load_run_config
-    from .report import check_run_dir
 
     if getattr(args, "train", False) and not args.arch and not args.resume:
         raise DsnasError("dsnas train needs an architecture file: dsnas train ARCH")
@@ -216,12 +214,10 @@ def cmd_search(args) -> int:
         if args.data:
             cfg.data = args.data
         if getattr(args, "arch", None):  # dsnas train ARCH
-            cfg.method, cfg.arch = "fixed", args.arch
+            cfg = dataclasses.replace(cfg, method="fixed", arch=args.arch)
         elif getattr(args, "method", None):
-            cfg.method = args.method
+            cfg = dataclasses.replace(cfg, method=args.method)
         cfg.validate()
-        if out and os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 checks (it alone writes)
-            check_run_dir(Path(out), resume=False)  # before any data is loaded
     from .train import run_search
 
     run_search(cfg, Path(out) if out else None, resume=bool(args.resume), quiet=args.quiet)
@@ -264,7 +260,7 @@ def cmd_latency(args) -> int:
     from .config import load_config
     from .data import load_data
     from .latency import measure_latency, save_latency
-    from .spaces import ShuffleNetSpace
+    from . import spaces
 
     _check_outputs([args.out], args.force)
     cfg = load_config(args.config, args.set)
@@ -273,10 +269,7 @@ def cmd_latency(args) -> int:
         data = load_data(args.data or cfg.data, shape[2])
         shape = tuple(given or found for given, found in zip(shape, (data.num_classes, data.in_channels,
                                                                      data.input_size)))
-    try:
-        space = ShuffleNetSpace(*shape, cfg.width, init="torch")
-    except ValueError as e:
-        raise DsnasError(str(e)) from None
+    space = spaces.build(cfg.space, cfg.space_settings(*shape), init="torch")
     bar = tqdm(desc=f"timing {space.num_blocks} blocks, rounds", disable=args.quiet or None)
 
     def progress(done: int, total: int) -> None:

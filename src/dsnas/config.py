@@ -16,6 +16,8 @@ import yaml
 from .errors import DsnasError
 from .files import read_yaml
 from .images import DECODERS
+from .methods import get_method
+from .spaces import DATA_SETTINGS, DEFAULT_SPACE, SPACES, space_class
 from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
 
 
@@ -35,6 +37,7 @@ class Config:
     jpeg_decode: str = "workers"       # streamed JPEGs: decoded by PIL in the workers, or on the run's device (nvJPEG)
     augment: bool = True               # in-memory data: padded random crop (2 px) and horizontal flip
     # space and method
+    space: str = DEFAULT_SPACE         # the search space (spaces.SPACES); the data sets its classes, channels, size
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
@@ -110,15 +113,8 @@ class Config:
     def _check_choices(self) -> None:
         _need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
               f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        _need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        _need(bool(self.arch) == (self.method == "fixed"),
-              "method fixed needs arch (an architecture file)" if self.method == "fixed"
-              else "arch is only used with method fixed")
-        if self.method in ("spos", "random"):
-            for key in ("candidates", "eval_bn_recalibrate"):
-                _need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
-            _need(self.population >= 2, f"population must be >= 2, got {self.population}")
-            _need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
+        _need(self.space in SPACES, f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+        get_method(self.method).check(self)
         _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
         _need(self.jpeg_decode in DECODERS,
               f"jpeg_decode must be one of {', '.join(DECODERS)}, got {self.jpeg_decode!r}")
@@ -140,8 +136,14 @@ class Config:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def space_settings(self, num_classes: int, in_channels: int, input_size: int) -> dict:
+        """The settings of this run's space: the data's shape, and every other setting of the
+        space that this config holds a key for (``width``)."""
+        keys = {f.name for f in fields(space_class(self.space).Settings)} - set(DATA_SETTINGS)
+        return {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
+                **{k: getattr(self, k) for k in sorted(keys) if k in _TYPES}}
 
-METHODS = ("dsnas", "spos", "random", "fixed")
+
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
          "latency": ("latency_ms", "budget_ms")}  # cost -> (cost-table metric, budget key)
 _TYPES = {f.name: f.type for f in fields(Config)}

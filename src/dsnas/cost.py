@@ -11,12 +11,12 @@ no counting forward passes per query.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-from .choice import Choice
+from .choice import labelled_choices
 
 METRICS = ("mflops", "macs_m", "params_m")  # counted; "latency_ms" comes from a measured table
 UNITS = {"mflops": "MFLOPs", "macs_m": "M MACs", "params_m": "M params", "latency_ms": "ms"}
@@ -67,11 +67,13 @@ def count(module: nn.Module, x: torch.Tensor) -> tuple[dict, torch.Tensor]:
 
 @dataclass
 class CostTable:
-    """``entries[metric][block][candidate]`` plus ``base[metric]`` for the fixed parts."""
+    """``entries[metric][block][candidate]`` plus ``base[metric]`` for the fixed parts; blocks
+    are in the network's order, named by ``labels``, their candidates by ``names``."""
 
     names: list[list[str]]
     entries: dict[str, list[list[float]]]
     base: dict[str, float]
+    labels: list[str] = field(default_factory=list)
 
     @property
     def num_blocks(self) -> int:
@@ -93,8 +95,9 @@ class CostTable:
 
     def with_latency(self, table) -> "CostTable":
         """This table plus ``latency_ms`` from a measured `latency.LatencyTable`."""
-        rows, base = table.entries(self.names)
-        return CostTable(self.names, {**self.entries, "latency_ms": rows}, {**self.base, "latency_ms": base})
+        rows, base = table.entries(self.names, self.labels)
+        return CostTable(self.names, {**self.entries, "latency_ms": rows}, {**self.base, "latency_ms": base},
+                         self.labels)
 
     def bounds(self, metric: str = "mflops") -> dict[str, float]:
         """min / mean (uniform sampling) / max over the whole space."""
@@ -115,7 +118,8 @@ def cost_table(model: nn.Module, example: torch.Tensor) -> CostTable:
     One forward on candidate 0 everywhere records each choice's input; each candidate is then
     counted on that input. ``base`` is the whole model minus the choices.
     """
-    choices = [m for m in model.modules() if isinstance(m, Choice)]
+    labelled = labelled_choices(model)
+    choices = [c for _, c in labelled]
     saved = [(c.active, c.mask) for c in choices]
     inputs: dict[int, torch.Tensor] = {}
     handles = [c.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i, c in enumerate(choices)]
@@ -142,4 +146,4 @@ def cost_table(model: nn.Module, example: torch.Tensor) -> CostTable:
     # parameters of unchosen candidates were counted in `whole`; base holds only the fixed parts
     base["params_m"] = (sum(p.numel() for p in model.parameters()) / 1e6
                         - sum(sum(row) for row in entries["params_m"]))
-    return CostTable([list(c.names) for c in choices], entries, base)
+    return CostTable([list(c.names) for c in choices], entries, base, [label for label, _ in labelled])

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from .arch import Architecture
 from .errors import DsnasError
 from .files import atomic_path, check_readable
-from .spaces import ShuffleNetChild, ShuffleNetSettings
+from .spaces import build_child
 
 
 def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> None:
@@ -20,9 +20,9 @@ def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | Non
         save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
 
 
-def load_child(arch: Architecture, weights: str | Path) -> ShuffleNetChild:
+def load_child(arch: Architecture, weights: str | Path) -> torch.nn.Module:
     """Build the child for ``arch`` and load its safetensors weights (shapes must match)."""
-    child = ShuffleNetChild(arch.choices, ShuffleNetSettings(**arch.settings), init="torch")  # weights loaded below
+    child = build_child(arch.space, arch.choices, arch.settings, init="torch")  # weights loaded below
     check_readable(weights, "weights file")
     try:
         state = load_file(str(weights))

@@ -29,7 +29,7 @@ from torch import nn
 
 from .errors import DsnasError
 from .files import read_yaml, write_text
-from .spaces import ShuffleNetSettings
+from .spaces import DEFAULT_SPACE, settings_of
 
 FORMAT = "dsnas-latency/1"
 BACKENDS = ("torch", "onnxruntime")
@@ -44,8 +44,10 @@ class LatencyTable:
     blocks: list[dict[str, dict]]
     fixed: dict[str, dict]
     measured: dict = field(default_factory=dict)  # device, backend, versions, threads, batch, precision, date
+    space: str = DEFAULT_SPACE
 
-    def entries(self, names: list[list[str]], calibrated: bool = True) -> tuple[list[list[float]], float]:
+    def entries(self, names: list[list[str]], labels: list[str] | None = None,
+                calibrated: bool = True) -> tuple[list[list[float]], float]:
         """Per-block candidate latencies (ms) in the order of ``names``, and the fixed parts' sum,
         times the table's calibration ``scale`` (unless not ``calibrated``)."""
         if [sorted(b) for b in self.blocks] != [sorted(n) for n in names]:
@@ -54,13 +56,15 @@ class LatencyTable:
         return [[k * self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], k * sum(
             v["ms"] for v in self.fixed.values())
 
-    def check_settings(self, settings: dict, path: str | Path) -> None:
+    def check_settings(self, settings: dict, path: str | Path, space: str = DEFAULT_SPACE) -> None:
         """Refuse to cost a space other than the one this table was measured for."""
+        if self.space != space:
+            raise DsnasError(f"latency table {path} is for the {self.space} space, this run uses {space}")
         if self.settings != settings:
             raise DsnasError(f"latency table {path} is for space settings {self.settings}, this run uses {settings}")
 
     def to_dict(self) -> dict:
-        return {"format": FORMAT, "space": "shufflenet", "settings": dict(self.settings), "measured": self.measured,
+        return {"format": FORMAT, "space": self.space, "settings": dict(self.settings), "measured": self.measured,
                 "fixed": self.fixed, "blocks": self.blocks}
 
 
@@ -70,8 +74,8 @@ def save_latency(table: LatencyTable, path: str | Path) -> None:
     write_text(path, yaml.safe_dump(table.to_dict(), sort_keys=False))
 
 
-def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable:
-    """Read a table; with ``settings``, refuse one measured for another space."""
+def load_latency(path: str | Path, settings: dict | None = None, space: str = DEFAULT_SPACE) -> LatencyTable:
+    """Read a table; with ``settings``, refuse one measured for another space or settings."""
     data = read_yaml(path, "latency table")
     try:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
@@ -87,14 +91,15 @@ def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable
         if not all(isinstance(b, dict) and b for b in blocks):
             raise DsnasError("every block needs a mapping of candidates")
         _check_measured(data.get("measured") or {})
-        space_settings = ShuffleNetSettings.from_mapping(data["settings"]).as_dict()
-    except ValueError as e:
-        raise DsnasError(f"latency table {path} has bad space settings: {e}") from None
+        name = data.get("space", DEFAULT_SPACE)
+        if not isinstance(name, str):
+            raise DsnasError(f"names a space that is not a name: {name!r}")
+        space_settings = settings_of(name, data["settings"]).as_dict()
     except DsnasError as e:
         raise DsnasError(f"latency table {path} {e}") from None
-    table = LatencyTable(space_settings, blocks, fixed, data.get("measured") or {})
+    table = LatencyTable(space_settings, blocks, fixed, data.get("measured") or {}, name)
     if settings is not None:
-        table.check_settings(settings, path)
+        table.check_settings(settings, path, space)
     return table
 
 
@@ -184,20 +189,20 @@ class _Timer:
 
 
 class _Head(nn.Module):
-    """Head, pooling and classifier of a ShuffleNet: the part after the last block."""
+    """The part of a space after its last block (``forward_head``), as a module to time."""
 
-    def __init__(self, net: nn.Module):
+    def __init__(self, space: nn.Module):
         super().__init__()
-        self.head, self.pool, self.classifier = net.head, net.pool, net.classifier
+        self.space = space
 
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.pool(self.head(x)), 1))
+    def forward(self, features):
+        return self.space.forward_head(features)
 
 
 def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: int = 1, threads: int = 1,
                     precision: str = "fp32", warmup: int = 10, repeats: int = 50, progress=None,
                     calibrate: int = 24) -> LatencyTable:
-    """Time every candidate of ``space`` (a `ShuffleNetSpace`) at its input shape in the network,
+    """Time every candidate of ``space`` (a registered space) at its input shape in the network,
     all in interleaved rounds (``progress(done, total)`` after each); then ``calibrate`` random
     children end to end fix the table's ``scale`` (0: no calibration)."""
     if backend not in BACKENDS or precision not in PRECISIONS:
@@ -224,7 +229,7 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
     fixed = {"stem": minus(timed[1]), "head": minus(timed[2]), "call": call}
     entries = iter(timed[3:])
     blocks = [{name: minus(next(entries)) for name in choice.names} for choice in space.choices]
-    table = LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats))
+    table = LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats), space.name)
     table.measured["rounds"] = timer.rounds
     table.measured["scale"] = round(_calibrate(space, table, timer, x, calibrate), 5) if calibrate else 1.0
     return table

@@ -62,6 +62,34 @@ class Logger:
             self.tb.close()
 
 
+class RunFiles:
+    """Every file a run writes into its folder, from rank 0 only: ``config.yaml`` at the start,
+    ``alpha.csv`` after every epoch, ``candidates.csv`` after a baseline's ranking, and the
+    deliverables at the end (`write_results`)."""
+
+    def __init__(self, out: Path, main: bool):
+        self.out, self.main = out, main
+
+    def config(self, config: dict) -> None:
+        import yaml
+
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            write_text(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    def alpha(self, rows: list[dict]) -> None:
+        if self.main:
+            write_alpha_csv(self.out / "alpha.csv", rows)
+
+    def candidates(self, candidates, names: list[list[str]], losses: dict, metric: str) -> None:
+        if self.main:
+            write_candidates_csv(self.out / "candidates.csv", candidates, names, losses, metric)
+
+    def results(self, arch, child, metrics: dict, alpha: list[dict] | None, title: str) -> None:
+        if self.main:
+            write_results(self.out, arch, child, metrics, alpha, title)
+
+
 def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | None, title: str) -> None:
     """The run's deliverables: ``arch.yaml``, ``child.safetensors``, ``metrics.json`` and, for a
     DSNAS search, ``alpha.png``."""
@@ -96,15 +124,15 @@ def write_alpha_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue())
 
 
-def write_candidates_csv(path: Path, candidates, names: list[list[str]], losses: dict) -> None:
-    """The architectures a baseline ranked, in evaluation order: generation, MFLOPs, held-out
-    top-1 and cross-entropy, and the op of every block."""
+def write_candidates_csv(path: Path, candidates, names: list[list[str]], losses: dict, metric: str = "mflops") -> None:
+    """The architectures a baseline ranked, in evaluation order: generation, cost (in ``metric``,
+    the budget's), held-out top-1 and cross-entropy, and the op of every block."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["order", "generation", "mflops", "held_out_top1", "held_out_loss",
+    writer.writerow(["order", "generation", metric, "held_out_top1", "held_out_loss",
                      *[f"block_{i}" for i in range(len(names))]])
     for i, c in enumerate(candidates):
-        writer.writerow([i, c.generation, round(c.mflops, 4), round(c.score, 2), round(losses[c.choices], 5),
+        writer.writerow([i, c.generation, round(c.cost, 4), round(c.score, 2), round(losses[c.choices], 5),
                          *[n[k] for n, k in zip(names, c.choices)]])
     write_text(path, buf.getvalue())
 

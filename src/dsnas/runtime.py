@@ -55,11 +55,11 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def precision_label(amp: str, dtype: torch.dtype | None, method: str) -> str:
-    """How a run computes, for the log and metrics.json: ``fp32``, ``bf16``, ``fp16 (scaled)``, or
-    ``bf16, search stage fp32`` under ``amp: auto``."""
+def precision_label(amp: str, dtype: torch.dtype | None, stages: tuple[str, ...]) -> str:
+    """How a run through ``stages`` computes, for the log and metrics.json: ``fp32``, ``bf16``,
+    ``fp16 (scaled)``, or ``bf16, search stage fp32`` under ``amp: auto``."""
     name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, "fp32")
-    if dtype is not None and stage_autocast(amp, dtype, "search") is None and method == "dsnas":
+    if dtype is not None and "search" in stages and stage_autocast(amp, dtype, "search") is None:
         name += ", search stage fp32"
     return name
 

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .choice import Choice
+from .choice import Choice, labelled_choices
 
 
 def dsnas_alpha_grad(alpha: torch.Tensor, sampled: int, reward: torch.Tensor) -> torch.Tensor:
@@ -32,22 +32,28 @@ def dsnas_alpha_grad(alpha: torch.Tensor, sampled: int, reward: torch.Tensor) ->
     return ((onehot - p) * reward.float()).to(alpha.dtype)
 
 
-def resource_alpha_grad(alpha: torch.Tensor, sampled: int, cost: torch.Tensor) -> torch.Tensor:
-    """Gradient of p[s] * cost[s] w.r.t. alpha (flows through the softmax only)."""
+def resource_alpha_grad(alpha: torch.Tensor, sampled: int, cost: float) -> torch.Tensor:
+    """Gradient of p[s] * cost[s] w.r.t. alpha, where ``cost`` is the sampled candidate's cost
+    (flows through the softmax only)."""
     p = torch.softmax(alpha.detach().float(), dim=0)
     onehot = torch.zeros_like(p)
     onehot[sampled] = 1.0
-    return (p[sampled] * cost[sampled] * (onehot - p)).to(alpha.dtype)
+    return (p[sampled] * cost * (onehot - p)).to(alpha.dtype)
 
 
 class DSNAS:
     """Searches the `Choice` blocks of ``model`` (in ``model.modules()`` order).
 
     Args:
-        model: any ``nn.Module`` containing `Choice` modules.
-        costs: per-block candidate costs for the resource penalty (a `CostTable` or a list of
-            1-D tensors), in the unit of ``budget``; ``None`` disables the penalty.
-        metric: which `CostTable` metric to use (``mflops`` or ``params_m``).
+        model: any ``nn.Module`` containing `Choice` modules (each known by its label, see
+            `labelled_choices`).
+        costs: per-candidate costs for the resource penalty, in the unit of ``budget``: a
+            `CostTable` (its ``metric`` entries; the fixed parts' cost is its ``base``) or one
+            sequence of numbers per block (the fixed parts cost ``base_cost``). ``None`` disables
+            the penalty.
+        metric: which `CostTable` metric to use (``mflops``, ``params_m`` or ``latency_ms``).
+        base_cost: the cost outside the choices when ``costs`` is a plain list (0: the budget
+            limits the blocks' sum, as the authors' code does).
         budget: threshold tau; the penalty applies to steps whose sampled path costs >= tau.
             ``None`` applies it on every step (when ``penalty`` > 0).
         penalty: lambda, alpha-gradient per unit of cost.
@@ -55,23 +61,27 @@ class DSNAS:
         generator: random generator for path sampling (CPU).
     """
 
-    def __init__(self, model: nn.Module, *, costs=None, metric: str = "mflops", budget: float | None = None,
-                 penalty: float = 0.0, early_fix: float = 0.3, generator: torch.Generator | None = None):
+    def __init__(self, model: nn.Module, *, costs=None, metric: str = "mflops", base_cost: float = 0.0,
+                 budget: float | None = None, penalty: float = 0.0, early_fix: float = 0.3,
+                 generator: torch.Generator | None = None):
+        from .cost import CostTable
+
         self.model = model
-        self.choices: list[Choice] = [m for m in model.modules() if isinstance(m, Choice)]
-        if not self.choices:
+        labelled = labelled_choices(model)
+        if not labelled:
             raise ValueError("the model has no Choice modules to search")
+        self.labels: list[str] = [label for label, _ in labelled]
+        self.choices: list[Choice] = [choice for _, choice in labelled]
         param = next(model.parameters(), None)
         device = param.device if param is not None else torch.device("cpu")
         self.alphas = [nn.Parameter(torch.zeros(len(c), device=device)) for c in self.choices]
-        self.base_cost = 0.0
-        if costs is not None and hasattr(costs, "tensors"):
-            self.base_cost = costs.base[metric]
-            costs = costs.tensors(metric)
-        self.costs = None if costs is None else [torch.as_tensor(c, dtype=torch.float32, device=device) for c in costs]
+        if isinstance(costs, CostTable):
+            base_cost, costs = costs.base[metric], costs.entries[metric]
+        self.base_cost = float(base_cost)
+        # one host list per block, in float32 like the parameters: costs are read without a device sync
+        self.costs = None if costs is None else [torch.as_tensor(c, dtype=torch.float32).tolist() for c in costs]
         if self.costs is not None and [len(c) for c in self.costs] != [len(c) for c in self.choices]:
             raise ValueError("costs must have one entry per candidate of every Choice")
-        self._cost_values = None if costs is None else [c.tolist() for c in self.costs]  # host copies: no sync
         self.budget, self.penalty, self.threshold = budget, float(penalty), float(early_fix)
         self.generator = generator
         self._masks = [torch.ones((), device=device, requires_grad=True) for _ in self.choices]
@@ -121,7 +131,7 @@ class DSNAS:
         if self.costs is None:
             raise ValueError("no cost table was given")
         path = self.path if path is None else path
-        return self.base_cost + sum(c[i] for c, i in zip(self._cost_values, path))
+        return self.base_cost + sum(c[i] for c, i in zip(self.costs, path))
 
     # --- the estimator --------------------------------------------------------------------
     def compute_arch_grads(self) -> None:
@@ -139,7 +149,7 @@ class DSNAS:
                 s = choice.active
                 g = dsnas_alpha_grad(alpha, s, choice.mask.grad)
                 if penalize:
-                    g = g + self.penalty * resource_alpha_grad(alpha, s, self.costs[i])
+                    g = g + self.penalty * resource_alpha_grad(alpha, s, self.costs[i][s])
             grads.append(g)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             flat = torch.cat(grads)
@@ -176,7 +186,7 @@ class DSNAS:
         if self.costs is None:
             return 0.0
         return self.base_cost + sum(c[f] if f is not None else min(c)
-                                    for c, f in zip(self._cost_values, self.fixed()))
+                                    for c, f in zip(self.costs, self.fixed()))
 
     def _budget_or_inf(self) -> float:
         return float("inf") if self.budget is None or self.costs is None else float(self.budget)
@@ -207,7 +217,7 @@ class DSNAS:
                 if choice.fixed is not None:
                     continue
                 for k in range(len(cost)):
-                    saved = float(cost[path[i]] - cost[k])
+                    saved = cost[path[i]] - cost[k]
                     if saved <= 0:
                         continue
                     score = saved / (float(logp[i][path[i]] - logp[i][k]) + 1e-6)

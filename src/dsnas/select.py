@@ -27,14 +27,14 @@ Arch = tuple[int, ...]
 @dataclass
 class Candidate:
     choices: Arch
-    mflops: float
+    cost: float           # in the unit of the budget (MFLOPs, M params or ms)
     score: float
     generation: int = 0
 
 
 def best(candidates: list[Candidate]) -> Candidate:
     """Highest score; ties go to the cheaper, then the earlier-evaluated architecture."""
-    return min(enumerate(candidates), key=lambda ic: (-ic[1].score, ic[1].mflops, ic[0]))[1]
+    return min(enumerate(candidates), key=lambda ic: (-ic[1].score, ic[1].cost, ic[0]))[1]
 
 
 class _Pool:
@@ -48,7 +48,7 @@ class _Pool:
         cheapest = cost(tuple(min(range(n), key=lambda k, i=i: cost(zeros[:i] + (k,) + zeros[i + 1:]))
                               for i, n in enumerate(sizes)))
         if cheapest > self.budget:
-            raise DsnasError(f"no architecture fits the budget of {self.budget:g} MFLOPs (the cheapest costs "
+            raise DsnasError(f"no architecture fits the budget of {self.budget:g} (the cheapest costs "
                              f"{cheapest:.3f})")
         self.evaluated: dict[Arch, Candidate] = {}
         self.order: list[Candidate] = []
@@ -102,7 +102,7 @@ def evolution_search(sizes: list[int], cost: Callable[[Arch], float], budget: fl
         want = min(population, n - len(pool.order))
         children: list[Arch] = []
         if generation > 0:
-            parents = sorted(pool.order, key=lambda c: (-c.score, c.mflops))[:top_k]
+            parents = sorted(pool.order, key=lambda c: (-c.score, c.cost))[:top_k]
 
             def mutate() -> Arch:
                 p = rng.choice(parents).choices
@@ -141,9 +141,10 @@ def select(method: str, sizes: list[int], cost: Callable[[Arch], float], budget:
     raise ValueError(f"unknown selection method {method!r}")
 
 
-def selection_summary(method: str, found: list[Candidate], held_out_images: int, wall_s: float) -> dict:
-    """What a ranking found, for ``metrics.json``."""
+def selection_summary(method: str, found: list[Candidate], held_out_images: int, wall_s: float,
+                      metric: str = "mflops") -> dict:
+    """What a ranking found, for ``metrics.json``; the best candidate's cost is ``best_<metric>``."""
     win = best(found)
     return {"method": method, "evaluated": len(found), "held_out_images": held_out_images,
-            "best_held_out_top1": round(win.score, 2), "best_mflops": round(win.mflops, 3),
+            "best_held_out_top1": round(win.score, 2), f"best_{metric}": round(win.cost, 3),
             "generations": max(c.generation for c in found) + 1, "wall_s": round(wall_s, 1)}

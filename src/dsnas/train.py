@@ -8,7 +8,6 @@ network of its stage (`enter_stage`), train it (`train_epoch`), evaluate, record
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +22,12 @@ from .arch import Architecture
 from .build import Run, prepare
 from .checkpoint import bn_buffers, run_payload, save_checkpoint
 from .config import Config
-from .data import Loader
 from .errors import DsnasError
 from .evaluate import accuracy, recalibrate_bn, reset_bn_stats, sync_bn_stats
-from .report import alpha_rows, write_alpha_csv, write_candidates_csv, write_results
+from .methods import inherited
+from .report import alpha_rows
 from .runtime import check_consistent, mean_over_ranks, stage_autocast, wrap_ddp
 from .search import DSNAS
-from .select import best, select, selection_summary
-from .spaces import ShuffleNetSpace
 
 
 def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, arch_optimizer,
@@ -55,29 +52,12 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, opti
 CHILD_STAGES = ("finetune", "train")  # stages that train one fixed child
 
 
-def stage_of(epoch: int, cfg: Config) -> str:
-    """warmup / search (dsnas), supernet (spos, random: uniform single paths), then finetune
-    of the chosen child; method fixed trains its architecture from the first epoch."""
-    if cfg.method == "fixed":
-        return "train"
-    if epoch >= cfg.search_epochs:
-        return "finetune"
-    if cfg.method != "dsnas":
-        return "supernet"
-    return "warmup" if epoch < cfg.warmup_epochs else "search"
-
-
-def switch_epoch(cfg: Config) -> int:
-    """The epoch at whose start the architecture is chosen and fixed."""
-    return 0 if cfg.method == "fixed" else cfg.search_epochs
-
-
 # --- the run ------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
     metrics: dict
     out: Path
-    space: ShuffleNetSpace
+    space: nn.Module
     search: DSNAS
 
 
@@ -87,7 +67,7 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     run = prepare(cfg, out, resume, quiet)
     try:
         for epoch in range(run.state.epoch, cfg.epochs):
-            stage = stage_of(epoch, cfg)
+            stage = run.method.stage(epoch, cfg)
             start_step = run.state.step if epoch == run.state.epoch else 0
             net = enter_stage(run, stage, epoch, start_step)
             loss_sum, seen = train_epoch(run, net, stage, epoch, start_step)
@@ -107,9 +87,9 @@ def enter_stage(run: Run, stage: str, epoch: int, start_step: int) -> nn.Module:
         search.early_fix()
     if stage in CHILD_STAGES:
         if run.child is None:
-            at_switch = epoch == switch_epoch(cfg) and start_step == 0
+            at_switch = epoch == run.method.switch_epoch(cfg) and start_step == 0
             if at_switch:
-                search.fix_all(choose(run))
+                search.fix_all(run.method.choose(run))
             run.child = run.space.child(search.derive(), share=True)
             if at_switch:
                 reset_bn_stats(run.child)
@@ -190,8 +170,8 @@ def end_epoch(run: Run, stage: str, epoch: int, loss_sum: torch.Tensor, seen: in
                                 "train/lr": record["lr"]})
     state.epoch, state.step = epoch + 1, 0
     checkpoint(run, epoch + 1, 0)
-    if rt.main and cfg.method == "dsnas":
-        write_alpha_csv(run.out / "alpha.csv", state.alpha_rows)
+    if run.method.learns_alpha:
+        run.files.alpha(state.alpha_rows)
 
 
 def _evaluate_epoch(run: Run, stage: str, epoch: int) -> tuple[dict, float | None]:
@@ -221,63 +201,16 @@ def checkpoint(run: Run, epoch: int, step: int) -> None:
         save_checkpoint(run.out / "checkpoints", payload, run.space.settings.as_dict())
 
 
-def choose(run: Run) -> list[int]:
-    """The architecture to fix: the given one, DSNAS's argmax (repaired to fit the budget), or
-    the best candidate of a baseline's ranking."""
-    if run.cfg.method == "fixed":
-        return run.given
-    if run.cfg.method == "dsnas":
-        return run.search.derive_within()
-    return select_candidate(run)
-
-
-def inherited(run: Run, arch: list[int], loader: Loader, epoch: int) -> dict:
-    """Accuracy of ``arch`` with the supernet's weights, BN re-estimated on the training images of ``epoch``."""
-    candidate = run.space.child(list(arch), share=True)
-    run.train_loader.set_epoch(epoch)
-    recalibrate_bn(candidate, run.train_loader, max(1, run.cfg.eval_bn_recalibrate // run.rt.world))
-    return accuracy(candidate, loader, run.rt.amp_dtype)
-
-
-def select_candidate(run: Run) -> list[int]:
-    """spos/random: rank candidates by held-out top-1 with inherited weights; the best wins."""
-    cfg, rt = run.cfg, run.rt
-    held = Loader(run.held, "test", max(cfg.batch_size // rt.world, 256), cfg.seed, rt.device, rt.rank, rt.world,
-                  train=False, workers=cfg.workers, jpeg_decode=cfg.jpeg_decode)
-    bar = tqdm(total=cfg.candidates, desc=f"{cfg.method}: ranking candidates", leave=False,
-               disable=None if run.log.enabled else True, dynamic_ncols=True)
-    t0 = time.time()
-    losses = {}  # held-out cross-entropy, recorded beside the top-1 that ranks
-
-    def score(arch) -> float:  # the same BN images for every candidate
-        bar.update(1)
-        m = inherited(run, arch, held, cfg.search_epochs)
-        losses[arch] = m["loss"]
-        return m["top1"]
-
-    cost = functools.partial(run.costs.total, metric=cfg.cost_metric)
-    found = select(cfg.method, [len(c) for c in run.search.choices], cost, cfg.budget, score, cfg.candidates,
-                   cfg.population, cfg.mutation_prob, cfg.seed)
-    bar.close()
-    run.state.selection = selection_summary(cfg.method, found, len(run.held.test), time.time() - t0)
-    if rt.main:
-        write_candidates_csv(run.out / "candidates.csv", found, [c.names for c in run.search.choices], losses)
-    win = best(found)
-    run.log.line(f"{cfg.method}: {len(found)} candidates ranked on {len(run.held.test)} held-out images in "
-                 f"{run.state.selection['wall_s']:.0f}s; best {win.score:.2f}% at {win.mflops:.2f} MFLOPs")
-    return list(win.choices)
-
-
 def finish(run: Run) -> RunResult:
     """The chosen child, its metrics and the run's files."""
     cfg, rt, search, state, table = run.cfg, run.rt, run.search, run.state, run.costs
-    arch_idx = search.derive() if None not in search.fixed() else choose(run)  # no finetune stage: choose now
+    arch_idx = search.derive() if None not in search.fixed() else run.method.choose(run)  # no finetune: choose now
     result = dict(state.history[-1]) if state.history else {}
     if state.history and result["top1"] is None:  # ended on a supernet: the chosen child, inherited
         m = inherited(run, arch_idx, run.test_loader, cfg.epochs)
         result.update(top1=round(m["top1"], 2), top5=round(m["top5"], 2))
     costs = table.costs(arch_idx)
-    metrics = {"method": cfg.method, "top1": result.get("top1"), "top5": result.get("top5"), **costs,
+    metrics = {"method": run.method.name, "top1": result.get("top1"), "top5": result.get("top5"), **costs,
                "cost": cfg.cost, "budget": cfg.budget, "budget_mflops": cfg.budget_mflops or None,
                "within_budget": None if not cfg.budget else costs[cfg.cost_metric] <= cfg.budget,
                "wall_s": round(time.time() - run.started, 1), "epochs": cfg.epochs, "world_size": rt.world,
@@ -285,13 +218,13 @@ def finish(run: Run) -> RunResult:
                "train_images": len(run.data.train), "test_images": len(run.data.test),
                "selection": state.selection, "history": state.history}
     if rt.main:
-        names = [c.names[i] for c, i in zip(search.choices, arch_idx)]
-        arch = Architecture(names, "shufflenet", run.space.settings.as_dict(),
+        chosen = {label: c.names[i] for label, c, i in zip(search.labels, search.choices, arch_idx)}
+        arch = Architecture(chosen, run.space.name, run.space.settings.as_dict(),
                             {**costs, "input_size": run.data.input_size, "top1": metrics["top1"],
-                             "created_by": f"dsnas {__version__} {cfg.method}", "run": str(run.out)})
-        write_results(run.out, arch, run.space.child(arch_idx).cpu().float(), metrics,
-                      state.alpha_rows if cfg.method == "dsnas" else None,
-                      f"DSNAS on {run.data.name}: softmax(alpha) per block")
+                             "created_by": f"dsnas {__version__} {run.method.name}", "run": str(run.out)})
+        run.files.results(arch, run.space.child(arch_idx).cpu().float(), metrics,
+                          state.alpha_rows if run.method.learns_alpha else None,
+                          f"DSNAS on {run.data.name}: softmax(alpha) per block")
         run.log.line(f"done in {metrics['wall_s']:.0f}s: child top1 {metrics['top1']}%  top5 {metrics['top5']}%  "
                      f"{costs['mflops']:.2f} MFLOPs  {costs['params_m']:.3f} M params -> {run.out}")
     run.log.close()

@@ -1,5 +1,12 @@
-"""Search spaces: the ShuffleNetV2 space of DSNAS and SPOS, and the child networks it yields."""
+"""Search spaces, built by name through the registry (`build`, `build_child`, `settings_of`):
+the ShuffleNetV2 space of DSNAS and SPOS, and the child networks it yields."""
 
+from .registry import DATA_SETTINGS, SPACES, SpaceMixin, build, build_child, register_space, settings_of, space_class
+from . import shufflenet  # noqa: E402  (registers the space)
 from .shufflenet import INIT_SCHEMES, OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
 
-__all__ = ["INIT_SCHEMES", "OPS", "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace", "init_weights"]
+DEFAULT_SPACE = ShuffleNetSpace.name  # what a file that names no space (an MMRazor subnet) is read in
+
+__all__ = ["DATA_SETTINGS", "DEFAULT_SPACE", "INIT_SCHEMES", "OPS", "SPACES", "ShuffleNetChild", "ShuffleNetSettings",
+           "ShuffleNetSpace", "SpaceMixin", "build", "build_child", "init_weights", "register_space", "settings_of",
+           "space_class"]

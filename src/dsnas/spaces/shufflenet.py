@@ -13,13 +13,13 @@ drawn per block leave chance within a few hundred steps (BENCHMARKS.md, ``platea
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from functools import cached_property
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
 from ..choice import Choice
+from .registry import SpaceMixin, register_space
 
 OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 STEM_CHANNELS = 16
@@ -200,6 +200,12 @@ class ShuffleNetSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
+    def replace(self, **changes) -> "ShuffleNetSettings":
+        """These settings with ``changes``; a new input size chooses ``small_input`` anew unless given."""
+        if "input_size" in changes:
+            changes.setdefault("small_input", None)
+        return type(self)(**{**self.as_dict(), **changes})
+
     def layout(self) -> list[tuple[int, int, int]]:
         """(in_channels, out_channels, stride) of every choice block, in order."""
         blocks, cin = [], STEM_CHANNELS
@@ -216,7 +222,7 @@ class ShuffleNetSettings:
 
 
 def block_keys() -> list[str]:
-    """MMRazor's name of each block: ``backbone.layers.<stage>.<block>``."""
+    """The label of each block, MMRazor's name for it: ``backbone.layers.<stage>.<block>``."""
     return [f"backbone.layers.{s}.{j}" for s, r in enumerate(STAGE_REPEATS) for j in range(r)]
 
 
@@ -244,9 +250,14 @@ class _ShuffleNet(nn.Module):
         return Parts(_conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2), blocks,
                      _conv_bn(s.layout()[-1][1], s.head_channels, 1), nn.Linear(s.head_channels, s.num_classes))
 
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.blocks(self.stem(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.head(features)), 1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(self.blocks(self.stem(x)))
-        return self.classifier(torch.flatten(self.pool(x), 1))
+        return self.forward_head(self.forward_features(x))
 
 
 class ShuffleNetChild(_ShuffleNet):
@@ -270,39 +281,38 @@ class ShuffleNetChild(_ShuffleNet):
         self.choices = list(choices)
 
 
-class ShuffleNetSpace(_ShuffleNet):
-    """The supernet: every block is a `Choice` over `OPS`.
+@register_space("shufflenet")
+class ShuffleNetSpace(SpaceMixin, _ShuffleNet):
+    """The supernet: every block is a `Choice` over `OPS`, labelled by `block_keys`.
 
     ``ShuffleNetSpace(num_classes=1000, in_channels=3, input_size=224, width=1.0, small_input=None,
     init="aligned")``; ``small_input`` defaults to True below 64 px (stride-1 stem, so 28-32 px
     images end at 2x2); ``init`` is one of `INIT_SCHEMES` (see `init_weights`).
     """
 
-    name = "shufflenet"
+    Settings = ShuffleNetSettings
     ops = OPS
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
                  width: float = 1.0, small_input: bool | None = None, init: str = "aligned"):
         settings = ShuffleNetSettings(num_classes, in_channels, input_size, width, small_input)
-        blocks = [Choice({op: make_op(op, *shape) for op in OPS}) for shape in settings.layout()]
+        blocks = [Choice({op: make_op(op, *shape) for op in OPS}, label)
+                  for label, shape in zip(block_keys(), settings.layout())]
         super().__init__(settings, self.new_parts(settings, blocks))
         init_weights(self, init)
 
-    @property
-    def choices(self) -> list[Choice]:
-        return list(self.blocks)
+    @classmethod
+    def from_settings(cls, settings: ShuffleNetSettings, init: str = "aligned") -> "ShuffleNetSpace":
+        return cls(**settings.as_dict(), init=init)
 
-    @property
-    def num_blocks(self) -> int:
-        return len(self.blocks)
+    @staticmethod
+    def decisions(settings: ShuffleNetSettings | None = None) -> list[tuple[str, list[str]]]:
+        """(label, candidates) of every block; the same at every setting."""
+        return [(label, list(OPS)) for label in block_keys()]
 
-    @cached_property
-    def costs(self):
-        """Per-candidate cost table at this space's input size (computed once)."""
-        from ..cost import cost_table
-
-        x = torch.zeros(1, self.settings.in_channels, self.settings.input_size, self.settings.input_size)
-        return cost_table(self, x)
+    @staticmethod
+    def child_from(choices, settings: ShuffleNetSettings, init: str = "aligned") -> ShuffleNetChild:
+        return ShuffleNetChild(list(choices), settings, init=init)
 
     def child(self, choices, share: bool = False) -> ShuffleNetChild:
         """The deployable child for ``choices`` (op names, indices or an `Architecture`), with
