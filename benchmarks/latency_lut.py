@@ -36,7 +36,8 @@ def study(space: ShuffleNetSpace, archs, backend: str, batch: int, args) -> dict
     twice, in two passes over all children, so the measurement's own agreement is known."""
     table = measure_latency(space, args.device, backend, batch, args.threads, "fp32", args.warmup, args.repeats)
     names = [c.names for c in space.choices]
-    (rows, base), (raw, raw_base) = table.entries(names), table.entries(names, calibrated=False)
+    (rows, base), (raw, raw_base) = table.entries(names, space.labels), table.entries(names, space.labels,
+                                                                                      calibrated=False)
     scale = table.measured["scale"]
     out = {"predicted": [], "uncorrected": [], "measured": [], "again": [], "mflops": [], "scale": scale}
     for arch in archs:

@@ -45,7 +45,7 @@ def main() -> None:
         space = ShuffleNetSpace(10, 1, 28, 0.25, init="torch")
         table = measure_latency(space, "cpu", "torch", 1, 1, "fp32", 10, 100)
         save_latency(table, tmp / "lut.yaml")
-        rows, base = table.entries([c.names for c in space.choices])
+        rows, base = table.entries([c.names for c in space.choices], space.labels)
         low, mean = base + sum(min(r) for r in rows), base + sum(sum(r) / len(r) for r in rows)
         budget = round(low + args.fraction * (mean - low), 3)
         runs = {"MFLOPs budget (demo preset)": search(tmp / "flops", [f"seed={args.seed}"]),

@@ -46,7 +46,7 @@ def test_dsnas_format_round_trip(tmp_path):
     p = tmp_path / "arch.yaml"
     save_arch(a, p)
     raw = yaml.safe_load(p.read_text())
-    assert raw["format"] == "dsnas-arch/1" and raw["choices"] == a.choices
+    assert raw["format"] == "dsnas-arch/2" and raw["choices"] == dict(zip(BLOCK_KEYS, a.choices))
     b = load_arch(p)
     assert b.choices == a.choices
     assert b.settings == a.settings

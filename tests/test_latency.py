@@ -29,19 +29,20 @@ def test_table_round_trip(lut):
     assert again == table
     assert again.measured["backend"] == "torch" and again.measured["batch"] == 1
     assert len(again.blocks) == 20 and set(again.fixed) == {"stem", "head", "call"}
-    assert all(e["ms"] > 0 and e["spread"] >= 0 for b in again.blocks for e in b.values())
+    assert all(e["ms"] > 0 and e["spread"] >= 0 for b in again.blocks.values() for e in b.values())
 
 
 def test_calibration_scales_every_entry(lut):
     """The table's calibration (a median ratio over children timed end to end) multiplies every
     entry and the fixed parts; uncalibrated entries are the timings as measured."""
     _, table = lut
-    names = [list(b) for b in table.blocks]
+    labels = list(table.blocks)
+    names = [list(table.blocks[label]) for label in labels]
     k = table.measured["scale"]
     assert k > 0
-    rows, base = table.entries(names)
-    raw, raw_base = table.entries(names, calibrated=False)
-    assert raw[3][1] == table.blocks[3][names[3][1]]["ms"] and raw_base == pytest.approx(sum(
+    rows, base = table.entries(names, labels)
+    raw, raw_base = table.entries(names, labels, calibrated=False)
+    assert raw[3][1] == table.blocks[labels[3]][names[3][1]]["ms"] and raw_base == pytest.approx(sum(
         v["ms"] for v in table.fixed.values()))
     assert rows[3][1] == pytest.approx(k * raw[3][1]) and base == pytest.approx(k * raw_base)
 
@@ -84,8 +85,8 @@ def test_latency_drives_the_penalty_like_mflops():
     space = ShuffleNetSpace(**SPACE, init="torch")
     counted = space.costs
     fake = LatencyTable(space.settings.as_dict(),
-                        [{op: {"ms": 3 * v} for op, v in zip(names, row)}
-                         for names, row in zip(counted.names, counted.entries["mflops"])],
+                        {label: {op: {"ms": 3 * v} for op, v in zip(names, row)}
+                         for label, names, row in zip(counted.labels, counted.names, counted.entries["mflops"])},
                         {"stem": {"ms": 3 * counted.base["mflops"]}})
     with_latency = counted.with_latency(fake)
     budget = counted.bounds()["min"]  # every path is at or above it: the penalty applies
@@ -137,7 +138,7 @@ def test_info_of_the_space_gives_the_latency_range(lut, dsnas_main):
     """With a table, `info` of the whole space reports the latency range beside the counted costs;
     the space is the table's unless flags say otherwise."""
     path, table = lut
-    rows, base = table.entries([list(b) for b in table.blocks])
+    rows, base = table.entries([list(b) for b in table.blocks.values()], list(table.blocks))
     r = dsnas_main("info", "--latency", path, "--json")
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
@@ -148,7 +149,7 @@ def test_info_of_the_space_gives_the_latency_range(lut, dsnas_main):
 
 def test_search_under_a_binding_latency_budget(lut, tmp_path, dsnas_main):
     path, table = lut
-    rows, base = table.entries([list(b) for b in table.blocks])
+    rows, base = table.entries([list(b) for b in table.blocks.values()], list(table.blocks))
     low, mean = base + sum(min(r) for r in rows), base + sum(sum(r) / len(r) for r in rows)
     budget = low + 0.3 * (mean - low)  # below what a uniform draw costs on average: it binds
     sets = ["width=0.25", "train_limit=384", "test_limit=128", "batch_size=64", "epochs=2", "search_epochs=1",

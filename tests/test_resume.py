@@ -120,8 +120,9 @@ def test_kill_and_resume_is_exact(reference, tmp_path, kill):
     ref_arch, ref_search, ref_child, ref_history = reference
     assert arch == ref_arch
     assert search["fixed"] == ref_search["fixed"]
-    for a, b in zip(search["alphas"], ref_search["alphas"]):
-        assert torch.equal(a, b)
+    assert search["alphas"].keys() == ref_search["alphas"].keys()
+    for label in ref_search["alphas"]:
+        assert torch.equal(search["alphas"][label], ref_search["alphas"][label]), label
     assert child.keys() == ref_child.keys()
     for key in child:
         assert torch.equal(child[key], ref_child[key]), key
@@ -161,7 +162,8 @@ def test_fp16_run_resumes_with_its_loss_scale(tmp_path):
     arch, search, child, history = _result(out)
     ref_arch, ref_search, ref_child, ref_history = _result(ref)
     assert arch == ref_arch and search["fixed"] == ref_search["fixed"]
-    assert all(torch.equal(a, b) for a, b in zip(search["alphas"], ref_search["alphas"]))
+    assert search["alphas"].keys() == ref_search["alphas"].keys()
+    assert all(torch.equal(search["alphas"][k], ref_search["alphas"][k]) for k in ref_search["alphas"])
     assert all(torch.equal(child[k], ref_child[k]) for k in ref_child)
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in ref_history]
     scale = [torch.load(d / "checkpoints" / "last.pt", weights_only=True)["scaler"] for d in (out, ref)]

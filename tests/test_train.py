@@ -43,9 +43,9 @@ def test_search_writes_every_output(tiny_run):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["width"] == 0.25 and cfg["train_limit"] == 256
     rows = (out / "alpha.csv").read_text().strip().splitlines()
-    assert rows[0].startswith("epoch,stage,block,shuffle_3x3")
+    assert rows[0].startswith("epoch,stage,block,label,shuffle_3x3")
     assert len(rows) == 1 + (1 + 3) * 20  # initial alpha, then every epoch
-    assert rows[1].startswith("0,init,0,0.25,0.25,0.25,0.25")
+    assert rows[1].startswith("0,init,0,backbone.layers.0.0,0.25,0.25,0.25,0.25")
     assert (out / "alpha.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -84,7 +84,8 @@ def test_finetune_trains_only_the_child_and_resets_bn(tiny_run):
             changed_unchosen.append(key)
     assert checked_bn > 0
     assert changed_unchosen == []
-    assert before["search"]["alphas"][0].tolist() == after["search"]["alphas"][0].tolist()  # alpha frozen
+    first = "backbone.layers.0.0"
+    assert before["search"]["alphas"][first].tolist() == after["search"]["alphas"][first].tolist()  # alpha frozen
 
 
 def test_same_seed_same_result(tiny_run, tmp_path):

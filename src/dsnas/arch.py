@@ -2,11 +2,18 @@
 
 Ours::
 
-    format: dsnas-arch/1
+    format: dsnas-arch/2
     space: shufflenet
     settings: {num_classes: 1000, in_channels: 3, input_size: 224, width: 1.0, small_input: false}
-    choices: [shuffle_3x3, shuffle_7x7, ...]      # one op name per block, in order
+    choices:                                      # the op of every block, by the block's label
+      backbone.layers.0.0: shuffle_3x3
+      backbone.layers.0.1: shuffle_7x7
+      ...
     metadata: {mflops: ..., macs_m: ..., params_m: ..., created_by: ...}
+
+Blocks are matched by label, so their order in the file does not matter; a missing or unknown
+label is an error. ``dsnas-arch/1`` files (``choices`` a list, one op per block in the space's
+order) still load.
 
 MMRazor's: ``backbone.layers.<stage>.<block>: <op>`` or ``{chosen: <op>}``, keys optionally
 prefixed ``architecture.``.
@@ -25,7 +32,8 @@ from .errors import DsnasError
 from .files import read_yaml, write_text
 from .spaces import DEFAULT_SPACE, settings_of, space_class
 
-FORMAT = "dsnas-arch/1"
+FORMAT = "dsnas-arch/2"
+FORMAT_V1 = "dsnas-arch/1"  # choices as a list in the space's order
 MMRAZOR_SOURCE = "mmrazor subnet"  # metadata.source of an architecture read from MMRazor's YAML
 _MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d+)\.(\d+)$")
 
@@ -64,7 +72,7 @@ class Architecture:
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "space": self.space, "settings": dict(self.settings),
-                "choices": list(self.choices), "metadata": dict(self.metadata)}
+                "choices": dict(zip(self.labels, self.choices)), "metadata": dict(self.metadata)}
 
     def to_mmrazor(self) -> dict:
         return {label: {"chosen": op} for label, op in zip(self.labels, self.choices)}
@@ -101,14 +109,16 @@ def parse_arch(data, source: str = "architecture") -> Architecture:
             raise DsnasError("not a mapping of architecture settings")
         if "format" not in data:
             return Architecture(_parse_mmrazor(data), metadata={"source": MMRAZOR_SOURCE})  # no settings in the file
-        if data["format"] != FORMAT:
-            raise DsnasError(f"unknown format {data['format']!r} (this version reads {FORMAT!r})")
+        if data["format"] not in (FORMAT, FORMAT_V1):
+            raise DsnasError(f"unknown format {data['format']!r} (this version reads {FORMAT!r} and {FORMAT_V1!r})")
         space = data.get("space", DEFAULT_SPACE)
         if not isinstance(space, str):
             raise DsnasError(f"'space' must be a space name, got {space!r}")
         choices = data.get("choices")
-        if not isinstance(choices, list):
-            raise DsnasError("'choices' must be a list of op names")
+        if data["format"] == FORMAT_V1 and not isinstance(choices, list):
+            raise DsnasError(f"'choices' must be a list of op names in {FORMAT_V1}")
+        if data["format"] == FORMAT and not isinstance(choices, dict):
+            raise DsnasError("'choices' must be a mapping from each block's label to its op")
         metadata = data.get("metadata") or {}
         if not isinstance(metadata, dict):
             raise DsnasError("'metadata' must be a mapping")
@@ -144,7 +154,10 @@ def load_arch(path: str | Path) -> Architecture:
 def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False) -> None:
     """Write ``arch`` as our YAML (or MMRazor's subnet YAML); ``-`` writes it to stdout."""
     data = arch.to_mmrazor() if mmrazor else arch.to_dict()
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    # one line per block (label: op); short settings and metadata mappings on one line each
+    text = "".join(yaml.safe_dump({k: v}, sort_keys=False,
+                                  default_flow_style=None if isinstance(v, dict) and k != "choices" else False)
+                   for k, v in data.items())
     if str(path) == "-":
         sys.stdout.write(text)
     else:

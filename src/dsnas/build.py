@@ -88,7 +88,7 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
         run.lock = RunLock(out).acquire()
         check_run_dir(out, resume)  # under the lock: another writer may have used the folder since the first check
     if resume:
-        ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS)
+        ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS, space=space.name)
         run.state = restore_run(ckpt, run.parts, rt.rank)
         run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
     else:

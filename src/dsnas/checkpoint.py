@@ -20,18 +20,20 @@ import torch
 
 from .errors import DsnasError
 from .files import atomic_path
+from .spaces import DEFAULT_SPACE
 
-FORMAT = "dsnas-checkpoint/1"
+FORMAT = "dsnas-checkpoint/2"  # /2: the space's name, and the architecture state keyed by block label
+READS = (FORMAT, "dsnas-checkpoint/1")
 LAST, PREV = "last.pt", "prev.pt"
 
 
-def save_checkpoint(folder: Path, payload: dict, settings: dict) -> Path:
+def save_checkpoint(folder: Path, payload: dict, settings: dict, space: str = DEFAULT_SPACE) -> Path:
     """Write ``folder/last.pt`` atomically; the previous ``last.pt`` becomes ``prev.pt``."""
     last = folder / LAST
     try:
         with atomic_path(last) as tmp:
             with open(tmp, "wb") as f:
-                torch.save({"format": FORMAT, "settings": settings, **payload}, f)
+                torch.save({"format": FORMAT, "space": space, "settings": settings, **payload}, f)
             if last.exists():
                 os.replace(last, folder / PREV)  # a kill before the next rename leaves prev.pt, which loading reads
     except DsnasError as e:
@@ -40,7 +42,7 @@ def save_checkpoint(folder: Path, payload: dict, settings: dict) -> Path:
     return last
 
 
-def _read(path: Path, settings: dict, required: tuple) -> dict:
+def _read(path: Path, settings: dict, required: tuple, space: str) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -48,9 +50,11 @@ def _read(path: Path, settings: dict, required: tuple) -> dict:
                          f"it ({str(e).splitlines()[0][:120]})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise DsnasError(f"checkpoint {path} is corrupt or truncated: {str(e).splitlines()[0][:160]}") from None
-    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") not in READS:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise DsnasError(f"checkpoint {path} has format {found!r}; this version reads {FORMAT!r}")
+        raise DsnasError(f"checkpoint {path} has format {found!r}; this version reads {' and '.join(map(repr, READS))}")
+    if ckpt.get("space", DEFAULT_SPACE) != space:
+        raise DsnasError(f"checkpoint {path} is for the {ckpt.get('space')!r} space, this run uses {space}")
     if ckpt.get("settings") != settings:
         raise DsnasError(f"checkpoint {path} is for space settings {ckpt.get('settings')}, this run uses {settings}")
     lacking = [k for k in required if k not in ckpt]
@@ -63,7 +67,7 @@ def _warn(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = ()) -> dict:
+def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = (), space: str = DEFAULT_SPACE) -> dict:
     """The newest loadable checkpoint in ``folder`` (``last.pt``, else ``prev.pt``) that holds
     every key of ``required``."""
     errors = []
@@ -72,7 +76,7 @@ def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = 
         if not path.exists():
             continue
         try:
-            ckpt = _read(path, settings, required)
+            ckpt = _read(path, settings, required, space)
         except DsnasError as e:
             errors.append(str(e))
             continue
@@ -122,7 +126,11 @@ def restore_run(ckpt: dict, parts: dict, rank: int) -> RunState:
     """Load a `run_payload` into ``parts`` and the global generators; returns the progress."""
     for k in STATEFUL:
         if ckpt.get(k):  # a checkpoint of an fp32 run may hold an empty scaler state
-            parts[k].load_state_dict(ckpt[k])
+            try:
+                parts[k].load_state_dict(ckpt[k])
+            except (ValueError, KeyError, RuntimeError) as e:
+                raise DsnasError(f"the checkpoint's {k} state does not fit this run: {str(e).splitlines()[0][:200]}") \
+                    from None
     rngs = ckpt["sampler_rng"]
     parts["search"].generator.set_state(rngs[rank] if rank < len(rngs) else rngs[0])
     if ckpt.get("rank_bn") and rank < len(ckpt["rank_bn"]):  # this rank's own BN statistics

@@ -279,8 +279,7 @@ def cmd_latency(args) -> int:
                             args.warmup, args.repeats, progress=progress)
     bar.close()
     save_latency(table, args.out)
-    names = [c.names for c in space.choices]
-    rows, base = table.entries(names)
+    rows, base = table.entries([c.names for c in space.choices], space.labels)
     low, high = base + sum(min(r) for r in rows), base + sum(max(r) for r in rows)
     print(f"wrote {args.out}: {table.measured['device_name']}, {args.backend}, batch {args.batch}, "
           f"{args.threads} thread(s); architectures predicted at {low:.3f}-{high:.3f} ms")

@@ -7,9 +7,10 @@ also run with a hot cache, so random children are timed end to end and the media
 measured to summed latency is stored as the table's ``scale``. Everything is timed in
 interleaved rounds, so that a slow spell of a shared machine falls on all entries alike.
 
-A table is a versioned YAML file (``format: dsnas-latency/1``) that records what was measured
-and where: the space settings, the device, library versions, backend, threads, batch, precision
-and date, and per entry the median time in ms and its spread (interquartile range). The latency
+A table is a versioned YAML file (``format: dsnas-latency/2``) that records what was measured
+and where: the space and its settings, the device, library versions, backend, threads, batch,
+precision and date, and per entry the median time in ms and its spread (interquartile range).
+Blocks are keyed by their label (``dsnas-latency/1`` tables, a list in block order, still load). The latency
 of an architecture is predicted as the sum of its entries, like MFLOPs in `cost.CostTable`, so a
 table measured on a small target device can drive a search run anywhere.
 """
@@ -29,31 +30,37 @@ from torch import nn
 
 from .errors import DsnasError
 from .files import read_yaml, write_text
-from .spaces import DEFAULT_SPACE, settings_of
+from .spaces import DEFAULT_SPACE, settings_of, space_class
 
-FORMAT = "dsnas-latency/1"
+FORMAT = "dsnas-latency/2"
+FORMAT_V1 = "dsnas-latency/1"  # blocks as a list in the space's order
 BACKENDS = ("torch", "onnxruntime")
 PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
 class LatencyTable:
-    """``blocks[i][op]`` and ``fixed[part]`` hold ``{"ms": median, "spread": iqr}``."""
+    """``blocks[label][op]`` and ``fixed[part]`` hold ``{"ms": median, "spread": iqr}``."""
 
     settings: dict
-    blocks: list[dict[str, dict]]
+    blocks: dict[str, dict[str, dict]]
     fixed: dict[str, dict]
     measured: dict = field(default_factory=dict)  # device, backend, versions, threads, batch, precision, date
     space: str = DEFAULT_SPACE
 
-    def entries(self, names: list[list[str]], labels: list[str] | None = None,
+    def entries(self, names: list[list[str]], labels: list[str],
                 calibrated: bool = True) -> tuple[list[list[float]], float]:
-        """Per-block candidate latencies (ms) in the order of ``names``, and the fixed parts' sum,
-        times the table's calibration ``scale`` (unless not ``calibrated``)."""
-        if [sorted(b) for b in self.blocks] != [sorted(n) for n in names]:
-            raise DsnasError("latency table: its blocks and candidates are not those of this space")
+        """The candidates' latencies (ms) of the blocks ``labels``, each in the order of its
+        ``names``, and the fixed parts' sum, times the table's calibration ``scale`` (unless not
+        ``calibrated``)."""
+        other = sorted(set(labels) ^ set(self.blocks))
+        if other:
+            raise DsnasError(f"latency table: block {other[0]} is in one of the table and this space only")
+        for label, n in zip(labels, names):
+            if sorted(self.blocks[label]) != sorted(n):
+                raise DsnasError(f"latency table: block {label} has other candidates than in this space")
         k = float(self.measured.get("scale", 1.0)) if calibrated else 1.0
-        return [[k * self.blocks[i][op]["ms"] for op in n] for i, n in enumerate(names)], k * sum(
+        return [[k * self.blocks[label][op]["ms"] for op in n] for label, n in zip(labels, names)], k * sum(
             v["ms"] for v in self.fixed.values())
 
     def check_settings(self, settings: dict, path: str | Path, space: str = DEFAULT_SPACE) -> None:
@@ -78,29 +85,46 @@ def load_latency(path: str | Path, settings: dict | None = None, space: str = DE
     """Read a table; with ``settings``, refuse one measured for another space or settings."""
     data = read_yaml(path, "latency table")
     try:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
+        if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise DsnasError(f"has format {found!r}; this version reads {FORMAT!r}")
+            raise DsnasError(f"has format {found!r}; this version reads {FORMAT!r} and {FORMAT_V1!r}")
         blocks, fixed = data.get("blocks"), data.get("fixed")
-        if not isinstance(blocks, list) or not isinstance(fixed, dict) or not isinstance(data.get("settings"), dict):
-            raise DsnasError("needs settings, fixed and blocks")
-        for entry in [*fixed.values(), *(e for b in blocks if isinstance(b, dict) for e in b.values())]:
+        kind = list if data["format"] == FORMAT_V1 else dict
+        if not isinstance(blocks, kind) or not isinstance(fixed, dict) or not isinstance(data.get("settings"), dict):
+            raise DsnasError(f"needs settings, fixed and blocks ({'a list' if kind is list else 'a mapping by label'})")
+        for entry in [*fixed.values(), *(e for b in _values(blocks) if isinstance(b, dict) for e in b.values())]:
             ms = entry.get("ms") if isinstance(entry, dict) else None
             if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < float("inf"):
                 raise DsnasError(f"every entry needs a finite ms >= 0, got {entry!r}")
-        if not all(isinstance(b, dict) and b for b in blocks):
+        if not all(isinstance(b, dict) and b for b in _values(blocks)):
             raise DsnasError("every block needs a mapping of candidates")
         _check_measured(data.get("measured") or {})
         name = data.get("space", DEFAULT_SPACE)
         if not isinstance(name, str):
             raise DsnasError(f"names a space that is not a name: {name!r}")
-        space_settings = settings_of(name, data["settings"]).as_dict()
+        space_settings = settings_of(name, data["settings"])
+        blocks = _by_label(blocks, name, space_settings)
     except DsnasError as e:
         raise DsnasError(f"latency table {path} {e}") from None
+    space_settings = space_settings.as_dict()
     table = LatencyTable(space_settings, blocks, fixed, data.get("measured") or {}, name)
     if settings is not None:
         table.check_settings(settings, path, space)
     return table
+
+
+def _values(blocks) -> list:
+    return list(blocks.values()) if isinstance(blocks, dict) else list(blocks)
+
+
+def _by_label(blocks, space: str, settings) -> dict:
+    """The blocks of a table keyed by label: a version-1 list is labelled in the space's order."""
+    if isinstance(blocks, dict):
+        return {str(label): entry for label, entry in blocks.items()}
+    labels = [label for label, _ in space_class(space).decisions(settings)]
+    if len(blocks) != len(labels):
+        raise DsnasError(f"has {len(blocks)} blocks, the {space} space has {len(labels)}")
+    return dict(zip(labels, blocks))
 
 
 MEASURED_LIMITS = {"threads": 1024, "batch": 65536, "repeats": 1_000_000, "rounds": 1000}
@@ -228,7 +252,8 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
     minus = (lambda e: {"ms": round(max(e["ms"] - call["ms"], 0.0), 5), "spread": e["spread"]})
     fixed = {"stem": minus(timed[1]), "head": minus(timed[2]), "call": call}
     entries = iter(timed[3:])
-    blocks = [{name: minus(next(entries)) for name in choice.names} for choice in space.choices]
+    blocks = {label: {name: minus(next(entries)) for name in choice.names}
+              for label, choice in zip(space.labels, space.choices)}
     table = LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats), space.name)
     table.measured["rounds"] = timer.rounds
     table.measured["scale"] = round(_calibrate(space, table, timer, x, calibrate), 5) if calibrate else 1.0
@@ -239,8 +264,7 @@ def _calibrate(space, table: LatencyTable, timer: _Timer, x: torch.Tensor, n: in
     """Parts timed alone run with their weights and inputs hot in the cache; in a network they
     do not. The median ratio of measured to summed latency over ``n`` seeded random children
     scales every entry."""
-    names = [c.names for c in space.choices]
-    rows, base = table.entries(names, calibrated=False)
+    rows, base = table.entries([c.names for c in space.choices], space.labels, calibrated=False)
     gen = torch.Generator().manual_seed(12345)
     archs = [[int(torch.randint(len(r), (), generator=gen)) for r in rows] for _ in range(n)]
     measured = timer.many([(space.child(arch).to(x.device).eval(), x) for arch in archs])

@@ -103,22 +103,25 @@ def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | Non
         plot_alpha(out / "alpha.png", alpha, title)
 
 
+ROW_KEYS = ("epoch", "stage", "block", "label", "fixed")  # the columns of alpha.csv that are not candidates
+
+
 def alpha_rows(search, epoch: int, stage: str) -> list[dict]:
     """softmax(alpha) of every block of a `DSNAS` search after ``epoch``, one row per block."""
     names = [c.names for c in search.choices]
-    return [{"epoch": epoch, "stage": stage, "block": i, "fixed": "" if f is None else n[f],
+    return [{"epoch": epoch, "stage": stage, "block": i, "label": label, "fixed": "" if f is None else n[f],
              **{op: round(p, 6) for op, p in zip(n, pr.tolist())}}
-            for i, (n, pr, f) in enumerate(zip(names, search.probs(), search.fixed()))]
+            for i, (label, n, pr, f) in enumerate(zip(search.labels, names, search.probs(), search.fixed()))]
 
 
 def write_alpha_csv(path: Path, rows: list[dict]) -> None:
     ops = []
     for r in rows:
         for k in r:
-            if k not in ("epoch", "stage", "block", "fixed") and k not in ops:
+            if k not in ROW_KEYS and k not in ops:
                 ops.append(k)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, ["epoch", "stage", "block", *ops, "fixed"], lineterminator="\n")
+    writer = csv.DictWriter(buf, ["epoch", "stage", "block", "label", *ops, "fixed"], lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
@@ -148,7 +151,7 @@ def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
     if not rows:
         return
     blocks = sorted({r["block"] for r in rows})
-    ops = [k for k in rows[0] if k not in ("epoch", "stage", "block", "fixed")]
+    ops = [k for k in rows[0] if k not in ROW_KEYS]
     cols = 5
     nrows = (len(blocks) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.1 * nrows), sharex=True, sharey=True, squeeze=False)

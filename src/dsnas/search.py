@@ -235,14 +235,28 @@ class DSNAS:
 
     # --- state ----------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        return {"alphas": [a.detach().cpu().clone() for a in self.alphas],
-                "fixed": [-1 if f is None else f for f in self.fixed()]}
+        """alpha and the fixed candidate of every block, keyed by the block's label (with its
+        candidates' names, so that a checkpoint of another space is refused, not misread)."""
+        return {"alphas": {label: a.detach().cpu().clone() for label, a in zip(self.labels, self.alphas)},
+                "fixed": {label: -1 if f is None else f for label, f in zip(self.labels, self.fixed())},
+                "candidates": {label: list(c.names) for label, c in zip(self.labels, self.choices)}}
 
     def load_state_dict(self, state: dict) -> None:
+        """Load a `state_dict`, matched by label (older ones hold lists, in block order)."""
+        alphas, fixed = state["alphas"], state["fixed"]
+        if isinstance(alphas, dict):
+            if set(alphas) != set(self.labels) or set(fixed) != set(self.labels):
+                other = sorted(set(alphas) ^ set(self.labels)) or sorted(set(fixed) ^ set(self.labels))
+                raise ValueError(f"the saved architecture state does not match this model's blocks (e.g. {other[0]!r})")
+            if state.get("candidates", {}) not in ({}, {k: list(c.names) for k, c in zip(self.labels, self.choices)}):
+                raise ValueError("the saved architecture state names other candidates than this model's")
+            alphas, fixed = [alphas[k] for k in self.labels], [fixed[k] for k in self.labels]
+        if len(alphas) != len(self.alphas) or len(fixed) != len(self.choices):
+            raise ValueError(f"the saved architecture state has {len(alphas)} blocks, this model {len(self.alphas)}")
         with torch.no_grad():
-            for alpha, saved in zip(self.alphas, state["alphas"]):
+            for alpha, saved in zip(self.alphas, alphas):
                 alpha.copy_(saved)
-        for choice, f in zip(self.choices, state["fixed"]):
+        for choice, f in zip(self.choices, fixed):
             f = int(f)
             if f >= 0:
                 choice.fix(f)

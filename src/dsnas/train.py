@@ -198,7 +198,7 @@ def checkpoint(run: Run, epoch: int, step: int) -> None:
     if run.rt.main:
         at = dataclasses.replace(run.state, epoch=epoch, step=step, elapsed=time.time() - run.started)
         payload = run_payload(run.parts, at, rngs, bn, run.cfg.to_dict())
-        save_checkpoint(run.out / "checkpoints", payload, run.space.settings.as_dict())
+        save_checkpoint(run.out / "checkpoints", payload, run.space.settings.as_dict(), run.space.name)
 
 
 def finish(run: Run) -> RunResult:
