@@ -37,14 +37,15 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, opti
                search: DSNAS, scaler: torch.amp.GradScaler, amp: torch.dtype | None) -> torch.Tensor:
     """One step: forward under autocast, one backward for the weight gradients and the gate
     rewards, then (with ``arch_optimizer``) the DSNAS alpha-step and the weight step. Under fp16 the
-    loss is scaled; the alpha-gradients carry the same scale and are unscaled by the scaler like
-    the weights' (a step with an inf/NaN gradient is skipped and the scale lowered)."""
+    loss is scaled; the alpha-gradients (rewards and resource term alike) carry the same scale and
+    are unscaled by the scaler like the weights' (a step with an inf/NaN gradient is skipped and
+    the scale lowered)."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         loss = criterion(net(x), y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if arch_optimizer is not None:
-        search.compute_arch_grads()
+        search.compute_arch_grads(scaler.scale(torch.ones((), device=loss.device)) if scaler.is_enabled() else 1.0)
         if any(a.grad is not None for a in search.alphas):  # all fixed: nothing to step
             scaler.step(arch_optimizer)
     scaler.step(optimizer)
