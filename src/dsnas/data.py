@@ -336,16 +336,26 @@ class BatchPlan:
                 yield batch
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``, without waiting for it: a copy from pageable host memory to a GPU
+    blocks until every kernel already queued has run (a host-device sync per batch), so a CPU
+    tensor goes to a GPU through pinned memory, asynchronously."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Padded random crop and horizontal flip for a float batch (N, C, H, W)."""
+    """Padded random crop and horizontal flip for a float batch (N, C, H, W). The draws come from
+    ``generator`` (a CPU one), so a seed gives the same crops on every device."""
     n, c, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(images.device)
+    offsets = to_device(torch.randint(0, 2 * pad + 1, (2, n), generator=generator), images.device)
     rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, :, None]
     cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, :]
     out = padded.permute(0, 2, 3, 1)[torch.arange(n, device=images.device)[:, None, None], rows, cols]
     out = out.permute(0, 3, 1, 2)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    flip = to_device(torch.rand(n, generator=generator) < 0.5, images.device)
     return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
 
 
@@ -390,9 +400,9 @@ class Loader:
             yield from self._streamed()
             return
         for step, idx in enumerate(self.plan, start=self.plan.start):
-            index = torch.tensor(idx, device=self.images.device)
-            x = self.images[index].to(self.device, non_blocking=True).float().div_(255)
-            y = self.labels[index].to(self.device, non_blocking=True)
+            index = to_device(torch.tensor(idx), self.images.device)
+            x = to_device(self.images[index], self.device).float().div_(255)
+            y = to_device(self.labels[index], self.device)
             if self.train and self.pad:  # pad=0: no augmentation
                 g = torch.Generator().manual_seed(hash((self.seed, self.plan.epoch, step, self.rank)) & 0xFFFFFFFF)
                 x = augment(x, self.pad, g)

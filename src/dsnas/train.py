@@ -33,6 +33,12 @@ from .select import best, select, selection_summary
 from .spaces import ShuffleNetSpace
 
 
+# The host-device syncs left in a search step on a GPU (the loader's indices and augmentation draws
+# reach the device through pinned memory; the loss, its sum and its finiteness check stay there):
+# - `DSNAS.sample` copies softmax(alpha) to the host, where the path is drawn with a CPU generator
+#   (the same paths on every device), and the forward needs the path;
+# - under amp fp16, `GradScaler.step` reads whether a gradient overflowed, once per optimizer;
+# - under torchrun, DDP copies back which parameters no rank used (the unsampled candidates).
 def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, arch_optimizer,
                search: DSNAS, scaler: torch.amp.GradScaler, amp: torch.dtype | None) -> torch.Tensor:
     """One step: forward under autocast, one backward for the weight gradients and the gate
