@@ -58,7 +58,7 @@ class Run:
 
     @property
     def precision(self) -> str:
-        return precision_label(self.cfg.amp, self.rt.amp_dtype, self.cfg.method)
+        return precision_label(self.cfg.amp, self.rt.amp_dtype, self.cfg.method, self.rt.tf32)
 
     @property
     def parts(self) -> dict:

@@ -14,12 +14,20 @@ from .errors import DsnasError
 from .search import DSNAS
 
 
+# fp32 on CUDA means IEEE fp32. cuDNN runs fp32 convolutions in TF32 by default (a 10-bit mantissa,
+# as fp16's), yet the search stage runs in fp32 because bf16 makes the gate rewards too noisy
+# (`stage_autocast`); whether TF32 keeps them precise enough is for the GPU figures of
+# benchmarks/reward_precision.py to decide. Until then both TF32 switches are set off.
+TF32 = False
+
+
 @dataclass
 class Runtime:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
     amp_dtype: torch.dtype | None = None
+    tf32: bool = False  # fp32 convolutions and matmuls run in TF32
 
     @property
     def main(self) -> bool:
@@ -41,7 +49,16 @@ def setup_runtime(cfg: Config) -> Runtime:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(rank, world, device, autocast_dtype(cfg.amp, device))
+    return Runtime(rank, world, device, autocast_dtype(cfg.amp, device), set_tf32(device))
+
+
+def set_tf32(device: torch.device) -> bool:
+    """Set both TF32 switches (cuDNN's and cuBLAS's) to `TF32` for a CUDA device; returns whether
+    fp32 math there runs in TF32 (never on a CPU)."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = TF32
+    return TF32
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -55,12 +72,13 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def precision_label(amp: str, dtype: torch.dtype | None, method: str) -> str:
+def precision_label(amp: str, dtype: torch.dtype | None, method: str, tf32: bool = False) -> str:
     """How a run computes, for the log and metrics.json: ``fp32``, ``bf16``, ``fp16 (scaled)``, or
-    ``bf16, search stage fp32`` under ``amp: auto``."""
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, "fp32")
+    ``bf16, search stage fp32`` under ``amp: auto``; ``tf32`` in place of fp32 when that runs in TF32."""
+    full = "tf32" if tf32 else "fp32"
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, full)
     if dtype is not None and stage_autocast(amp, dtype, "search") is None and method == "dsnas":
-        name += ", search stage fp32"
+        name += f", search stage {full}"
     return name
 
 
