@@ -42,6 +42,8 @@ def setup_runtime(cfg: Config) -> Runtime:
     want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise DsnasError(f"device {cfg.device!r} requested but CUDA is not available")
+    if cfg.deterministic:
+        use_deterministic_algorithms()
     if want_cuda:
         device = torch.device(cfg.device if ":" in cfg.device else f"cuda:{local_rank}")
         torch.cuda.set_device(device)
@@ -50,6 +52,17 @@ def setup_runtime(cfg: Config) -> Runtime:
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return Runtime(rank, world, device, autocast_dtype(cfg.amp, device), set_tf32(device))
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic algorithms only, so that a CUDA run repeats bitwise as a CPU run does: cuDNN
+    picks deterministic convolution algorithms and does not benchmark, torch refuses an op that
+    has no deterministic version, and cuBLAS gets the fixed workspace this needs (before its first
+    call). Process-wide, as these switches are."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
 
 
 def set_tf32(device: torch.device) -> bool:
