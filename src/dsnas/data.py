@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import os
 import pickle
+import shutil
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -360,6 +363,35 @@ def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch
 
 
 DEVICE_SPLIT_BYTES = 2 << 30  # an in-memory split up to this size is copied to the GPU once
+SHM = "/dev/shm"  # DataLoader workers hand their batches over in shared memory, files here
+PREFETCH = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
+SHM_SHARE = 0.5  # the part of /dev/shm's free space that one machine's loaders may plan to fill
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm (None where there is none)."""
+    try:
+        return shutil.disk_usage(SHM).free
+    except OSError:
+        return None
+
+
+def workers_that_fit(workers: int, batch_bytes: int, rank: int = 0) -> int:
+    """``workers``, or fewer when the batches they keep in flight (`PREFETCH` each, and one being
+    handed over) would not fit in their share of /dev/shm: filling it kills a worker with a bus
+    error. The ranks of one machine share it. Says so on stderr when it lowers the count."""
+    free = shm_free_bytes()
+    if not workers or free is None:
+        return workers
+    room = free * SHM_SHARE / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    fit = min(workers, max(0, int((room / batch_bytes - 1) // PREFETCH)))
+    if fit < workers and rank == 0:
+        need = (workers * PREFETCH + 1) * batch_bytes
+        print(f"dsnas: warning: /dev/shm has {free / 2**20:.0f} MiB free, too little for {workers} loader workers "
+              f"(~{need / 2**20:.0f} MiB of batches in flight); using {fit or 'none (loading in the main process)'}. "
+              "Give the machine or container more shared memory (docker run --shm-size=8g) or lower workers or "
+              "batch_size", file=sys.stderr)
+    return fit
 
 
 class Loader:
@@ -385,6 +417,8 @@ class Loader:
             self.images, self.labels = self.source.images.to(store), self.source.labels.to(store)
         else:
             self.source = self.source.decoded_on(jpeg_decode)
+            channels = 1 if self.source.mode == "L" else 3
+            workers = workers_that_fit(workers, batch_size * channels * self.source.size ** 2, rank)
             self.loader = torch.utils.data.DataLoader(self.source, batch_sampler=self.plan, num_workers=workers,
                                                       collate_fn=collate, pin_memory=device.type == "cuda",
                                                       persistent_workers=workers > 0)
