@@ -363,7 +363,7 @@ def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch
 
 
 DEVICE_SPLIT_BYTES = 2 << 30  # an in-memory split up to this size is copied to the GPU once
-SHM = "/dev/shm"  # DataLoader workers hand their batches over in shared memory, files here
+SHM = "/dev/shm"  # the shared memory through which DataLoader workers hand their batches over
 PREFETCH = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
 SHM_SHARE = 0.5  # the part of /dev/shm's free space that one machine's loaders may plan to fill
 
