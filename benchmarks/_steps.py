@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from dsnas import DSNAS
+from dsnas.runtime import set_tf32
 from dsnas.spaces import ShuffleNetSpace
 from dsnas.train import train_step
 
@@ -19,6 +20,7 @@ class Pair:
                  device: str = "cpu", channels_last: bool = True, amp: torch.dtype | None = None, seed: int = 0):
         torch.manual_seed(seed)
         self.device, self.amp = torch.device(device), amp
+        set_tf32(self.device)  # fp32 as a run computes it
         self.space = ShuffleNetSpace(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
                                      width=width)
         table = self.space.costs

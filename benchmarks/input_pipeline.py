@@ -128,6 +128,36 @@ def parity(data, device: torch.device, n: int = 64) -> dict:
     return out
 
 
+def stream_order(data, device: torch.device, rounds: int = 40, images: int = 8) -> dict:
+    """How often a GPU decode overwrote memory that kernels queued before it still read, as
+    torchvision PR #9606 tests it: fill tensors the size of the decoded images with a known
+    value, queue a long kernel and then a sum of each, free them, decode, and check the sums.
+    For the loader's decode (on its side stream) and for a plain `decode_jpeg` on the caller's
+    stream; rounds out of ``rounds`` with a wrong sum."""
+    from torchvision.io import decode_jpeg
+
+    from dsnas.images import _decode_jpegs
+
+    jpegs = [data.train.decoded_on("device")[i][0] for i in range(images)]
+    sizes = [int(img.numel()) for img in _decode_jpegs(jpegs, "RGB", device)]
+    decoders = {"loader (side stream)": lambda: _decode_jpegs(jpegs, "RGB", device),
+                "decode_jpeg on the caller's stream": lambda: decode_jpeg([j.data for j in jpegs], device=device)}
+    out = {}
+    for name, decode in decoders.items():
+        bad = 0
+        for _ in range(rounds):
+            blocks = [torch.full((n,), 3, dtype=torch.uint8, device=device) for n in sizes]
+            torch.cuda.synchronize()
+            torch.cuda._sleep(20_000_000)  # keeps the stream busy while the sums below wait their turn
+            sums = [b.sum() for b in blocks]
+            del blocks  # freed while their sums are still queued: the allocator may hand them to the decoder
+            decode()
+            torch.cuda.synchronize()
+            bad += any(int(t) != 3 * n for t, n in zip(sums, sizes))
+        out[name] = bad
+    return out
+
+
 def step_rates(pair: Pair, data, decode: str, workers: int, batch: int, steps: int, child: bool) -> tuple[float, float]:
     """Images/s of a training step fed by the loader, and of the same step on a resident batch."""
     step = pair.child_step if child else pair.search_step
@@ -193,6 +223,9 @@ def main() -> None:
 
 def measure(args, data, device: torch.device, batch: int, steps: int) -> dict:
     out = {"device": str(device), "crops": {}, "rates": {}, "parity": parity(data, device)}
+    if device.type == "cuda":
+        out["stream_order"] = stream_order(data, device)
+        print(f"stream order: {out['stream_order']}", flush=True)
     for decode in args.decoders:
         for workers in sorted({0, args.workers}):
             rate = crops_per_second(data, decode, workers, batch, device, max(4, 2048 // batch if workers else 3))
@@ -233,6 +266,11 @@ def report(r: dict) -> str:
               f"{q['test']['max']} / {q['test']['mean']} for evaluation crops (PIL's antialiased bilinear against "
               "torchvision's on tensors; the largest differences come from crops smaller than 224 px, which are "
               "enlarged)."]
+    if "stream_order" in r:
+        lines += ["", "GPU decoding against queued kernels (torchvision PR #9606's test, 40 rounds: tensors freed "
+                  "while their sums are still queued behind a long kernel, then a batch of 8 decoded): rounds in "
+                  "which a sum came out wrong, i.e. the decoder wrote into memory queued kernels still read: "
+                  + "; ".join(f"{k}: {v}/40" for k, v in r["stream_order"].items()) + "."]
     lines += ["", f"(b) A training step fed by the loader ({r['workers']} workers) against (c) the same step on a "
               "batch already on the device (ShuffleNet space, width 1.0, 1000 classes, median of "
               f"{r['steps']} steps):", "",

@@ -6,7 +6,7 @@ plain child network. The two are interleaved, many repetitions, median time. Mem
 path for both: the bytes autograd keeps for backward in one forward (CPU), or the peak allocated
 memory of a whole step (CUDA).
 
-    python benchmarks/step_overhead.py [--reps 40] [--json] [--no-write]
+    python benchmarks/step_overhead.py [--reps 40] [--batch N] [--json] [--no-write]
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ import torch
 from _report import machine, write_section
 from _steps import Pair, median, saved_activation_bytes
 
-SETTINGS = [  # (name, input size, batch, width, classes, channels)
-    ("28 px, batch 64 (small-image space)", 28, 64, 1.0, 10, 1),
-    ("224 px, batch 16", 224, 16, 1.0, 1000, 3),
+SETTINGS = [  # (note, input size, batch, width, classes, channels)
+    (" (small-image space)", 28, 64, 1.0, 10, 1),
+    ("", 224, 16, 1.0, 1000, 3),
 ]
 
 
@@ -53,14 +53,17 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=0, help="one batch for every setting (default: each its own)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
-    results = {name: measure(*rest, args.reps, args.device) for name, *rest in SETTINGS}
+    results = {f"{size} px, batch {args.batch or batch}{note}": measure(size, args.batch or batch, *rest, args.reps,
+                                                                         args.device)
+               for note, size, batch, *rest in SETTINGS}
     if args.json:
         print(json.dumps({"device": args.device, "settings": results}))
     lines = ["## Search-step overhead (`benchmarks/step_overhead.py`)", "", f"Machine: {machine()}; device {args.device}.",
-             f"Command: `python benchmarks/step_overhead.py --reps {args.reps}`. Median of {args.reps} interleaved "
+             f"Command: `python benchmarks/step_overhead.py --reps {args.reps}{f' --batch {args.batch}' if args.batch else ''}`. Median of {args.reps} interleaved "
              "repetitions; synthetic data; ShuffleNet space at width 1.0.", "",
              "| setting | search step (ms) | child step (ms) | time ratio | search mem (MiB) | child mem (MiB) | mem ratio |",
              "|---|---|---|---|---|---|---|"]

@@ -60,7 +60,7 @@ class Run:
 
     @property
     def precision(self) -> str:
-        return precision_label(self.cfg.amp, self.rt.amp_dtype, self.method.stages)
+        return precision_label(self.cfg.amp, self.rt.amp_dtype, self.method.stages, self.rt.tf32)
 
     @property
     def parts(self) -> dict:

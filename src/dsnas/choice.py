@@ -15,6 +15,14 @@ import torch
 from torch import nn
 
 
+def _flat_pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a`` and ``b`` (same shape) as 1-D tensors whose i-th elements match, read in memory
+    order when both are channels-last: a plain reshape would copy each into NCHW order."""
+    if a.dim() == 4 and all(t.is_contiguous(memory_format=torch.channels_last) for t in (a, b)):
+        a, b = a.permute(0, 2, 3, 1), b.permute(0, 2, 3, 1)  # both now contiguous, same order
+    return a.reshape(-1), b.reshape(-1)
+
+
 class _Gate(torch.autograd.Function):
     """y -> y (a view), with dL/dZ = sum(dL/dy * y) returned as Z's gradient; Z is 1."""
 
@@ -30,7 +38,7 @@ class _Gate(torch.autograd.Function):
         (y,) = ctx.saved_tensors
         grad_z = None
         if ctx.needs_input_grad[1]:
-            g, v = grad.reshape(-1), y.reshape(-1)
+            g, v = _flat_pair(grad, y)
             if g.dtype in (torch.float16, torch.bfloat16):  # the sum cancels heavily: accumulate in fp32
                 g, v = g.float(), v.float()
             grad_z = torch.dot(g, v).to(ctx.z_dtype)

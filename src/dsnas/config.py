@@ -79,6 +79,7 @@ class Config:
     amp: str = "auto"                  # auto (bf16 on CUDA when supported, else off) | off | bf16 | fp16 (scaled)
     channels_last: bool = True         # channels-last memory format (faster on CPU and GPU)
     compile: bool = False              # torch.compile the model (CUDA only)
+    deterministic: bool = False        # deterministic algorithms only: CUDA runs repeat (and resume) bitwise, slower
 
     def validate(self) -> "Config":
         """Refuse, in one line, a config whose values are out of range or do not fit together."""

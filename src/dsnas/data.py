@@ -13,7 +13,10 @@ from __future__ import annotations
 import dataclasses
 import gzip
 import math
+import os
 import pickle
+import shutil
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -336,20 +339,59 @@ class BatchPlan:
                 yield batch
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``t`` on ``device``, without waiting for it: a copy from pageable host memory to a GPU
+    blocks until every kernel already queued has run (a host-device sync per batch), so a CPU
+    tensor goes to a GPU through pinned memory, asynchronously."""
+    if device.type == "cuda" and t.device.type == "cpu":
+        t = t.pin_memory()
+    return t.to(device, non_blocking=True)
+
+
 def augment(images: torch.Tensor, pad: int, generator: torch.Generator) -> torch.Tensor:
-    """Padded random crop and horizontal flip for a float batch (N, C, H, W)."""
+    """Padded random crop and horizontal flip for a float batch (N, C, H, W). The draws come from
+    ``generator`` (a CPU one), so a seed gives the same crops on every device."""
     n, c, h, w = images.shape
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
-    offsets = torch.randint(0, 2 * pad + 1, (2, n), generator=generator).to(images.device)
+    offsets = to_device(torch.randint(0, 2 * pad + 1, (2, n), generator=generator), images.device)
     rows = (offsets[0][:, None] + torch.arange(h, device=images.device))[:, :, None]
     cols = (offsets[1][:, None] + torch.arange(w, device=images.device))[:, None, :]
     out = padded.permute(0, 2, 3, 1)[torch.arange(n, device=images.device)[:, None, None], rows, cols]
     out = out.permute(0, 3, 1, 2)
-    flip = (torch.rand(n, generator=generator) < 0.5).to(images.device)
+    flip = to_device(torch.rand(n, generator=generator) < 0.5, images.device)
     return torch.where(flip[:, None, None, None], out.flip(-1), out).contiguous()
 
 
 DEVICE_SPLIT_BYTES = 2 << 30  # an in-memory split up to this size is copied to the GPU once
+SHM = "/dev/shm"  # the shared memory through which DataLoader workers hand their batches over
+PREFETCH = 2  # batches each worker prepares ahead (DataLoader's prefetch_factor)
+SHM_SHARE = 0.5  # the part of /dev/shm's free space that one machine's loaders may plan to fill
+
+
+def shm_free_bytes() -> int | None:
+    """Free bytes in /dev/shm (None where there is none)."""
+    try:
+        return shutil.disk_usage(SHM).free
+    except OSError:
+        return None
+
+
+def workers_that_fit(workers: int, batch_bytes: int, rank: int = 0) -> int:
+    """``workers``, or fewer when the batches they keep in flight (`PREFETCH` each, and one being
+    handed over) would not fit in their share of /dev/shm: filling it kills a worker with a bus
+    error. The ranks of one machine share it. Says so on stderr when it lowers the count."""
+    free = shm_free_bytes()
+    if not workers or free is None:
+        return workers
+    room = free * SHM_SHARE / int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    fit = min(workers, max(0, int((room / batch_bytes - 1) // PREFETCH)))
+    if fit < workers and rank == 0:
+        need = (workers * PREFETCH + 1) * batch_bytes
+        print(f"dsnas: warning: /dev/shm has {free / 2**20:.0f} MiB free, too little for {workers} loader workers "
+              f"(~{need / 2**20:.0f} MiB of batches in flight); using {fit or 'none (loading in the main process)'}. "
+              "Give the machine or container more shared memory (docker run --shm-size=8g) or lower workers or "
+              "batch_size", file=sys.stderr)
+    return fit
 
 
 class Loader:
@@ -375,6 +417,8 @@ class Loader:
             self.images, self.labels = self.source.images.to(store), self.source.labels.to(store)
         else:
             self.source = self.source.decoded_on(jpeg_decode)
+            channels = 1 if self.source.mode == "L" else 3
+            workers = workers_that_fit(workers, batch_size * channels * self.source.size ** 2, rank)
             self.loader = torch.utils.data.DataLoader(self.source, batch_sampler=self.plan, num_workers=workers,
                                                       collate_fn=collate, pin_memory=device.type == "cuda",
                                                       persistent_workers=workers > 0)
@@ -390,9 +434,9 @@ class Loader:
             yield from self._streamed()
             return
         for step, idx in enumerate(self.plan, start=self.plan.start):
-            index = torch.tensor(idx, device=self.images.device)
-            x = self.images[index].to(self.device, non_blocking=True).float().div_(255)
-            y = self.labels[index].to(self.device, non_blocking=True)
+            index = to_device(torch.tensor(idx), self.images.device)
+            x = to_device(self.images[index], self.device).float().div_(255)
+            y = to_device(self.labels[index], self.device)
             if self.train and self.pad:  # pad=0: no augmentation
                 g = torch.Generator().manual_seed(hash((self.seed, self.plan.epoch, step, self.rank)) & 0xFFFFFFFF)
                 x = augment(x, self.pad, g)

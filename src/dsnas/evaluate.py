@@ -23,7 +23,7 @@ def accuracy(model: nn.Module, loader, amp_dtype: torch.dtype | None = None) -> 
         hit = top.eq(y[:, None])
         totals += torch.stack([hit[:, 0].sum(), hit.any(dim=1).sum(),
                                nn.functional.cross_entropy(logits, y, reduction="sum"),
-                               torch.tensor(float(len(y)), device=device)]).double()
+                               torch.full((), float(len(y)), device=device)]).double()  # no host copy
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(totals)
     model.train(was_training)

@@ -14,6 +14,7 @@ workers do no float work and move a quarter of the bytes.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import warnings
 from pathlib import Path
@@ -173,6 +174,8 @@ def _decode_jpegs(encoded: list[Encoded], mode: str, device: torch.device) -> li
     with warnings.catch_warnings():  # torchvision 0.29 names TorchCodec as its decoders' successor
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
+            if device.type == "cuda":
+                return _decode_on_side_stream([e.data for e in encoded], read_mode, device)
             return decode_jpeg([e.data for e in encoded], mode=read_mode, device=device)
         except RuntimeError:  # one bad file fails the batch: find it, decoding one by one on the CPU
             images = []
@@ -183,3 +186,31 @@ def _decode_jpegs(encoded: list[Encoded], mode: str, device: torch.device) -> li
                     reason = str(err).splitlines()[0].rsplit(", ", 1)[-1]  # after torchvision's source location
                     raise DsnasError(f"image {e.path} cannot be read: {reason}") from None
             return images
+
+
+@functools.cache
+def _decode_stream(device: torch.device) -> torch.cuda.Stream:
+    return torch.cuda.Stream(device)
+
+
+def _decode_on_side_stream(data: list[torch.Tensor], read_mode, device: torch.device) -> list[torch.Tensor]:
+    """Decode on the GPU without writing into memory that queued kernels still use.
+
+    torchvision allocates the outputs on the caller's stream and nvJPEG writes them from a stream
+    of its own, without waiting for the work queued on the caller's (torchvision PR #9606). The
+    caching allocator hands a block out again as soon as its last user is queued on its stream,
+    so the decoder could overwrite memory that the previous step's kernels, still queued, read.
+    So the outputs come from a side stream that no training kernel uses: wait for that stream's
+    previous decode (long finished, unlike the training step), decode there, make the caller's
+    stream wait for the images, and record that it uses them, so that their memory is not handed
+    out again before its kernels are done."""
+    from torchvision.io import decode_jpeg
+
+    side, current = _decode_stream(device), torch.cuda.current_stream(device)
+    side.synchronize()
+    with torch.cuda.stream(side):
+        images = decode_jpeg(data, mode=read_mode, device=device)
+    current.wait_stream(side)
+    for image in images:
+        image.record_stream(current)
+    return images

@@ -14,12 +14,20 @@ from .errors import DsnasError
 from .search import DSNAS
 
 
+# fp32 on CUDA means IEEE fp32. cuDNN runs fp32 convolutions in TF32 by default (a 10-bit mantissa,
+# as fp16's), yet the search stage runs in fp32 because bf16 makes the gate rewards too noisy
+# (`stage_autocast`); whether TF32 keeps them precise enough is for the GPU figures of
+# benchmarks/reward_precision.py to decide. Until then both TF32 switches are set off.
+TF32 = False
+
+
 @dataclass
 class Runtime:
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")
     amp_dtype: torch.dtype | None = None
+    tf32: bool = False  # fp32 convolutions and matmuls run in TF32
 
     @property
     def main(self) -> bool:
@@ -34,6 +42,8 @@ def setup_runtime(cfg: Config) -> Runtime:
     want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise DsnasError(f"device {cfg.device!r} requested but CUDA is not available")
+    if cfg.deterministic:
+        use_deterministic_algorithms()
     if want_cuda:
         device = torch.device(cfg.device if ":" in cfg.device else f"cuda:{local_rank}")
         torch.cuda.set_device(device)
@@ -41,7 +51,27 @@ def setup_runtime(cfg: Config) -> Runtime:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return Runtime(rank, world, device, autocast_dtype(cfg.amp, device))
+    return Runtime(rank, world, device, autocast_dtype(cfg.amp, device), set_tf32(device))
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic algorithms only, so that a CUDA run repeats bitwise as a CPU run does: cuDNN
+    picks deterministic convolution algorithms and does not benchmark, torch refuses an op that
+    has no deterministic version, and cuBLAS gets the fixed workspace this needs (before its first
+    call). Process-wide, as these switches are."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True)
+
+
+def set_tf32(device: torch.device) -> bool:
+    """Set both TF32 switches (cuDNN's and cuBLAS's) to `TF32` for a CUDA device; returns whether
+    fp32 math there runs in TF32 (never on a CPU)."""
+    if device.type != "cuda":
+        return False
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = TF32
+    return TF32
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -55,12 +85,14 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def precision_label(amp: str, dtype: torch.dtype | None, stages: tuple[str, ...]) -> str:
+def precision_label(amp: str, dtype: torch.dtype | None, stages: tuple[str, ...], tf32: bool = False) -> str:
     """How a run through ``stages`` computes, for the log and metrics.json: ``fp32``, ``bf16``,
-    ``fp16 (scaled)``, or ``bf16, search stage fp32`` under ``amp: auto``."""
-    name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, "fp32")
+    ``fp16 (scaled)``, or ``bf16, search stage fp32`` under ``amp: auto``; ``tf32`` in place of
+    fp32 when that runs in TF32."""
+    full = "tf32" if tf32 else "fp32"
+    name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, full)
     if dtype is not None and "search" in stages and stage_autocast(amp, dtype, "search") is None:
-        name += ", search stage fp32"
+        name += f", search stage {full}"
     return name
 
 

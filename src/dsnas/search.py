@@ -134,11 +134,14 @@ class DSNAS:
         return self.base_cost + sum(c[i] for c, i in zip(self.costs, path))
 
     # --- the estimator --------------------------------------------------------------------
-    def compute_arch_grads(self) -> None:
+    def compute_arch_grads(self, loss_scale: torch.Tensor | float = 1.0) -> None:
         """Write the DSNAS alpha-gradient (and the resource term) into ``alpha.grad``.
 
         Call after ``loss.backward()`` and before the architecture optimizer's step. Under
         torch.distributed the gradients are averaged over ranks, so every rank keeps the same alpha.
+        ``loss_scale``: the factor the backward pass scaled the loss by (a gradient scaler's scale,
+        as a tensor to avoid a host sync); the rewards carry it, so the resource term is scaled
+        alike, and unscaling the alpha-gradients keeps the two in proportion.
         """
         penalize = self.costs is not None and self.penalty > 0 and (
             self.budget is None or self.path_cost() >= self.budget)
@@ -149,7 +152,7 @@ class DSNAS:
                 s = choice.active
                 g = dsnas_alpha_grad(alpha, s, choice.mask.grad)
                 if penalize:
-                    g = g + self.penalty * resource_alpha_grad(alpha, s, self.costs[i][s])
+                    g = g + self.penalty * resource_alpha_grad(alpha, s, self.costs[i][s]) * loss_scale
             grads.append(g)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             flat = torch.cat(grads)

@@ -30,18 +30,25 @@ from .runtime import check_consistent, mean_over_ranks, stage_autocast, wrap_ddp
 from .search import DSNAS
 
 
+# The host-device syncs left in a search step on a GPU (the loader's indices and augmentation draws
+# reach the device through pinned memory; the loss, its sum and its finiteness check stay there):
+# - `DSNAS.sample` copies softmax(alpha) to the host, where the path is drawn with a CPU generator
+#   (the same paths on every device), and the forward needs the path;
+# - under amp fp16, `GradScaler.step` reads whether a gradient overflowed, once per optimizer;
+# - under torchrun, DDP copies back which parameters no rank used (the unsampled candidates).
 def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, optimizer, arch_optimizer,
                search: DSNAS, scaler: torch.amp.GradScaler, amp: torch.dtype | None) -> torch.Tensor:
     """One step: forward under autocast, one backward for the weight gradients and the gate
     rewards, then (with ``arch_optimizer``) the DSNAS alpha-step and the weight step. Under fp16 the
-    loss is scaled; the alpha-gradients carry the same scale and are unscaled by the scaler like
-    the weights' (a step with an inf/NaN gradient is skipped and the scale lowered)."""
+    loss is scaled; the alpha-gradients (rewards and resource term alike) carry the same scale and
+    are unscaled by the scaler like the weights' (a step with an inf/NaN gradient is skipped and
+    the scale lowered)."""
     with torch.autocast(x.device.type, dtype=amp, enabled=amp is not None):
         loss = criterion(net(x), y)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if arch_optimizer is not None:
-        search.compute_arch_grads()
+        search.compute_arch_grads(scaler.scale(torch.ones((), device=loss.device)) if scaler.is_enabled() else 1.0)
         if any(a.grad is not None for a in search.alphas):  # all fixed: nothing to step
             scaler.step(arch_optimizer)
     scaler.step(optimizer)

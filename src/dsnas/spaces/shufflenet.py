@@ -43,7 +43,13 @@ def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: b
 
 
 def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
+    """Interleave the channels of ``groups`` groups, in one copy that keeps ``x``'s memory format:
+    a channels-last input is shuffled along its innermost axis and stays channels-last, so the
+    convolutions that follow need no layout copy."""
     n, c, h, w = x.shape
+    if x.is_contiguous(memory_format=torch.channels_last):
+        nhwc = x.permute(0, 2, 3, 1).reshape(n, h, w, groups, c // groups).transpose(3, 4).reshape(n, h, w, c)
+        return nhwc.permute(0, 3, 1, 2)
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
