@@ -19,15 +19,13 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .errors import DsnasError
-from .files import read_yaml, write_text
+from .errors import DsnasError, quote
+from .files import dump_yaml, read_yaml, write_text
 from .spaces.shufflenet import OPS, STAGE_REPEATS, ShuffleNetSettings, block_keys
 
 FORMAT = "dsnas-arch/1"
 MMRAZOR_SOURCE = "mmrazor subnet"  # metadata.source of an architecture read from MMRazor's YAML
-_MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d+)\.(\d+)$")
+_MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d{1,9})\.(\d{1,9})$")  # int() refuses 4300 digits
 
 
 @dataclass
@@ -63,7 +61,7 @@ def validate_choices(choices: list[str]) -> None:
         raise DsnasError(f"architecture has {len(choices)} blocks, the shufflenet space has {expected}")
     for i, op in enumerate(choices):
         if op not in OPS:
-            raise DsnasError(f"block {i}: unknown op {op!r} (expected one of {', '.join(OPS)})")
+            raise DsnasError(f"block {i}: unknown op {quote(op)} (expected one of {', '.join(OPS)})")
 
 
 def parse_arch(data, source: str = "architecture") -> Architecture:
@@ -75,9 +73,9 @@ def parse_arch(data, source: str = "architecture") -> Architecture:
             raise DsnasError("not a mapping of architecture settings")
         if "format" in data:
             if data["format"] != FORMAT:
-                raise DsnasError(f"unknown format {data['format']!r} (this version reads {FORMAT!r})")
+                raise DsnasError(f"unknown format {quote(data['format'])} (this version reads {FORMAT!r})")
             if data.get("space", "shufflenet") != "shufflenet":
-                raise DsnasError(f"unknown space {data.get('space')!r} (known: shufflenet)")
+                raise DsnasError(f"unknown space {quote(data.get('space'))} (known: shufflenet)")
             choices = data.get("choices")
             if not isinstance(choices, list):
                 raise DsnasError("'choices' must be a list of op names")
@@ -99,14 +97,14 @@ def _parse_mmrazor(data: dict) -> list[str]:
     for key, value in data.items():
         m = _MMRAZOR_KEY.match(str(key))
         if not m:
-            raise DsnasError(f"unknown key {key!r} (expected 'format: {FORMAT}' or MMRazor's backbone.layers.<stage>.<block>)")
+            raise DsnasError(f"unknown key {quote(key)} (expected 'format: {FORMAT}' or MMRazor's backbone.layers.<stage>.<block>)")
         if isinstance(value, dict):
             value = value.get("chosen")
         if not isinstance(value, str):
             raise DsnasError(f"{key}: expected an op name or {{chosen: <op>}}")
         block = (int(m.group(1)), int(m.group(2)))
         if block in found:  # "0.0" and "00.000", or with and without the "architecture." prefix
-            raise DsnasError(f"block backbone.layers.{block[0]}.{block[1]} is named twice (again as {key!r})")
+            raise DsnasError(f"block backbone.layers.{block[0]}.{block[1]} is named twice (again as {quote(key)})")
         found[block] = value
     expected = [tuple(map(int, k.split(".")[-2:])) for k in block_keys()]
     extra = sorted(set(found) - set(expected))
@@ -126,7 +124,7 @@ def load_arch(path: str | Path) -> Architecture:
 def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False) -> None:
     """Write ``arch`` as our YAML (or MMRazor's subnet YAML); ``-`` writes it to stdout."""
     data = arch.to_mmrazor() if mmrazor else arch.to_dict()
-    text = yaml.safe_dump(data, sort_keys=False, default_flow_style=None)
+    text = dump_yaml(data, sort_keys=False, default_flow_style=None)
     if str(path) == "-":
         sys.stdout.write(text)
     else:

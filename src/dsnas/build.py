@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import yaml
 from torch import nn
 
 from . import __version__
@@ -20,7 +19,7 @@ from .config import COSTS, Config
 from .cost import UNITS, CostTable
 from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
-from .files import RunLock, write_text
+from .files import RunLock, dump_yaml, write_text
 from .latency import load_latency
 from .report import Logger, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, precision_label, setup_runtime
@@ -92,7 +91,7 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
         run.state.alpha_rows = alpha_rows(run.search, 0, "init")
         if rt.main:
             out.mkdir(parents=True, exist_ok=True)
-            write_text(out / "config.yaml", yaml.safe_dump({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
+            write_text(out / "config.yaml", dump_yaml({**cfg.to_dict(), "world_size": rt.world}, sort_keys=False))
     run.log = Logger(out, rt.main, quiet)
     if not resume:
         b = space.costs.bounds()

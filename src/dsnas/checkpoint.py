@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DsnasError
+from .errors import DsnasError, quote
 from .files import atomic_path
 
 FORMAT = "dsnas-checkpoint/1"
@@ -50,9 +50,9 @@ def _read(path: Path, settings: dict, required: tuple) -> dict:
         raise DsnasError(f"checkpoint {path} is corrupt or truncated: {str(e).splitlines()[0][:160]}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise DsnasError(f"checkpoint {path} has format {found!r}; this version reads {FORMAT!r}")
+        raise DsnasError(f"checkpoint {path} has format {quote(found)}; this version reads {FORMAT!r}")
     if ckpt.get("settings") != settings:
-        raise DsnasError(f"checkpoint {path} is for space settings {ckpt.get('settings')}, this run uses {settings}")
+        raise DsnasError(f"checkpoint {path} is for space settings {quote(ckpt.get('settings'))}, this run uses {settings}")
     lacking = [k for k in required if k not in ckpt]
     if lacking:
         raise DsnasError(f"checkpoint {path} is incomplete: it lacks {', '.join(lacking)}")

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import yaml
 
-from .errors import DsnasError
-from .files import read_yaml
+from .errors import DsnasError, quote
+from .files import parse_yaml, read_yaml
 from .images import DECODERS
 from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
 
@@ -109,8 +109,8 @@ class Config:
 
     def _check_choices(self) -> None:
         _need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-              f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        _need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+              f"device must be auto, cpu or cuda[:N], got {quote(self.device)}")
+        _need(self.method in METHODS, f"method must be one of {', '.join(METHODS)}, got {quote(self.method)}")
         _need(bool(self.arch) == (self.method == "fixed"),
               "method fixed needs arch (an architecture file)" if self.method == "fixed"
               else "arch is only used with method fixed")
@@ -119,11 +119,11 @@ class Config:
                 _need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
             _need(self.population >= 2, f"population must be >= 2, got {self.population}")
             _need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
-        _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {quote(self.init)}")
         _need(self.jpeg_decode in DECODERS,
-              f"jpeg_decode must be one of {', '.join(DECODERS)}, got {self.jpeg_decode!r}")
-        _need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
-        _need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
+              f"jpeg_decode must be one of {', '.join(DECODERS)}, got {quote(self.jpeg_decode)}")
+        _need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {quote(self.amp)}")
+        _need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {quote(self.cost)}")
         _need(self.cost != "latency" or bool(self.latency_table),
               "cost latency needs latency_table (from dsnas latency)")
 
@@ -157,11 +157,11 @@ def _coerce(key: str, value):
         except ValueError:
             pass
     if kind is float and isinstance(value, float) and not math.isfinite(value):
-        raise DsnasError(f"config: {key} must be a finite number, got {value!r}")
+        raise DsnasError(f"config: {key} must be a finite number, got {quote(value)}")
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DsnasError(f"config: {key} must be {kind.__name__}, got {value!r}")
+        raise DsnasError(f"config: {key} must be {kind.__name__}, got {quote(value)}")
     return value
 
 
@@ -173,7 +173,7 @@ def apply(cfg: Config, updates: dict, source: str) -> Config:
         if key not in known:
             close = [k for k in known if k.split("_")[0] == str(key).split("_")[0]]
             hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
-            raise DsnasError(f"{source}: unknown config key {key!r}{hint}")
+            raise DsnasError(f"{source}: unknown config key {quote(key)}{hint}")
         setattr(cfg, key, _coerce(key, value))
     return cfg
 
@@ -195,10 +195,10 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
         apply(cfg, data, f"config file {path}")
     for item in overrides:
         if "=" not in item:
-            raise DsnasError(f"--set expects key=value, got {item!r}")
+            raise DsnasError(f"--set expects key=value, got {quote(item)}")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
         if _TYPES.get(key.strip()) == "str":

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import stat
 import tempfile
 from pathlib import Path
 
-from .errors import DsnasError
+from .errors import QUOTE_LIMIT, DsnasError
 
 
 def check_writable(path: str | os.PathLike) -> Path:
@@ -82,19 +83,93 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+YAML_MAX_BYTES = 1 << 20  # configs, arch files, latency tables and run configs are a few kB
+YAML_MAX_DEPTH = 32        # their deepest nesting is 4
+YAML_MAX_DIGITS = 64       # no setting needs a longer integer (Python refuses over 4300 digits)
+
+
+@functools.cache
+def _bounded_loader():
+    """PyYAML's SafeLoader without what lets a small file take gigabytes or the stack: aliases
+    (437 bytes of nested anchors expand to billions of nodes), nesting deeper than
+    `YAML_MAX_DEPTH` (the composer recurses once per level) and integers longer than
+    `YAML_MAX_DIGITS`."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, f"found alias *{event.anchor}; aliases are not "
+                                                  "allowed", event.start_mark)
+            if self.depth >= YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {YAML_MAX_DEPTH} levels",
+                                                  event.start_mark)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_yaml_int(self, node):
+            if len(node.value) > YAML_MAX_DIGITS:
+                raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(node.value)} characters",
+                                                        node.start_mark)
+            return super().construct_yaml_int(node)
+
+    BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
+    return BoundedLoader
+
+
+def parse_yaml(text: str):
+    """Parse YAML text with the bounded safe loader; malformed or refused text raises ``yaml.YAMLError``."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_bounded_loader())  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:  # a tagged value its constructor refuses
+        raise yaml.YAMLError(f"a value cannot be read ({str(e)[:QUOTE_LIMIT]})") from None
+
+
+@functools.cache
+def _no_alias_dumper():
+    import yaml
+
+    class NoAliasDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:
+            return True
+
+    return NoAliasDumper
+
+
+def dump_yaml(data, **options) -> str:
+    """YAML text that `parse_yaml` reads back: safe types only, and an object referenced twice
+    written out twice rather than as an alias."""
+    import yaml
+
+    return yaml.dump(data, Dumper=_no_alias_dumper(), **options)
+
+
 def read_yaml(path: str | os.PathLike, what: str = "file"):
-    """Parse a YAML file safely; a missing, unreadable or malformed file is a one-line `DsnasError`."""
+    """Parse a YAML file safely and within bounds (`parse_yaml`, at most `YAML_MAX_BYTES`); a
+    missing, unreadable, oversized or malformed file is a one-line `DsnasError`."""
     import yaml
 
     path = check_readable(path, what)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(YAML_MAX_BYTES + 1)
+        if len(raw) > YAML_MAX_BYTES:
+            raise DsnasError(f"{what} {path} is larger than {YAML_MAX_BYTES >> 20} MiB, far more than any {what} holds")
+        text = raw.decode()
     except FileNotFoundError:
         raise DsnasError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DsnasError(f"{what} {path} cannot be read: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as e:
         raise DsnasError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
 

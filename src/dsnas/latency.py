@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import DsnasError
-from .files import read_yaml, write_text
+from .errors import DsnasError, quote
+from .files import dump_yaml, read_yaml, write_text
 from .spaces import ShuffleNetSettings
 
 FORMAT = "dsnas-latency/1"
@@ -65,9 +65,7 @@ class LatencyTable:
 
 
 def save_latency(table: LatencyTable, path: str | Path) -> None:
-    import yaml
-
-    write_text(path, yaml.safe_dump(table.to_dict(), sort_keys=False))
+    write_text(path, dump_yaml(table.to_dict(), sort_keys=False))
 
 
 def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable:
@@ -76,14 +74,14 @@ def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable
     try:
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise DsnasError(f"has format {found!r}; this version reads {FORMAT!r}")
+            raise DsnasError(f"has format {quote(found)}; this version reads {FORMAT!r}")
         blocks, fixed = data.get("blocks"), data.get("fixed")
         if not isinstance(blocks, list) or not isinstance(fixed, dict) or not isinstance(data.get("settings"), dict):
             raise DsnasError("needs settings, fixed and blocks")
         for entry in [*fixed.values(), *(e for b in blocks if isinstance(b, dict) for e in b.values())]:
             ms = entry.get("ms") if isinstance(entry, dict) else None
             if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < float("inf"):
-                raise DsnasError(f"every entry needs a finite ms >= 0, got {entry!r}")
+                raise DsnasError(f"every entry needs a finite ms >= 0, got {quote(entry)}")
         if not all(isinstance(b, dict) and b for b in blocks):
             raise DsnasError("every block needs a mapping of candidates")
         _check_measured(data.get("measured") or {})
@@ -108,12 +106,12 @@ def _check_measured(measured) -> None:
     for key, top in MEASURED_LIMITS.items():
         v = measured.get(key, 1)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
-            raise DsnasError(f"needs measured.{key} a whole number in 1..{top}, got {v!r}")
+            raise DsnasError(f"needs measured.{key} a whole number in 1..{top}, got {quote(v)}")
     if measured.get("backend", "torch") not in BACKENDS or measured.get("precision", "fp32") not in PRECISIONS:
         raise DsnasError(f"needs measured.backend in {BACKENDS} and measured.precision in {PRECISIONS}")
     device = measured.get("device", "cpu")
     if device not in ("cpu", "cuda"):
-        raise DsnasError(f"needs measured.device cpu or cuda, got {device!r}")
+        raise DsnasError(f"needs measured.device cpu or cuda, got {quote(device)}")
 
 
 # --- measuring --------------------------------------------------------------------------------------

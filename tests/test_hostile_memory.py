@@ -1,0 +1,82 @@
+"""Small hostile files that would make a reader allocate gigabytes: each is read in a subprocess
+whose address space is capped at 2 GiB above what its imports take, so a reader that inflates
+too much fails here (MemoryError, a traceback) instead of swapping the machine."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from conftest import cli_env
+
+CAP_BYTES = 2 << 30
+
+_PREAMBLE = """
+import json, resource, sys
+import dsnas.cli, dsnas.data, dsnas.config, dsnas.latency, dsnas.checkpoint, dsnas.arch
+from dsnas.errors import DsnasError
+
+def _vm_size():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+
+resource.setrlimit(resource.RLIMIT_AS, (_vm_size() + {cap}, resource.RLIM_INFINITY))
+errors = []
+
+def refused(fn, *args, **kwargs):
+    try:
+        fn(*args, **kwargs)
+    except DsnasError as e:
+        errors.append(str(e))
+        return
+    errors.append(None)
+"""
+
+
+def run_capped(code: str, timeout: float = 60) -> list:
+    """Run ``code`` under the memory cap; every ``refused(fn, ...)`` in it records the one-line
+    message of the `DsnasError` that ``fn`` raised (None if it raised none). Returns the messages."""
+    script = _PREAMBLE.format(cap=CAP_BYTES) + textwrap.dedent(code) + "\nprint(json.dumps(errors))\n"
+    p = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True,
+                       timeout=timeout)
+    assert p.returncode == 0, p.stderr[-3000:]
+    messages = json.loads(p.stdout.strip().splitlines()[-1])
+    for m in messages:
+        assert m is not None and "\n" not in m and len(m) < 400, m
+    return messages
+
+
+def alias_bomb(levels: int = 8, width: int = 10) -> str:
+    """A few hundred bytes of YAML that expand to width**levels nodes through aliases."""
+    lines = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + "\n"
+
+
+def test_yaml_alias_bombs_are_refused_by_every_reader(tmp_path):
+    bomb = alias_bomb()
+    assert len(bomb) < 600
+    (tmp_path / "config.yaml").write_text(bomb)
+    (tmp_path / "arch.yaml").write_text("format: dsnas-arch/1\nchoices: " + bomb.replace("\n", "\n  ").replace(
+        "l0:", "\n  l0:", 1))
+    (tmp_path / "lut.yaml").write_text("format: dsnas-latency/1\nblocks:\n  " + bomb.replace("\n", "\n  "))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(bomb)
+    messages = run_capped(f"""
+        from pathlib import Path
+        from dsnas.cli import _eval_data_spec
+        from types import SimpleNamespace
+        d = Path({str(tmp_path)!r})
+        refused(dsnas.config.load_config, str(d / "config.yaml"))
+        refused(dsnas.arch.load_arch, d / "arch.yaml")
+        refused(dsnas.latency.load_latency, d / "lut.yaml")
+        refused(dsnas.config.load_run_config, d / "run")
+        refused(_eval_data_spec, SimpleNamespace(data=None, run=str(d / "run")))
+        refused(dsnas.config.load_config, None, ["epochs=" + {bomb!r}])
+    """)
+    assert all("alias" in m for m in messages[:5]), messages
+    assert "epochs must be int" in messages[5]
