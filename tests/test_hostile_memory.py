@@ -4,10 +4,12 @@ too much fails here (MemoryError, a traceback) instead of swapping the machine."
 
 from __future__ import annotations
 
+import gzip
 import json
 import subprocess
 import sys
 import textwrap
+import zlib
 
 from conftest import cli_env
 
@@ -80,3 +82,54 @@ def test_yaml_alias_bombs_are_refused_by_every_reader(tmp_path):
     """)
     assert all("alias" in m for m in messages[:5]), messages
     assert "epochs must be int" in messages[5]
+
+
+def deflate_repeated(prefix: bytes, unit: bytes, count: int) -> bytes:
+    """A raw deflate stream of ``prefix + unit * count``, made in the time of one ``unit``: after
+    a full flush the compressor starts afresh, so every compressed ``unit`` is the same bytes."""
+    c = zlib.compressobj(9, zlib.DEFLATED, -15)
+    head = c.compress(prefix) + c.flush(zlib.Z_FULL_FLUSH)
+    body = c.compress(unit) + c.flush(zlib.Z_FULL_FLUSH)
+    return head + body * count + b"\x03\x00"  # an empty final block
+
+
+def gzip_bomb(prefix: bytes, inflated: int) -> bytes:
+    """A gzip file of ``prefix`` and then zeros, ``inflated`` bytes in all (its CRC left unset:
+    a reader meets it only after inflating everything)."""
+    unit = bytes(1 << 24)
+    body = deflate_repeated(prefix, unit, max(1, (inflated - len(prefix)) // len(unit)))
+    return b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff" + body + bytes(8)
+
+
+def idx_header(*shape: int) -> bytes:
+    return bytes([0, 0, 8, len(shape)]) + b"".join(n.to_bytes(4, "big") for n in shape)
+
+
+def _idx_folder(root, train_images: bytes, name: str = "train-images-idx3-ubyte.gz"):
+    """An IDX folder whose ``name`` file is the hostile one; the others are small and valid."""
+    root.mkdir()
+    files = {"train-images-idx3-ubyte.gz": gzip.compress(idx_header(4, 8, 8) + bytes(256)),
+             "train-labels-idx1-ubyte.gz": gzip.compress(idx_header(4) + bytes([0, 1, 0, 1])),
+             "t10k-images-idx3-ubyte.gz": gzip.compress(idx_header(4, 8, 8) + bytes(256)),
+             "t10k-labels-idx1-ubyte.gz": gzip.compress(idx_header(4) + bytes([0, 1, 0, 1]))}
+    files[name] = train_images
+    for file, data in files.items():
+        (root / file).write_bytes(data)
+    return root
+
+
+def test_idx_gzip_bombs_inflate_no_more_than_their_header_claims(tmp_path):
+    """2.4 MB of gzip whose header claims 64 images but that inflates to 2.5 GB; one whose header
+    claims 2**32 x 2**32 x 2**32 bytes; labels that claim 2**31 entries from a few kB."""
+    bomb = _idx_folder(tmp_path / "bomb", gzip_bomb(idx_header(64, 28, 28), 5 << 29))
+    assert bomb.joinpath("train-images-idx3-ubyte.gz").stat().st_size < 3_000_000
+    claim = _idx_folder(tmp_path / "claim", gzip.compress(idx_header(2**32 - 1, 2**32 - 1, 2**32 - 1)))
+    labels = _idx_folder(tmp_path / "labels", gzip_bomb(idx_header(2**31), 1 << 26),
+                         "train-labels-idx1-ubyte.gz")
+    messages = run_capped(f"""
+        for name in ("bomb", "claim", "labels"):
+            refused(dsnas.data.load_data, {str(tmp_path)!r} + "/" + name)
+    """)
+    assert "truncated or corrupt (header says [64, 28, 28], more than 50176 bytes" in messages[0]
+    assert "compressed bytes, over 16x" in messages[1]
+    assert "compressed bytes, over 16x" in messages[2]

@@ -14,6 +14,7 @@ import dataclasses
 import gzip
 import math
 import pickle
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -71,23 +72,60 @@ class Data:
 
 # ---------------------------------------------------------------------------------------------
 # reading
+IDX_MAX_DIMS = 3             # images (N, H, W) and labels (N,)
+IDX_MAX_RATIO = 16           # image sets gzip 2-5x; a file claiming more is a bomb (deflate reaches 1032x)
+IDX_UNCHECKED_BYTES = 64 << 20  # claims up to this size are read whatever the ratio
+_CHUNK = 1 << 20
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) of unsigned bytes."""
+    """Read an IDX file (optionally gzipped) of unsigned bytes. The header is read first and
+    the size it claims checked against the file's, so that no more than that size plus one
+    chunk is ever inflated or allocated."""
+    gz = path.suffix == ".gz"
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+        stored = path.stat().st_size
+        with (gzip.open if gz else open)(path, "rb") as f:
+            shape = _idx_shape(f, path)
+            size, header = math.prod(shape), 4 + 4 * len(shape)
+            if not gz and size != stored - header:
+                raise DsnasError(f"{path} is truncated or corrupt (header says {shape}, {stored - header} bytes "
+                                 "of data)")
+            if gz and size > max(IDX_UNCHECKED_BYTES, IDX_MAX_RATIO * stored):
+                raise DsnasError(f"{path} claims {shape} ({size} bytes) from {stored} compressed bytes, over "
+                                 f"{IDX_MAX_RATIO}x; image sets compress far less (gunzip it to read it anyway)")
+            data = np.empty(size, dtype=np.uint8)
+            got = _read_into(f, memoryview(data))
+            if got != size or f.read(1):
+                more = "more than " if got == size else ""
+                raise DsnasError(f"{path} is truncated or corrupt (header says {shape}, {more}{got} bytes of data)")
+    except (OSError, EOFError, zlib.error) as e:
         raise DsnasError(f"{path} cannot be read: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] < 1:
+    return data.reshape(shape)
+
+
+def _idx_shape(f, path: Path) -> list[int]:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:3] != b"\x00\x00\x08" or magic[3] < 1:
         raise DsnasError(f"{path} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    if len(raw) - header != math.prod(shape):
-        raise DsnasError(f"{path} is truncated or corrupt (header says {shape}, "
-                         f"{len(raw) - header} bytes of data)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if magic[3] > IDX_MAX_DIMS:
+        raise DsnasError(f"{path} is an IDX file of {magic[3]} dimensions; images have 3 and labels 1")
+    dims = f.read(4 * magic[3])
+    if len(dims) < 4 * magic[3]:
+        raise DsnasError(f"{path} is truncated or corrupt (its header ends early)")
+    return [int.from_bytes(dims[i: i + 4], "big") for i in range(0, len(dims), 4)]
+
+
+def _read_into(f, view: memoryview) -> int:
+    """Fill ``view`` from ``f`` a chunk at a time (a gzip stream has no direct ``readinto``);
+    returns the bytes read."""
+    pos = 0
+    while pos < len(view):
+        n = f.readinto(view[pos: pos + _CHUNK])
+        if not n:
+            break
+        pos += n
+    return pos
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
@@ -109,7 +147,7 @@ def _load_idx_split(folder: Path, prefix: str) -> Split:
         raise DsnasError(f"{folder}: the {prefix} split is empty")
     if 0 in images.shape[1:]:
         raise DsnasError(f"{folder}: the {prefix} images are {images.shape[1]}x{images.shape[2]} pixels")
-    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
