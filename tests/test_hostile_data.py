@@ -1,4 +1,5 @@
-"""Malformed data files: IDX headers and gzip streams. Each is a one-line error naming the file."""
+"""Malformed data files: IDX headers and gzip streams, images PIL cannot convert. Each is a
+one-line error naming the file."""
 
 from __future__ import annotations
 
@@ -48,3 +49,49 @@ def test_idx_data_reads_back_exactly(tmp_path):
         (tmp_path / name).write_bytes(raw)
         got = read_idx(tmp_path / name)
         assert got.flags.writeable and np.array_equal(got, data)
+
+
+def _gray_tree(root, odd):
+    """train/ and val/ of two classes of 8x8 grayscale PNGs, plus ``odd`` (a PIL image) in train/b."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(root / split / cls / "0.png")
+    odd.save(root / "train" / "b" / "1.tif")
+    return root
+
+
+def test_an_image_pil_cannot_convert_is_an_error_naming_it(tmp_path):
+    from PIL import Image
+
+    lab = Image.new("LAB", (8, 8))
+    with pytest.raises(ValueError):
+        lab.convert("L")
+    msg = dsnas_error(load_data, str(_gray_tree(tmp_path / "tree", lab)))
+    assert "1.tif cannot be read" in msg
+
+
+def test_16_bit_conversion_rounds_as_before(tmp_path):
+    """Integer rescaling gives exactly round(v * 255 / top), the float formula it replaces."""
+    from PIL import Image
+
+    from dsnas.images import to_8bit
+
+    values = np.arange(0, 65536, dtype=np.uint16).reshape(256, 256)
+    got = np.asarray(to_8bit(Image.fromarray(values)))
+    assert np.array_equal(got, np.rint(values / 65535.0 * 255).astype(np.uint8))
+    small = np.arange(-5, 251, dtype=np.int32).reshape(16, 16)
+    got = np.asarray(to_8bit(Image.fromarray(small)))
+    assert np.array_equal(got, np.clip(small, 0, 255).astype(np.uint8))
+
+
+def test_a_streamed_image_file_larger_than_any_image_is_not_read(tmp_path):
+    from dsnas.images import IMAGE_MAX_BYTES, ImageFiles
+
+    path = tmp_path / "huge.jpg"
+    with open(path, "wb") as f:
+        f.truncate(IMAGE_MAX_BYTES + 1)  # sparse: nothing is written
+    msg = dsnas_error(ImageFiles([(str(path), 0)], 32, "RGB").__getitem__, 0)
+    assert "huge.jpg cannot be read" in msg and "MiB" in msg

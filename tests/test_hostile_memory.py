@@ -133,3 +133,61 @@ def test_idx_gzip_bombs_inflate_no_more_than_their_header_claims(tmp_path):
     assert "truncated or corrupt (header says [64, 28, 28], more than 50176 bytes" in messages[0]
     assert "compressed bytes, over 16x" in messages[1]
     assert "compressed bytes, over 16x" in messages[2]
+
+
+def png(width: int, height: int, bit_depth: int = 16) -> bytes:
+    """A grayscale PNG of zeros (``height`` a multiple of 16), made without holding its pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return len(data).to_bytes(4, "big") + kind + data + zlib.crc32(kind + data).to_bytes(4, "big")
+
+    row = bytes(1 + width * bit_depth // 8)  # filter byte 0, then the pixels
+    adler = 1
+    for _ in range(height):
+        adler = zlib.adler32(row, adler)
+    idat = b"\x78\xda" + deflate_repeated(b"", row * 16, height // 16) + adler.to_bytes(4, "big")
+    ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([bit_depth, 0, 0, 0, 0])
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _image_tree(root, big: bytes):
+    """train/ and val/ of two classes of 8x8 grayscale PNGs, one of them ``big``."""
+    from PIL import Image
+
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            Image.new("L", (8, 8)).save(root / split / cls / "0.png")
+    (root / "train" / "b" / "1.png").write_bytes(big)
+    return root
+
+
+def test_image_pixel_bombs_are_refused_before_decoding(tmp_path):
+    """12000 x 12000 16-bit pixels in a 300 kB PNG (past the pixel limit): refused in memory and
+    when streamed, before any pixel is decoded."""
+    bomb = png(12000, 12000)
+    assert len(bomb) < 400_000
+    tree = _image_tree(tmp_path / "tree", bomb)
+    (tmp_path / "big.png").write_bytes(bomb)
+    messages = run_capped(f"""
+        from dsnas.images import ImageFiles
+        refused(dsnas.data.load_data, {str(tree)!r})
+        refused(ImageFiles([({str(tmp_path / "big.png")!r}, 0)], 224, "L").__getitem__, 0)
+    """)
+    assert all("exceeds limit" in m and "big.png" in m or "1.png" in m for m in messages), messages
+
+
+def test_16_bit_images_convert_without_float_copies(tmp_path):
+    """The largest image allowed (8192 x 8192, 16-bit: 128 MiB of pixels) converts to 8 bits
+    within 1 GiB; float64 copies of it would take 512 MiB each."""
+    from dsnas.images import IMAGE_MAX_PIXELS
+
+    side = int(IMAGE_MAX_PIXELS ** 0.5)
+    (tmp_path / "big.png").write_bytes(png(side, side))
+    script = _PREAMBLE.format(cap=1 << 30) + textwrap.dedent(f"""
+        from dsnas.images import open_image
+        im = open_image({str(tmp_path / "big.png")!r}, "L")
+        print(im.mode, im.size)
+    """)
+    p = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.split() == ["L", f"({side},", f"{side})"]

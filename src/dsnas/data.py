@@ -255,7 +255,7 @@ def _scan_image_folder(split: Path, classes: list[str] | None) -> tuple[list[str
 def _load_small_images(samples: list[tuple[Path, int]], mode: str, size: int) -> Split:
     arrays = []
     for path, _ in samples:
-        im = open_image(path).convert(mode)
+        im = open_image(path, mode)
         if im.size != (size, size):
             raise DsnasError(f"image {path} is {im.size[0]}x{im.size[1]}, the others are {size}x{size}")
         a = np.asarray(im, dtype=np.uint8)
