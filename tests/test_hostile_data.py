@@ -95,3 +95,37 @@ def test_a_streamed_image_file_larger_than_any_image_is_not_read(tmp_path):
         f.truncate(IMAGE_MAX_BYTES + 1)  # sparse: nothing is written
     msg = dsnas_error(ImageFiles([(str(path), 0)], 32, "RGB").__getitem__, 0)
     assert "huge.jpg cannot be read" in msg and "MiB" in msg
+
+
+def _cifar(folder, data, labels, raw: bytes | None = None):
+    """A CIFAR-10 python folder: one training batch and a test batch, the training one hostile."""
+    import pickle
+
+    folder.mkdir()
+    good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
+    (folder / "test_batch").write_bytes(pickle.dumps(good, protocol=2))
+    (folder / "data_batch_1").write_bytes(raw if raw is not None else
+                                          pickle.dumps({b"data": data, b"labels": labels}, protocol=4))
+    return folder
+
+
+@pytest.mark.parametrize("data, labels, expected", [
+    (np.full((2, 3072), 300, np.int64), [0, 1], "pixel values must be in 0..255, found 300"),
+    (np.full((2, 3072), -1, np.int16), [0, 1], "pixel values must be in 0..255, found -1"),
+    ([[300] * 3072] * 2, [0, 1], "found 300"),
+    (np.zeros((2, 3072), np.float32), [0, 1], "pixel values must be integers"),
+    (np.zeros((2, 3072), np.uint8), [0, 2**70], "labels must be integers that fit in 64 bits"),
+    (np.zeros((2, 3072), np.uint8), np.array([0, 2**63 + 5], np.uint64), "is outside 0..9"),
+    (np.zeros((2, 3072), np.uint8), ["a", "b"], "labels must be integers"),
+    (np.zeros((0, 3072), np.uint8), [], "holds no images"),
+])
+def test_cifar_values_that_a_cast_would_wrap(tmp_path, data, labels, expected):
+    folder = _cifar(tmp_path / "cifar", data, labels)
+    msg = dsnas_error(load_data, str(folder))
+    assert expected in msg and "data_batch_1" in msg
+
+
+def test_an_empty_cifar_batch_warns_nothing(tmp_path, recwarn):
+    folder = _cifar(tmp_path / "cifar", np.zeros((0, 3072), np.uint8), [])
+    dsnas_error(load_data, str(folder))
+    assert not recwarn.list

@@ -191,3 +191,25 @@ def test_16_bit_images_convert_without_float_copies(tmp_path):
     p = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.split() == ["L", f"({side},", f"{side})"]
+
+
+def test_pickle_lengths_are_checked_before_the_unpickler_allocates(tmp_path):
+    """CIFAR batches whose BINBYTES8, BINUNICODE8 or FRAME claim 2**62 bytes in a few bytes."""
+    import pickle
+    import struct
+
+    def batch(op: bytes) -> bytes:
+        return b"\x80\x04" + op + struct.pack("<Q", 2**62) + b"abc."
+
+    names = []
+    for i, op in enumerate((b"\x8e", b"\x8d", b"\x95")):  # BINBYTES8, BINUNICODE8, FRAME
+        folder = tmp_path / f"c{i}"
+        folder.mkdir()
+        (folder / "data_batch_1").write_bytes(batch(op))
+        (folder / "test_batch").write_bytes(pickle.dumps({b"data": bytes(3072), b"labels": [0]}))
+        names.append(str(folder))
+    messages = run_capped(f"""
+        for folder in {names!r}:
+            refused(dsnas.data.load_data, folder)
+    """)
+    assert all("cannot be read as a CIFAR-10 batch" in m for m in messages), messages

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import math
 import pickle
+import pickletools
 import zlib
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DsnasError
+from .errors import DsnasError, quote
 from .images import ImageFiles, collate, decode_batch, open_image
 
 EMBEDDED = "embedded"
@@ -163,7 +165,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise pickle.UnpicklingError(f"refusing to load {quote(f'{module}.{name}')}")
 
 
 def _cifar_folder(root: Path) -> Path | None:
@@ -173,8 +175,14 @@ def _cifar_folder(root: Path) -> Path | None:
     return None
 
 
+CIFAR_BATCH_MAX_BYTES = 256 << 20  # a CIFAR-10 batch is 31 MB
+
+
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
+        size = path.stat().st_size
+        if size > CIFAR_BATCH_MAX_BYTES:
+            raise DsnasError(f"{path} is {size >> 20} MiB; a CIFAR-10 batch is 31 MB")
         if path.suffix == ".bin":
             raw = np.fromfile(path, dtype=np.uint8)
             if raw.size == 0 or raw.size % 3073:
@@ -182,16 +190,39 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             records = raw.reshape(-1, 3073)
             images, labels = records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
         else:
-            with open(path, "rb") as f:
-                batch = _ArrayUnpickler(f, encoding="bytes").load()
-            images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(batch[b"labels"], dtype=np.int64)
+            raw = path.read_bytes()
+            _check_pickle_lengths(raw)
+            batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+            images = _whole_numbers(batch[b"data"], "pixel values", 255).astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+            labels = _whole_numbers(batch[b"labels"], "labels", None).astype(np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
         raise DsnasError(f"{path} cannot be read as a CIFAR-10 batch: {e}") from None
     if labels.ndim != 1 or len(labels) != len(images):
         raise DsnasError(f"{path} holds {len(images)} images and {labels.size} labels")
+    if len(labels) == 0:
+        raise DsnasError(f"{path} holds no images")
     check_labels(labels, 10, str(path))
     return images, labels
+
+
+def _check_pickle_lengths(raw: bytes) -> None:
+    """Walk a pickle's opcodes before unpickling it: the unpickler allocates whatever a length
+    field claims (2**62 bytes for a BINBYTES8) before it finds the data missing, while
+    `pickletools` reads only the bytes that are there and stops at the first short one."""
+    for op, arg, pos in pickletools.genops(raw):
+        if op.name == "FRAME" and arg > len(raw) - pos:
+            raise ValueError(f"a frame of {arg} bytes at byte {pos} of {len(raw)}")
+
+
+def _whole_numbers(value, what: str, top: int | None) -> np.ndarray:
+    """``value`` as an array of integers (in 0..``top`` when given), refusing what a cast would
+    wrap or overflow: pixel values above 255, labels past 64 bits."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iu" and a.size:  # np.asarray([]) is float64
+        raise ValueError(f"{what} must be integers that fit in 64 bits, got {a.dtype} values")
+    if top is not None and a.size and (a.min() < 0 or a.max() > top):
+        raise ValueError(f"{what} must be in 0..{top}, found {a.min() if a.min() < 0 else a.max()}")
+    return a
 
 
 def check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
