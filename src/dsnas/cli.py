@@ -163,7 +163,7 @@ def _load_run_child(args):
 def _check_outputs(paths: list, force: bool) -> None:
     """Outputs named on the command line: regular files or new paths, and never one that exists
     unless --force; checked before anything is computed."""
-    from .files import check_writable
+    from .files import check_creatable, check_writable
 
     for path in paths:
         if path is None or path == "-":
@@ -171,8 +171,7 @@ def _check_outputs(paths: list, force: bool) -> None:
         check_writable(path)
         if Path(path).exists() and not force:
             raise DsnasError(f"{path} already exists; pass --force to replace it")
-        if Path(path).parent.exists() and not Path(path).parent.is_dir():
-            raise DsnasError(f"cannot write {path}: {Path(path).parent} is not a folder")
+        check_creatable(path)
 
 
 def cmd_export(args) -> int:

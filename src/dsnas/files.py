@@ -29,6 +29,24 @@ def check_writable(path: str | os.PathLike) -> Path:
     return path
 
 
+def check_creatable(path: str | os.PathLike) -> None:
+    """Refuse before any work an output whose folder cannot take a new file (read-only, no
+    permission, a file in the way): a file is created in the nearest existing folder and
+    removed at once. Root passes permission bits, not a read-only file system."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DsnasError(f"cannot write {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DsnasError(f"cannot write {path}: {e.strerror or e}") from None
+
+
 def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
     """``path`` must be a regular file (or a link to one): reading a FIFO or a device would
     block or never end."""
