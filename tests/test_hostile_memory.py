@@ -213,3 +213,63 @@ def test_pickle_lengths_are_checked_before_the_unpickler_allocates(tmp_path):
             refused(dsnas.data.load_data, folder)
     """)
     assert all("cannot be read as a CIFAR-10 batch" in m for m in messages), messages
+
+
+def zip64(members: dict[str, bytes], bomb: str, inflated: int) -> bytes:
+    """A zip archive of ``members`` (stored) in which ``bomb`` is instead a deflated stream of
+    ``inflated`` zero bytes, its sizes in ZIP64 fields (its CRC left unset)."""
+    import struct
+
+    out, central = bytearray(), bytearray()
+    for name, data in members.items():
+        raw, method, size = data, 0, len(data)
+        crc = zlib.crc32(data)
+        if name == bomb:
+            unit = bytes(1 << 24)
+            raw, method, size, crc = deflate_repeated(b"", unit, inflated // len(unit)), 8, inflated, 0
+        offset, key = len(out), name.encode()
+        local_extra = struct.pack("<HHQQ", 1, 16, size, len(raw))
+        out += struct.pack("<IHHHHHIIIHH", 0x04034B50, 45, 0, method, 0, 0x21, crc, 0xFFFFFFFF, 0xFFFFFFFF,
+                           len(key), len(local_extra)) + key + local_extra + raw
+        extra = struct.pack("<HHQQQ", 1, 24, size, len(raw), offset)
+        central += struct.pack("<IHHHHHHIIIHHHHHII", 0x02014B50, 45, 45, 0, method, 0, 0x21, crc, 0xFFFFFFFF,
+                               0xFFFFFFFF, len(key), len(extra), 0, 0, 0, 0, 0xFFFFFFFF) + key + extra
+    start, n = len(out), len(members)
+    out += central
+    end64 = len(out)
+    out += struct.pack("<IQHHIIQQQQ", 0x06064B50, 44, 45, 45, 0, 0, n, n, len(central), start)
+    out += struct.pack("<IIQI", 0x07064B50, 0, end64, 1)
+    out += struct.pack("<IHHHHIIH", 0x06054B50, 0, 0, 0xFFFF, 0xFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0)
+    return bytes(out)
+
+
+def test_a_checkpoint_member_that_inflates_to_gigabytes_is_refused_from_the_zip_directory(tmp_path):
+    """A last.pt of a few MB whose tensor inflates to 3 GB: refused before torch reads it, and
+    --resume falls back to prev.pt."""
+    import io
+    import zipfile
+
+    import torch
+
+    from dsnas.checkpoint import FORMAT
+
+    settings = {"num_classes": 10}
+    buf = io.BytesIO()
+    torch.save({"format": FORMAT, "settings": settings, "model": {"w": torch.zeros(4)}}, buf)
+    with zipfile.ZipFile(buf) as z:
+        members = {m.filename: z.read(m) for m in z.infolist()}
+    tensor = next(name for name in members if "/data/" in name)
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    (folder / "last.pt").write_bytes(zip64(members, tensor, 3 << 30))
+    assert (folder / "last.pt").stat().st_size < 4_000_000
+    with zipfile.ZipFile(folder / "last.pt") as z:  # a well-formed archive: only its sizes lie
+        assert z.getinfo(tensor).file_size == 3 << 30
+    messages = run_capped(f"""
+        import torch
+        from pathlib import Path
+        from dsnas.checkpoint import checkpoint_limits, load_checkpoint
+        limits = checkpoint_limits(torch.nn.Linear(4, 4))
+        refused(load_checkpoint, Path({str(folder)!r}), {settings!r}, limits=limits)
+    """)
+    assert "inflates to 3221225472 bytes" in messages[0]

@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import sys
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,7 +41,41 @@ def save_checkpoint(folder: Path, payload: dict, settings: dict) -> Path:
     return last
 
 
-def _read(path: Path, settings: dict, required: tuple) -> dict:
+PICKLE_MAX_BYTES = 64 << 20  # the non-tensor part of a checkpoint: progress, history, config, RNG states
+
+
+def checkpoint_limits(model: torch.nn.Module) -> tuple[int, int]:
+    """The largest plausible (member, total) uncompressed sizes of a checkpoint of ``model``:
+    no tensor larger than its largest one (or 1 MiB, for the RNG states), and in all the model,
+    the optimizer's momentum and every rank's BN statistics within four times the model."""
+    sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
+    return max(max(sizes, default=0), 1 << 20), 4 * sum(sizes) + PICKLE_MAX_BYTES
+
+
+def _check_members(path: Path, limits: tuple[int, int]) -> None:
+    """Refuse, from the zip directory alone, a checkpoint whose members would inflate past
+    ``limits`` (a 4.9 MB file can hold a deflated 5 GB tensor) before torch reads any of them."""
+    member_max, total_max = limits
+    try:
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise DsnasError(f"checkpoint {path} is corrupt or truncated: not a checkpoint archive ({e})") from None
+    total = sum(m.file_size for m in members)
+    for m in members:
+        top = PICKLE_MAX_BYTES if m.filename.endswith(".pkl") else member_max
+        if m.file_size > top:
+            raise DsnasError(f"checkpoint {path} is corrupt or tampered with: its member {quote(m.filename)} "
+                             f"inflates to {m.file_size} bytes, over the {top} any part of this run's "
+                             "checkpoint can take")
+    if total > total_max:
+        raise DsnasError(f"checkpoint {path} is corrupt or tampered with: it inflates to {total} bytes, over the "
+                         f"{total_max} a checkpoint of this run can take")
+
+
+def _read(path: Path, settings: dict, required: tuple, limits: tuple[int, int] | None = None) -> dict:
+    if limits is not None:
+        _check_members(path, limits)
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -63,16 +98,18 @@ def _warn(text: str) -> None:
     print(text, file=sys.stderr)
 
 
-def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = ()) -> dict:
+def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = (),
+                    limits: tuple[int, int] | None = None) -> dict:
     """The newest loadable checkpoint in ``folder`` (``last.pt``, else ``prev.pt``) that holds
-    every key of ``required``."""
+    every key of ``required`` and, with ``limits`` (`checkpoint_limits`), no member that would
+    inflate past them."""
     errors = []
     for name in (LAST, PREV):
         path = folder / name
         if not path.exists():
             continue
         try:
-            ckpt = _read(path, settings, required)
+            ckpt = _read(path, settings, required, limits)
         except DsnasError as e:
             errors.append(str(e))
             continue
