@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
@@ -84,28 +85,17 @@ class Config:
         return self
 
     def _check_ranges(self) -> None:
-        for key in ("epochs", "batch_size"):
-            _need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_epochs", "search_epochs", "train_limit", "test_limit", "workers", "input_size",
-                    "eval_bn_recalibrate", "checkpoint_every", "seed", "select_images", "candidates",
-                    "population", "arch_lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs",
-                    "budget_mflops", "budget_params_m", "budget_ms", "penalty"):
-            _need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("lr", "width"):
-            _need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        _need(self.width <= SETTING_MAX["width"], f"width must be <= {SETTING_MAX['width']:g}, got {self.width}")
-        _need(self.input_size <= SETTING_MAX["input_size"],
-              f"input_size must be <= {SETTING_MAX['input_size']}, got {self.input_size}")
-        _need(self.seed < 2**31, f"seed must be < 2**31, got {self.seed}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if _kind(f.name)[0] in (int, float) and value is not None:  # every number has a range: RANGES
+                r = RANGES[f.name]
+                _need(value in r, f"{f.name} must be {r}, got {value}")
         _need(self.warmup_epochs <= self.search_epochs,
               f"warmup_epochs ({self.warmup_epochs}) must be <= search_epochs ({self.search_epochs})")
         _need(self.search_epochs <= self.epochs,
               f"search_epochs ({self.search_epochs}) must be <= epochs ({self.epochs})")
         _need(self.lr_warmup_epochs <= self.epochs,
               f"lr_warmup_epochs ({self.lr_warmup_epochs}) must be <= epochs ({self.epochs})")
-        _need(0 < self.early_fix <= 1, f"early_fix must be in (0, 1], got {self.early_fix}")
-        _need(self.label_smoothing < 1, f"label_smoothing must be < 1, got {self.label_smoothing}")
-        _need(0 <= self.arch_beta1 < 1 and 0 <= self.arch_beta2 < 1, "arch_beta1 and arch_beta2 must be in [0, 1)")
 
     def _check_choices(self) -> None:
         _need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
@@ -141,14 +131,60 @@ class Config:
         return dataclasses.asdict(self)
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key accepts: ``low`` to ``high``, each end closed unless open."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.open_low else '>='} {_number(self.low)}"
+        return (f"in {'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.open_high else ']'}")
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e10 else f"{v:g}"
+
+
+AT_LEAST_0, AT_LEAST_1, ABOVE_0, FRACTION = Range(0), Range(1), Range(0, open_low=True), Range(0, 1, open_high=True)
+RANGES = {  # every int and float key of Config (a key missing here fails every validate)
+    "input_size": Range(0, SETTING_MAX["input_size"]), "train_limit": AT_LEAST_0, "test_limit": AT_LEAST_0,
+    "workers": AT_LEAST_0, "width": Range(0, SETTING_MAX["width"], open_low=True),
+    "epochs": AT_LEAST_1, "warmup_epochs": AT_LEAST_0, "search_epochs": AT_LEAST_0, "batch_size": AT_LEAST_1,
+    "lr": ABOVE_0, "lr_warmup_epochs": AT_LEAST_0, "momentum": AT_LEAST_0, "weight_decay": AT_LEAST_0,
+    "label_smoothing": FRACTION,
+    "arch_lr": AT_LEAST_0, "arch_beta1": FRACTION, "arch_beta2": FRACTION, "early_fix": Range(0, 1, open_low=True),
+    "budget_mflops": AT_LEAST_0, "budget_params_m": AT_LEAST_0, "budget_ms": AT_LEAST_0, "penalty": AT_LEAST_0,
+    "candidates": AT_LEAST_0, "population": AT_LEAST_0, "mutation_prob": Range(), "select_images": AT_LEAST_0,
+    "eval_bn_recalibrate": AT_LEAST_0, "checkpoint_every": AT_LEAST_0, "seed": Range(0, 2**31 - 1),
+}
 METHODS = ("dsnas", "spos", "random", "fixed")
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
          "latency": ("latency_ms", "budget_ms")}  # cost -> (cost-table metric, budget key)
-_TYPES = {f.name: f.type for f in fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _kind(key: str) -> tuple[type, bool]:
+    """The type of config key ``key``, and whether it may be None (``int | None``)."""
+    hint = _HINTS[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return (args[0] if args else hint), type(None) in typing.get_args(hint)
 
 
 def _coerce(key: str, value):
-    kind = {"int": int, "float": float, "str": str, "bool": bool}[_TYPES[key]]
+    kind, optional = _kind(key)
+    if value is None and optional:
+        return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (int, float) and isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
@@ -168,7 +204,7 @@ def _coerce(key: str, value):
 def apply(cfg: Config, updates: dict, source: str) -> Config:
     if not isinstance(updates, dict):
         raise DsnasError(f"{source}: expected a mapping of config keys")
-    known = set(_TYPES)
+    known = set(_HINTS)
     for key, value in updates.items():
         if key not in known:
             close = [k for k in known if k.split("_")[0] == str(key).split("_")[0]]
@@ -201,7 +237,7 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
             value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        if _TYPES.get(key.strip()) == "str":
+        if key.strip() in _HINTS and _kind(key.strip())[0] is str:
             value = text
         apply(cfg, {key.strip(): value}, "--set")
     return cfg.validate()
