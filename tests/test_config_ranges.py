@@ -42,3 +42,18 @@ def test_optional_keys_coerce(monkeypatch):
     assert "epochs must be int" in dsnas_error(config._coerce, "epochs", None)
     with pytest.raises(KeyError):
         config._kind("no_such_key")
+
+
+def test_every_numeric_key_is_bounded_on_both_sides():
+    for key, r in RANGES.items():
+        assert r.low > -float("inf") and r.high < float("inf"), key
+
+
+@pytest.mark.parametrize("key", ["lr", "weight_decay", "arch_lr", "penalty", "momentum", "budget_mflops",
+                                 "lr_warmup_epochs", "mutation_prob"])
+def test_a_huge_float_is_refused_before_the_run_folder_exists(tmp_path, dsnas_main, key):
+    from conftest import assert_one_line_error
+
+    r = dsnas_main("search", "--set", f"{key}=1e300", "--set", "epochs=2", "--out", tmp_path / "run")
+    assert_one_line_error(r.returncode, r.stderr)
+    assert f"{key} must be in" in r.stderr and not (tmp_path / "run").exists()

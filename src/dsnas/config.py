@@ -108,7 +108,6 @@ class Config:
             for key in ("candidates", "eval_bn_recalibrate"):
                 _need(getattr(self, key) >= 1, f"method {self.method} needs {key} >= 1, got {getattr(self, key)}")
             _need(self.population >= 2, f"population must be >= 2, got {self.population}")
-            _need(0 <= self.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {self.mutation_prob}")
         _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {quote(self.init)}")
         _need(self.jpeg_decode in DECODERS,
               f"jpeg_decode must be one of {', '.join(DECODERS)}, got {quote(self.jpeg_decode)}")
@@ -156,17 +155,20 @@ def _number(v: float) -> str:
     return str(int(v)) if float(v).is_integer() and abs(v) < 1e10 else f"{v:g}"
 
 
-AT_LEAST_0, AT_LEAST_1, ABOVE_0, FRACTION = Range(0), Range(1), Range(0, open_low=True), Range(0, 1, open_high=True)
+COUNT = Range(0, 2**31 - 1)      # image and step counts: any that fits in 32 bits
+EPOCHS = Range(0, 100_000)
+FRACTION = Range(0, 1, open_high=True)
 RANGES = {  # every int and float key of Config (a key missing here fails every validate)
-    "input_size": Range(0, SETTING_MAX["input_size"]), "train_limit": AT_LEAST_0, "test_limit": AT_LEAST_0,
-    "workers": AT_LEAST_0, "width": Range(0, SETTING_MAX["width"], open_low=True),
-    "epochs": AT_LEAST_1, "warmup_epochs": AT_LEAST_0, "search_epochs": AT_LEAST_0, "batch_size": AT_LEAST_1,
-    "lr": ABOVE_0, "lr_warmup_epochs": AT_LEAST_0, "momentum": AT_LEAST_0, "weight_decay": AT_LEAST_0,
-    "label_smoothing": FRACTION,
-    "arch_lr": AT_LEAST_0, "arch_beta1": FRACTION, "arch_beta2": FRACTION, "early_fix": Range(0, 1, open_low=True),
-    "budget_mflops": AT_LEAST_0, "budget_params_m": AT_LEAST_0, "budget_ms": AT_LEAST_0, "penalty": AT_LEAST_0,
-    "candidates": AT_LEAST_0, "population": AT_LEAST_0, "mutation_prob": Range(), "select_images": AT_LEAST_0,
-    "eval_bn_recalibrate": AT_LEAST_0, "checkpoint_every": AT_LEAST_0, "seed": Range(0, 2**31 - 1),
+    "input_size": Range(0, SETTING_MAX["input_size"]), "train_limit": COUNT, "test_limit": COUNT,
+    "workers": Range(0, 128), "width": Range(0, SETTING_MAX["width"], open_low=True),
+    "epochs": Range(1, EPOCHS.high), "warmup_epochs": EPOCHS, "search_epochs": EPOCHS,
+    "batch_size": Range(1, 1 << 20), "lr": Range(0, 100, open_low=True), "lr_warmup_epochs": EPOCHS,
+    "momentum": FRACTION, "weight_decay": Range(0, 1), "label_smoothing": FRACTION,
+    "arch_lr": Range(0, 10), "arch_beta1": FRACTION, "arch_beta2": FRACTION, "early_fix": Range(0, 1, open_low=True),
+    "budget_mflops": Range(0, 1e9), "budget_params_m": Range(0, 1e6), "budget_ms": Range(0, 1e7),
+    "penalty": Range(0, 1e4),
+    "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
+    "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
 }
 METHODS = ("dsnas", "spos", "random", "fixed")
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
