@@ -58,7 +58,7 @@ def main() -> None:
     args = p.parse_args()
     results = {name: measure(*rest, args.reps, args.device) for name, *rest in SETTINGS}
     if args.json:
-        print(json.dumps({"device": args.device, "settings": results}))
+        print(json.dumps({"device": args.device, "settings": results}, allow_nan=False))
     lines = ["## Search-step overhead (`benchmarks/step_overhead.py`)", "", f"Machine: {machine()}; device {args.device}.",
              f"Command: `python benchmarks/step_overhead.py --reps {args.reps}`. Median of {args.reps} interleaved "
              "repetitions; synthetic data; ShuffleNet space at width 1.0.", "",

@@ -61,7 +61,7 @@ def main() -> None:
         compiled = compiled_child(pair, reps)
         result.update(compile_s=round(compiled["compile_s"], 1), child_compiled_img_s=round(batch / compiled["step_s"], 1))
         compiled_ips = batch / compiled["step_s"]
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
     lines = [f"## Throughput at 224 px, {args.device} (`benchmarks/throughput.py`)", "", f"Machine: {machine()}.",
              f"Command: `python benchmarks/throughput.py --device {args.device} --amp {args.amp}{' --compile' if args.compile else ''}`: batch {batch}, median of {reps} "
              f"interleaved steps, synthetic data, channels-last, autocast {amp_name(amp)}.", "",

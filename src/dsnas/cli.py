@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
 from .errors import DsnasError
+from .files import json_text
 
 
 class _Parser(argparse.ArgumentParser):
@@ -108,7 +108,7 @@ def _info_arch(args, arch, space, table, lut) -> None:
 
         out["measured_ms"] = round(measure_network(space.child(arch.choices), lut.measured)["ms"], 3)
     if args.json:
-        print(json.dumps(out))
+        print(json_text(out))
         return
     print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
           f"{settings['num_classes']} classes)")
@@ -129,7 +129,7 @@ def _info_space(args, space, table) -> None:
            "candidates": space.ops, "candidates_per_block": [len(n) for n in table.names],
            **bounds, "supernet_params_m": supernet_params}
     if args.json:
-        print(json.dumps(out))
+        print(json_text(out))
         return
     print(f"shufflenet space: {table.num_blocks} blocks x {len(space.ops)} candidates "
           f"({', '.join(space.ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
@@ -233,11 +233,11 @@ def cmd_eval(args) -> int:
 
     arch, child = _load_run_child(args)
     out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate)
-    print(json.dumps(out) if args.json else
+    print(json_text(out) if args.json else
           f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {out['data']} test images"
           + (f" (BN re-estimated on {args.bn_recalibrate} training images)" if args.bn_recalibrate else ""))
     if args.run:
-        write_text(Path(args.run) / "eval.json", json.dumps(out, indent=2) + "\n")
+        write_text(Path(args.run) / "eval.json", json_text(out, indent=2) + "\n")
     return 0
 
 

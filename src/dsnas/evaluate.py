@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -98,5 +100,8 @@ def evaluate_child(arch, child: nn.Module, data_spec: str, bn_recalibrate: int =
     if bn_recalibrate:
         recalibrate_bn(child, Loader(data, "train", 256, 0, device, train=True), bn_recalibrate)
     metrics = accuracy(child, Loader(data, "test", 256, 0, device, train=False))
+    if not math.isfinite(metrics["loss"]):
+        raise DsnasError(f"the child's outputs on {data.name} are NaN or infinite: its weights are finite but "
+                         "overflow in the network")
     return {"top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2), "loss": round(metrics["loss"], 4),
             "images": metrics["images"], "bn_recalibrate": bn_recalibrate, "data": data.name}

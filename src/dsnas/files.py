@@ -96,6 +96,17 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
+def json_text(value, indent: int | None = None) -> str:
+    """``value`` as strict JSON: NaN and infinities, which ``json`` would write as bare ``NaN``
+    that no other reader parses, are refused (the values that could be NaN are checked before)."""
+    import json
+
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False)
+    except ValueError as e:
+        raise DsnasError(f"refusing to write JSON with NaN or infinite values ({e})") from None
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text)

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .errors import DsnasError
-from .files import RunLock, atomic_path, write_text
+from .files import RunLock, atomic_path, json_text, write_text
 
 
 def new_run_dir(data_name: str) -> Path:
@@ -68,9 +67,10 @@ def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | Non
     from .arch import save_arch
     from .export import save_weights
 
+    metrics_text = json_text(metrics, indent=2) + "\n"  # refused (NaN) before anything is written
     save_arch(arch, out / "arch.yaml")
     save_weights(child, out / "child.safetensors", {"format": "dsnas-child/1"})
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(out / "metrics.json", metrics_text)
     if alpha is not None:
         plot_alpha(out / "alpha.png", alpha, title)
 
