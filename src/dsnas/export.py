@@ -45,15 +45,27 @@ def load_child(arch: Architecture, weights: str | Path) -> ShuffleNetChild:
 
 
 def _check_values(state: dict, expected: dict, weights) -> None:
-    """Every tensor has the child's dtype and finite values (shapes are checked by the caller)."""
+    """Every tensor has the child's kind of dtype and, cast to the child's dtype (as loading will
+    cast it), finite values: 1e300 in float64 is inf in float32. Replaces ``state``'s tensors by
+    their casts; shapes are checked by the caller."""
     for k, want in expected.items():
         got = state[k]
         same_kind = got.is_floating_point() if want.is_floating_point() else got.dtype == want.dtype
         if not same_kind:
-            raise DsnasError(f"weights file {weights}: {k} is {str(got.dtype).replace('torch.', '')}, "
-                             f"the architecture needs {str(want.dtype).replace('torch.', '')}")
-        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise DsnasError(f"weights file {weights}: {k} holds NaN or infinite values")
+            raise DsnasError(f"weights file {weights}: {k} is {_name(got.dtype)}, the architecture needs "
+                             f"{_name(want.dtype)}")
+        try:
+            state[k] = got.to(want.dtype)
+        except (RuntimeError, TypeError) as e:  # a float type this torch cannot convert
+            raise DsnasError(f"weights file {weights}: {k} is {_name(got.dtype)}, which cannot be cast to "
+                             f"{_name(want.dtype)} ({str(e).splitlines()[0][:80]})") from None
+        if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()):
+            raise DsnasError(f"weights file {weights}: {k} holds NaN or infinite values"
+                             + ("" if got.dtype == want.dtype else f" as {_name(want.dtype)}"))
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def export_onnx(child: torch.nn.Module, path: str | Path, input_size: int, in_channels: int,
