@@ -129,3 +129,13 @@ def test_an_empty_cifar_batch_warns_nothing(tmp_path, recwarn):
     folder = _cifar(tmp_path / "cifar", np.zeros((0, 3072), np.uint8), [])
     dsnas_error(load_data, str(folder))
     assert not recwarn.list
+
+
+def test_an_image_past_our_pixel_limit_but_under_pils_is_refused_from_its_header(tmp_path):
+    from dsnas.images import IMAGE_MAX_PIXELS, open_image
+    from test_hostile_memory import png
+
+    side = int(IMAGE_MAX_PIXELS ** 0.5)
+    (tmp_path / "tall.png").write_bytes(png(side, side + 16, bit_depth=8))
+    msg = dsnas_error(open_image, tmp_path / "tall.png")
+    assert f"{side} x {side + 16} pixels, over the limit of {IMAGE_MAX_PIXELS}" in msg

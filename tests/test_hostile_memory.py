@@ -173,7 +173,7 @@ def test_image_pixel_bombs_are_refused_before_decoding(tmp_path):
         refused(dsnas.data.load_data, {str(tree)!r})
         refused(ImageFiles([({str(tmp_path / "big.png")!r}, 0)], 224, "L").__getitem__, 0)
     """)
-    assert all("exceeds limit" in m and "big.png" in m or "1.png" in m for m in messages), messages
+    assert all("pixels" in m and "limit" in m and ("big.png" in m or "1.png" in m) for m in messages), messages
 
 
 def test_16_bit_images_convert_without_float_copies(tmp_path):

@@ -62,21 +62,25 @@ def eval_box(width: int, height: int, size: int) -> Box:
     return Box((height - side) // 2, (width - side) // 2, side, side)
 
 
-IMAGE_MAX_PIXELS = 1 << 26  # 8192 x 8192: PIL's decompression-bomb limit, as an error (its default only warns)
+IMAGE_MAX_PIXELS = 1 << 26  # 8192 x 8192: the most pixels decoded from one file
 IMAGE_MAX_BYTES = 256 << 20  # no image file of a training set is this large
 _ROWS = 256  # rows converted at a time from 16 or 32 bits to 8
 
 
 def pil_open(source):
-    """``PIL.Image.open`` refusing images of more than `IMAGE_MAX_PIXELS` before they are
-    decoded (a 300 kB PNG can hold 12000 x 12000 pixels): PIL's bomb check raises
-    ``DecompressionBombWarning`` as an error."""
+    """``PIL.Image.open`` refusing, before any pixel is decoded, an image of more than
+    `IMAGE_MAX_PIXELS` (a 300 kB PNG can hold 12000 x 12000 pixels): PIL's own bomb check
+    raises its warning as an error, and the size in the header is checked against ours."""
     from PIL import Image
 
-    Image.MAX_IMAGE_PIXELS = IMAGE_MAX_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        return Image.open(source)
+        im = Image.open(source)
+    if im.width * im.height > IMAGE_MAX_PIXELS:
+        im.close()
+        raise ValueError(f"it has {im.width} x {im.height} pixels, over the limit of {IMAGE_MAX_PIXELS} "
+                         "(a decompression bomb?)")
+    return im
 
 
 def read_image_bytes(path) -> bytes:
