@@ -121,11 +121,15 @@ def load_arch(path: str | Path) -> Architecture:
     return parse_arch(read_yaml(path, "arch file"), f"arch file {path}")
 
 
-def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False) -> None:
-    """Write ``arch`` as our YAML (or MMRazor's subnet YAML); ``-`` writes it to stdout."""
+def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False, replace: bool = True) -> None:
+    """Write ``arch`` as our YAML (or MMRazor's subnet YAML); ``-`` writes it to stdout. Unless
+    ``replace``, a file that exists by the time it is written is kept."""
     data = arch.to_mmrazor() if mmrazor else arch.to_dict()
     text = dump_yaml(data, sort_keys=False, default_flow_style=None)
     if str(path) == "-":
+        if sys.stdout is None:  # started with stdout closed
+            raise DsnasError("cannot write the architecture to stdout: it is closed; give a file instead")
         sys.stdout.write(text)
+        sys.stdout.flush()  # a closed pipe fails here, inside the command's error handling
     else:
-        write_text(path, text)
+        write_text(path, text, replace)

@@ -161,13 +161,15 @@ def _load_run_child(args):
 
 
 def _check_outputs(paths: list, force: bool) -> None:
-    """Outputs named on the command line: regular files or new paths, and never one that exists
-    unless --force; checked before anything is computed."""
+    """Outputs named on the command line: regular files or new paths in folders that take files,
+    each named once, and never one that exists unless --force; checked before anything is
+    computed (and, without --force, again as each is written: `files.atomic_path`)."""
     from .files import check_creatable, check_writable
 
-    for path in paths:
-        if path is None or path == "-":
-            continue
+    named = [p for p in paths if p is not None and p != "-"]
+    for i, path in enumerate(named):
+        if any(os.path.realpath(path) == os.path.realpath(other) for other in named[:i]):
+            raise DsnasError(f"{path} is named as two outputs; give each its own file")
         check_writable(path)
         if Path(path).exists() and not force:
             raise DsnasError(f"{path} already exists; pass --force to replace it")
@@ -185,12 +187,12 @@ def cmd_export(args) -> int:
     _check_outputs([args.onnx, args.mmrazor], args.force)
     arch, child = _load_run_child(args)
     if args.mmrazor:
-        save_arch(arch, args.mmrazor, mmrazor=True)
+        save_arch(arch, args.mmrazor, mmrazor=True, replace=args.force)
         if args.mmrazor != "-":
             print(f"wrote {args.mmrazor} (MMRazor subnet YAML)")
     if args.onnx:
         diff = export_onnx(child, args.onnx, arch.settings["input_size"], arch.settings["in_channels"],
-                           check=not args.no_check)
+                           check=not args.no_check, replace=args.force)
         checked = "" if diff is None else f"; onnxruntime matches PyTorch within {diff:.1e}"
         print(f"wrote {args.onnx}{checked}")
     return 0
@@ -284,7 +286,7 @@ def cmd_latency(args) -> int:
     table = measure_latency(space, args.device, args.backend, args.batch, args.threads, args.precision,
                             args.warmup, args.repeats, progress=progress)
     bar.close()
-    save_latency(table, args.out)
+    save_latency(table, args.out, replace=args.force)
     names = [c.names for c in space.choices]
     rows, base = table.entries(names)
     low, high = base + sum(min(r) for r in rows), base + sum(max(r) for r in rows)

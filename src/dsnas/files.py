@@ -9,12 +9,25 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import QUOTE_LIMIT, DsnasError
+from .errors import QUOTE_LIMIT, DsnasError, quote
+
+
+def check_path_text(path: str | os.PathLike) -> None:
+    """Refuse a path that is not valid UTF-8 text (bytes the locale could not decode, kept as
+    surrogates): libraries that encode paths themselves, TensorBoard's writer among them, fail
+    on it half-way through a run."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DsnasError(f"the path {quote(str(path))} is not valid UTF-8; name it in UTF-8 (or run under a "
+                         "UTF-8 locale)") from None
 
 
 def check_writable(path: str | os.PathLike) -> Path:
     """``path`` may be written only if it is missing or a regular file: never a device, FIFO,
-    folder or symbolic link, whose replacement by a file would damage something else."""
+    folder or symbolic link, whose replacement by a file would damage something else; and its
+    name must be text (`check_path_text`)."""
+    check_path_text(path)
     path = Path(path)
     try:
         st = path.lstat()
@@ -73,10 +86,12 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, replace: bool = True):
     """Yield a unique temporary path next to ``path``; on success it is fsynced and renamed onto
     ``path`` with the permissions a plain ``open`` would give. ``path`` must be missing or a
-    regular file; a failure (disk full, no permission) leaves ``path`` as it was and no temporary."""
+    regular file; a failure (disk full, no permission, an error raised inside) leaves ``path`` as
+    it was and no temporary. Unless ``replace``, a ``path`` that exists by then is not replaced:
+    of two writers racing to one new path, the second fails."""
     path = check_writable(path)
     tmp = None
     try:
@@ -88,12 +103,28 @@ def atomic_path(path: str | os.PathLike):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         check_writable(path)  # nothing special appeared there meanwhile
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _rename_new(Path(tmp), path)
     except OSError as e:
         raise DsnasError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _rename_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if no file has it: a hard link fails on a taken name
+    (the temporary is removed by the caller)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise DsnasError(f"{path} already exists; pass --force to replace it") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if path.exists():
+            raise DsnasError(f"{path} already exists; pass --force to replace it") from None
+        os.replace(tmp, path)
 
 
 def json_text(value, indent: int | None = None) -> str:
@@ -107,9 +138,14 @@ def json_text(value, indent: int | None = None) -> str:
         raise DsnasError(f"refusing to write JSON with NaN or infinite values ({e})") from None
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
+def write_text(path: str | os.PathLike, text: str, replace: bool = True) -> None:
+    with atomic_path(path, replace) as tmp:
         tmp.write_text(text)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes, replace: bool = True) -> None:
+    with atomic_path(path, replace) as tmp:
+        tmp.write_bytes(data)
 
 
 YAML_MAX_BYTES = 1 << 20  # configs, arch files, latency tables and run configs are a few kB

@@ -64,8 +64,8 @@ class LatencyTable:
                 "fixed": self.fixed, "blocks": self.blocks}
 
 
-def save_latency(table: LatencyTable, path: str | Path) -> None:
-    write_text(path, dump_yaml(table.to_dict(), sort_keys=False))
+def save_latency(table: LatencyTable, path: str | Path, replace: bool = True) -> None:
+    write_text(path, dump_yaml(table.to_dict(), sort_keys=False), replace)
 
 
 def load_latency(path: str | Path, settings: dict | None = None) -> LatencyTable:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .errors import DsnasError
-from .files import RunLock, atomic_path, json_text, write_text
+from .files import RunLock, atomic_path, check_path_text, json_text, write_text
 
 
 def new_run_dir(data_name: str) -> Path:
@@ -27,7 +27,8 @@ def new_run_dir(data_name: str) -> Path:
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
-    """A new run needs an empty or missing folder; a resumed one needs its checkpoints."""
+    """A new run needs an empty or missing folder whose name is text; a resumed one needs its checkpoints."""
+    check_path_text(out)
     if resume and not (out / "checkpoints").is_dir():
         raise DsnasError(f"nothing to resume: {out} has no checkpoints")
     if not resume and out.exists() and (not out.is_dir() or any(p.name != RunLock.NAME for p in out.iterdir())):
