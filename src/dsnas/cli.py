@@ -237,7 +237,7 @@ def cmd_eval(args) -> int:
     out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate)
     print(json_text(out) if args.json else
           f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {out['data']} test images"
-          + (f" (BN re-estimated on {args.bn_recalibrate} training images)" if args.bn_recalibrate else ""))
+          + (f" (BN re-estimated on {out['bn_recalibrate']} training images)" if out["bn_recalibrate"] else ""))
     if args.run:
         write_text(Path(args.run) / "eval.json", json_text(out, indent=2) + "\n")
     return 0
