@@ -363,6 +363,9 @@ def hold_out(data: Data, n: int, seed: int = 0) -> tuple[Data, Data]:
     source = data.train
     if n >= len(source):
         raise DsnasError(f"config: select_images ({n}) must be smaller than the {len(source)} training images")
+    if n < 1:  # candidates ranked on no image would all score 0%
+        raise DsnasError(f"config: {len(source)} training images leave no image to hold out for ranking candidates "
+                         "(the default is a tenth of them); set select_images")
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + 7))
     held, rest = order[:n].sort().values, order[n:].sort().values
     if isinstance(source, Split):
