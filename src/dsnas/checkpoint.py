@@ -11,7 +11,10 @@ import dataclasses
 import os
 import pickle
 import random
+import re
 import sys
+import textwrap
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,12 +80,14 @@ def _read(path: Path, settings: dict, required: tuple, limits: tuple[int, int] |
     if limits is not None:
         _check_members(path, limits)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols and TorchScript: the file is judged here
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise DsnasError(f"checkpoint {path} holds objects other than tensors and plain data; refusing to load "
-                         f"it ({str(e).splitlines()[0][:120]})") from None
+                         f"it ({_reason(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DsnasError(f"checkpoint {path} is corrupt or truncated: {str(e).splitlines()[0][:160]}") from None
+        raise DsnasError(f"checkpoint {path} is corrupt or truncated: {_reason(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise DsnasError(f"checkpoint {path} has format {quote(found)}; this version reads {FORMAT!r}")
@@ -92,6 +97,14 @@ def _read(path: Path, settings: dict, required: tuple, limits: tuple[int, int] |
     if lacking:
         raise DsnasError(f"checkpoint {path} is incomplete: it lacks {', '.join(lacking)}")
     return ckpt
+
+
+def _reason(e: Exception) -> str:
+    """The cause in one of torch's load errors, without its advice on loading unsafely: the first
+    sentence of the first line after "WeightsUnpickler error:", shortened at a word."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split("WeightsUnpickler error:", 1)[-1]
+    line = next((t for t in text.splitlines() if t.strip()), "")
+    return textwrap.shorten(line.split(". ")[0].rstrip("."), 160, placeholder=" ...")
 
 
 def _warn(text: str) -> None:
