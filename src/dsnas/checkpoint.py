@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DsnasError, quote
+from .errors import DsnasError, one_line, quote
 from .files import atomic_path
 
 FORMAT = "dsnas-checkpoint/1"
@@ -108,7 +108,7 @@ def _reason(e: Exception) -> str:
 
 
 def _warn(text: str) -> None:
-    print(text, file=sys.stderr)
+    print(one_line(text), file=sys.stderr)
 
 
 def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = (),

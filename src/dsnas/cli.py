@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DsnasError
+from .errors import DsnasError, one_line
 from .files import json_text
 
 
@@ -15,7 +15,7 @@ class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (the usage is one ``--help`` away)."""
 
     def error(self, message: str):
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(one_line(f"{self.prog}: error: {message} (see {self.prog} --help)"), file=sys.stderr)
         sys.exit(2)
 
 
@@ -395,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except OSError as e:  # the file system refused (permissions, disk full, a folder in the way)
         where = f" {e.filename}" if e.filename else ""
-        print(f"dsnas: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+        print(one_line(f"dsnas: error: cannot access{where}: {e.strerror or e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsnas: interrupted", file=sys.stderr)

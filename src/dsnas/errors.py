@@ -6,9 +6,21 @@ import reprlib
 
 
 class DsnasError(Exception):
-    """Bad input (file, config, data, arguments). The CLI prints it on one line and exits 2."""
+    """Bad input (file, config, data, arguments). The CLI prints it on one line and exits 2: its
+    message is made one line here, whatever paths or values it quotes."""
 
     exit_code = 2
+
+    def __init__(self, message: str = ""):
+        super().__init__(one_line(str(message)))
+
+
+def one_line(text: str) -> str:
+    """``text`` with every unprintable character escaped as Python writes it (a newline as
+    ``\\n``): a file name holding a newline must not split a message over two lines."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 QUOTE_LIMIT = 60  # characters of a quoted value in an error message
