@@ -388,8 +388,14 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .files import Terminated, sigterm_unwinds
+
     try:
-        return int(args.func(args) or 0)
+        with sigterm_unwinds():
+            return int(args.func(args) or 0)
+    except Terminated:  # every finally has run: no temporary is left, the run lock is released
+        print("dsnas: terminated", file=sys.stderr)
+        return 143
     except DsnasError as e:
         print(f"dsnas: error: {e}", file=sys.stderr)
         return e.exit_code

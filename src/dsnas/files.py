@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import os
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -53,7 +55,7 @@ def check_creatable(path: str | os.PathLike) -> None:
     if not folder.is_dir():
         raise DsnasError(f"cannot write {path}: {folder} is not a folder")
     try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=folder)
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
@@ -79,6 +81,59 @@ def _kind(st: os.stat_result) -> str:
     return "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread while `sigterm_unwinds` is active, so that every
+    ``finally`` runs: temporaries are removed, the run lock released."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Turn SIGTERM into `Terminated` in this process (a forked DataLoader worker still dies as
+    the signal would kill it), restoring the previous handler afterwards."""
+    import signal
+
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.<name>.<host>-<pid>.``: the temporaries of ``path`` say which process made them."""
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of ``path`` that a killed writer on this host left (SIGKILL, power loss): those
+    whose process no longer runs. Others' live ones, and other hosts', are left alone."""
+    host = f".{path.name}.{socket.gethostname()}-"
+    for old in path.parent.glob(f"{glob.escape(host)}*.tmp"):
+        pid = old.name[len(host):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it runs, as another user
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -90,13 +145,15 @@ def atomic_path(path: str | os.PathLike, replace: bool = True):
     """Yield a unique temporary path next to ``path``; on success it is fsynced and renamed onto
     ``path`` with the permissions a plain ``open`` would give. ``path`` must be missing or a
     regular file; a failure (disk full, no permission, an error raised inside) leaves ``path`` as
-    it was and no temporary. Unless ``replace``, a ``path`` that exists by then is not replaced:
-    of two writers racing to one new path, the second fails."""
+    it was and no temporary (under `sigterm_unwinds`, SIGTERM too). Temporaries of ``path`` that
+    a killed writer left are removed first. Unless ``replace``, a ``path`` that exists by then
+    is not replaced: of two writers racing to one new path, the second fails."""
     path = check_writable(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         yield Path(tmp)
