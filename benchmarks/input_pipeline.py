@@ -214,7 +214,7 @@ def main() -> None:
         data = load_data(str(root), input_size=224)
         result = measure(args, data, device, batch, steps)
     result.update(images=images, batch=batch, steps=steps, workers=args.workers, made_s=round(made_s, 1))
-    print(json.dumps(result))
+    print(json.dumps(result, allow_nan=False))
     text = report(result)
     print(text)
     if not args.no_write:

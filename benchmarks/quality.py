@@ -237,7 +237,7 @@ def _figure(args, fig, name: str) -> str:
 
 def _publish(args, name: str, text: str, record: dict) -> None:
     print(text)
-    (Path(args.work) / f"{name}.json").write_text(json.dumps(record, indent=1, default=str))
+    (Path(args.work) / f"{name}.json").write_text(json.dumps(record, indent=1, default=str, allow_nan=False))
     if not args.no_write:
         write_section(name, text)
 

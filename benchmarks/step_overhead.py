@@ -61,7 +61,7 @@ def main() -> None:
                                                                          args.device)
                for note, size, batch, *rest in SETTINGS}
     if args.json:
-        print(json.dumps({"device": args.device, "settings": results}))
+        print(json.dumps({"device": args.device, "settings": results}, allow_nan=False))
     lines = ["## Search-step overhead (`benchmarks/step_overhead.py`)", "", f"Machine: {machine()}; device {args.device}.",
              f"Command: `python benchmarks/step_overhead.py --reps {args.reps}{f' --batch {args.batch}' if args.batch else ''}`. Median of {args.reps} interleaved "
              "repetitions; synthetic data; ShuffleNet space at width 1.0.", "",

@@ -57,12 +57,12 @@ def main() -> None:
         fp32_t, _ = pair32.interleaved(reps)
         fp32_ips = batch / median(fp32_t)
         result["search_fp32_img_s"] = round(fp32_ips, 1)
-    print(json.dumps(result), flush=True)  # the eager figures, kept should compiling not finish in time
+    print(json.dumps(result, allow_nan=False), flush=True)  # the eager figures, kept should compiling not finish in time
     if args.compile:
         compiled = compiled_child(pair, reps)
         result.update(compile_s=round(compiled["compile_s"], 1), child_compiled_img_s=round(batch / compiled["step_s"], 1))
         compiled_ips = batch / compiled["step_s"]
-        print(json.dumps(result), flush=True)
+        print(json.dumps(result, allow_nan=False), flush=True)
     lines = [f"## Throughput at 224 px, {args.device} (`benchmarks/throughput.py`)", "", f"Machine: {machine()}.",
              f"Command: `python benchmarks/throughput.py --device {args.device} --amp {args.amp}{' --compile' if args.compile else ''}`: batch {batch}, median of {reps} "
              f"interleaved steps, synthetic data, channels-last, autocast {amp_name(amp)}.", "",

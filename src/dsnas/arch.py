@@ -26,16 +26,14 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from .errors import DsnasError
-from .files import read_yaml, write_text
+from .errors import DsnasError, quote
+from .files import dump_yaml, read_yaml, write_text
 from .spaces import DEFAULT_SPACE, settings_of, space_class
 
 FORMAT = "dsnas-arch/2"
 FORMAT_V1 = "dsnas-arch/1"  # choices as a list in the space's order
 MMRAZOR_SOURCE = "mmrazor subnet"  # metadata.source of an architecture read from MMRazor's YAML
-_MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d+)\.(\d+)$")
+_MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d{1,9})\.(\d{1,9})$")  # int() refuses 4300 digits
 
 
 @dataclass
@@ -83,9 +81,9 @@ def ordered_choices(decisions: list[tuple[str, list[str]]], choices, space: str)
     ``decisions``, every op checked against its decision's candidates."""
     labels = [label for label, _ in decisions]
     if isinstance(choices, dict):
-        unknown = [str(k) for k in choices if k not in labels]
+        unknown = [k for k in choices if k not in labels]
         if unknown:
-            raise DsnasError(f"block {unknown[0]} is not in the {space} space")
+            raise DsnasError(f"block {quote(unknown[0])} is not in the {space} space")
         missing = [label for label in labels if label not in choices]
         if missing:
             raise DsnasError(f"architecture lacks block {missing[0]} ({len(choices)} of the {len(labels)} blocks "
@@ -96,7 +94,7 @@ def ordered_choices(decisions: list[tuple[str, list[str]]], choices, space: str)
         raise DsnasError(f"architecture has {len(choices)} blocks, the {space} space has {len(labels)}")
     for i, (op, (label, names)) in enumerate(zip(choices, decisions)):
         if op not in names:
-            raise DsnasError(f"block {i} ({label}): unknown op {op!r} (expected one of {', '.join(names)})")
+            raise DsnasError(f"block {i} ({label}): unknown op {quote(op)} (expected one of {', '.join(names)})")
     return choices
 
 
@@ -110,10 +108,10 @@ def parse_arch(data, source: str = "architecture") -> Architecture:
         if "format" not in data:
             return Architecture(_parse_mmrazor(data), metadata={"source": MMRAZOR_SOURCE})  # no settings in the file
         if data["format"] not in (FORMAT, FORMAT_V1):
-            raise DsnasError(f"unknown format {data['format']!r} (this version reads {FORMAT!r} and {FORMAT_V1!r})")
+            raise DsnasError(f"unknown format {quote(data['format'])} (this version reads {FORMAT!r} and {FORMAT_V1!r})")
         space = data.get("space", DEFAULT_SPACE)
         if not isinstance(space, str):
-            raise DsnasError(f"'space' must be a space name, got {space!r}")
+            raise DsnasError(f"'space' must be a space name, got {quote(space)}")
         choices = data.get("choices")
         if data["format"] == FORMAT_V1 and not isinstance(choices, list):
             raise DsnasError(f"'choices' must be a list of op names in {FORMAT_V1}")
@@ -135,14 +133,14 @@ def _parse_mmrazor(data: dict) -> dict[str, str]:
     for key, value in data.items():
         m = _MMRAZOR_KEY.match(str(key))
         if not m:
-            raise DsnasError(f"unknown key {key!r} (expected 'format: {FORMAT}' or MMRazor's backbone.layers.<stage>.<block>)")
+            raise DsnasError(f"unknown key {quote(key)} (expected 'format: {FORMAT}' or MMRazor's backbone.layers.<stage>.<block>)")
         if isinstance(value, dict):
             value = value.get("chosen")
         if not isinstance(value, str):
             raise DsnasError(f"{key}: expected an op name or {{chosen: <op>}}")
         label = f"backbone.layers.{int(m.group(1))}.{int(m.group(2))}"
         if label in found:  # "0.0" and "00.000", or with and without the "architecture." prefix
-            raise DsnasError(f"block {label} is named twice (again as {key!r})")
+            raise DsnasError(f"block {label} is named twice (again as {quote(key)})")
         found[label] = value
     return found
 
@@ -151,14 +149,18 @@ def load_arch(path: str | Path) -> Architecture:
     return parse_arch(read_yaml(path, "arch file"), f"arch file {path}")
 
 
-def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False) -> None:
-    """Write ``arch`` as our YAML (or MMRazor's subnet YAML); ``-`` writes it to stdout."""
+def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False, replace: bool = True) -> None:
+    """Write ``arch`` as our YAML (or MMRazor's subnet YAML); ``-`` writes it to stdout. Unless
+    ``replace``, a file that exists by the time it is written is kept."""
     data = arch.to_mmrazor() if mmrazor else arch.to_dict()
     # one line per block (label: op); short settings and metadata mappings on one line each
-    text = "".join(yaml.safe_dump({k: v}, sort_keys=False,
-                                  default_flow_style=None if isinstance(v, dict) and k != "choices" else False)
+    text = "".join(dump_yaml({k: v}, sort_keys=False,
+                             default_flow_style=None if isinstance(v, dict) and k != "choices" else False)
                    for k, v in data.items())
     if str(path) == "-":
+        if sys.stdout is None:  # started with stdout closed
+            raise DsnasError("cannot write the architecture to stdout: it is closed; give a file instead")
         sys.stdout.write(text)
+        sys.stdout.flush()  # a closed pipe fails here, inside the command's error handling
     else:
-        write_text(path, text)
+        write_text(path, text, replace)

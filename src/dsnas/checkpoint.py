@@ -11,14 +11,18 @@ import dataclasses
 import os
 import pickle
 import random
+import re
 import sys
+import textwrap
+import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import DsnasError
+from .errors import DsnasError, one_line, quote
 from .files import atomic_path
 from .spaces import DEFAULT_SPACE
 
@@ -42,41 +46,88 @@ def save_checkpoint(folder: Path, payload: dict, settings: dict, space: str = DE
     return last
 
 
-def _read(path: Path, settings: dict, required: tuple, space: str) -> dict:
+PICKLE_MAX_BYTES = 64 << 20  # the non-tensor part of a checkpoint: progress, history, config, RNG states
+
+
+def checkpoint_limits(model: torch.nn.Module) -> tuple[int, int]:
+    """The largest plausible (member, total) uncompressed sizes of a checkpoint of ``model``:
+    no tensor larger than its largest one (or 1 MiB, for the RNG states), and in all the model,
+    the optimizer's momentum and every rank's BN statistics within four times the model."""
+    sizes = [t.numel() * t.element_size() for t in model.state_dict().values()]
+    return max(max(sizes, default=0), 1 << 20), 4 * sum(sizes) + PICKLE_MAX_BYTES
+
+
+def _check_members(path: Path, limits: tuple[int, int]) -> None:
+    """Refuse, from the zip directory alone, a checkpoint whose members would inflate past
+    ``limits`` (a 4.9 MB file can hold a deflated 5 GB tensor) before torch reads any of them."""
+    member_max, total_max = limits
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with zipfile.ZipFile(path) as z:
+            members = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise DsnasError(f"checkpoint {path} is corrupt or truncated: not a checkpoint archive ({e})") from None
+    total = sum(m.file_size for m in members)
+    for m in members:
+        top = PICKLE_MAX_BYTES if m.filename.endswith(".pkl") else member_max
+        if m.file_size > top:
+            raise DsnasError(f"checkpoint {path} is corrupt or tampered with: its member {quote(m.filename)} "
+                             f"inflates to {m.file_size} bytes, over the {top} any part of this run's "
+                             "checkpoint can take")
+    if total > total_max:
+        raise DsnasError(f"checkpoint {path} is corrupt or tampered with: it inflates to {total} bytes, over the "
+                         f"{total_max} a checkpoint of this run can take")
+
+
+def _read(path: Path, settings: dict, required: tuple, space: str, limits: tuple[int, int] | None = None) -> dict:
+    if limits is not None:
+        _check_members(path, limits)
+    try:
+        with warnings.catch_warnings():  # torch's notes on pickle protocols and TorchScript: the file is judged here
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         raise DsnasError(f"checkpoint {path} holds objects other than tensors and plain data; refusing to load "
-                         f"it ({str(e).splitlines()[0][:120]})") from None
+                         f"it ({_reason(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise DsnasError(f"checkpoint {path} is corrupt or truncated: {str(e).splitlines()[0][:160]}") from None
+        raise DsnasError(f"checkpoint {path} is corrupt or truncated: {_reason(e)}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") not in READS:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise DsnasError(f"checkpoint {path} has format {found!r}; this version reads {' and '.join(map(repr, READS))}")
+        raise DsnasError(f"checkpoint {path} has format {quote(found)}; this version reads "
+                         f"{' and '.join(map(repr, READS))}")
     if ckpt.get("space", DEFAULT_SPACE) != space:
-        raise DsnasError(f"checkpoint {path} is for the {ckpt.get('space')!r} space, this run uses {space}")
+        raise DsnasError(f"checkpoint {path} is for the {quote(ckpt.get('space'))} space, this run uses {space}")
     if ckpt.get("settings") != settings:
-        raise DsnasError(f"checkpoint {path} is for space settings {ckpt.get('settings')}, this run uses {settings}")
+        raise DsnasError(f"checkpoint {path} is for space settings {quote(ckpt.get('settings'))}, this run uses {settings}")
     lacking = [k for k in required if k not in ckpt]
     if lacking:
         raise DsnasError(f"checkpoint {path} is incomplete: it lacks {', '.join(lacking)}")
     return ckpt
 
 
+def _reason(e: Exception) -> str:
+    """The cause in one of torch's load errors, without its advice on loading unsafely: the first
+    sentence of the first line after "WeightsUnpickler error:", shortened at a word."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split("WeightsUnpickler error:", 1)[-1]
+    line = next((t for t in text.splitlines() if t.strip()), "")
+    return textwrap.shorten(line.split(". ")[0].rstrip("."), 160, placeholder=" ...")
+
+
 def _warn(text: str) -> None:
-    print(text, file=sys.stderr)
+    print(one_line(text), file=sys.stderr)
 
 
-def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = (), space: str = DEFAULT_SPACE) -> dict:
+def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = (), space: str = DEFAULT_SPACE,
+                    limits: tuple[int, int] | None = None) -> dict:
     """The newest loadable checkpoint in ``folder`` (``last.pt``, else ``prev.pt``) that holds
-    every key of ``required``."""
+    every key of ``required`` and, with ``limits`` (`checkpoint_limits`), no member that would
+    inflate past them."""
     errors = []
     for name in (LAST, PREV):
         path = folder / name
         if not path.exists():
             continue
         try:
-            ckpt = _read(path, settings, required, space)
+            ckpt = _read(path, settings, required, space, limits)
         except DsnasError as e:
             errors.append(str(e))
             continue

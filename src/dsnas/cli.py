@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
+import os
 import sys
 from pathlib import Path
 
-from .errors import DsnasError
+from .errors import DsnasError, one_line
+from .files import json_text
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse with its errors on one line (the usage is one ``--help`` away)."""
 
     def error(self, message: str):
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(one_line(f"{self.prog}: error: {message} (see {self.prog} --help)"), file=sys.stderr)
         sys.exit(2)
 
 
@@ -106,7 +107,7 @@ def _info_arch(args, arch, space, table, lut) -> None:
 
         out["measured_ms"] = round(measure_network(space.child(arch.choices), lut.measured)["ms"], 3)
     if args.json:
-        print(json.dumps(out))
+        print(json_text(out))
         return
     print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
           f"{settings['num_classes']} classes)")
@@ -128,7 +129,7 @@ def _info_space(args, space, table) -> None:
            "candidates": ops, "candidates_per_block": [len(n) for n in table.names],
            **bounds, "supernet_params_m": supernet_params}
     if args.json:
-        print(json.dumps(out))
+        print(json_text(out))
         return
     print(f"{space.name} space: {table.num_blocks} blocks x {len(ops)} candidates "
           f"({', '.join(ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
@@ -160,18 +161,19 @@ def _load_run_child(args):
 
 
 def _check_outputs(paths: list, force: bool) -> None:
-    """Outputs named on the command line: regular files or new paths, and never one that exists
-    unless --force; checked before anything is computed."""
-    from .files import check_writable
+    """Outputs named on the command line: regular files or new paths in folders that take files,
+    each named once, and never one that exists unless --force; checked before anything is
+    computed (and, without --force, again as each is written: `files.atomic_path`)."""
+    from .files import check_creatable, check_writable
 
-    for path in paths:
-        if path is None or path == "-":
-            continue
+    named = [p for p in paths if p is not None and p != "-"]
+    for i, path in enumerate(named):
+        if any(os.path.realpath(path) == os.path.realpath(other) for other in named[:i]):
+            raise DsnasError(f"{path} is named as two outputs; give each its own file")
         check_writable(path)
         if Path(path).exists() and not force:
             raise DsnasError(f"{path} already exists; pass --force to replace it")
-        if Path(path).parent.exists() and not Path(path).parent.is_dir():
-            raise DsnasError(f"cannot write {path}: {Path(path).parent} is not a folder")
+        check_creatable(path)
 
 
 def cmd_export(args) -> int:
@@ -185,12 +187,12 @@ def cmd_export(args) -> int:
     _check_outputs([args.onnx, args.mmrazor], args.force)
     arch, child = _load_run_child(args)
     if args.mmrazor:
-        save_arch(arch, args.mmrazor, mmrazor=True)
+        save_arch(arch, args.mmrazor, mmrazor=True, replace=args.force)
         if args.mmrazor != "-":
             print(f"wrote {args.mmrazor} (MMRazor subnet YAML)")
     if args.onnx:
         diff = export_onnx(child, args.onnx, arch.settings["input_size"], arch.settings["in_channels"],
-                           check=not args.no_check)
+                           check=not args.no_check, replace=args.force)
         checked = "" if diff is None else f"; onnxruntime matches PyTorch within {diff:.1e}"
         print(f"wrote {args.onnx}{checked}")
     return 0
@@ -230,11 +232,11 @@ def cmd_eval(args) -> int:
 
     arch, child = _load_run_child(args)
     out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate)
-    print(json.dumps(out) if args.json else
+    print(json_text(out) if args.json else
           f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {out['data']} test images"
-          + (f" (BN re-estimated on {args.bn_recalibrate} training images)" if args.bn_recalibrate else ""))
+          + (f" (BN re-estimated on {out['bn_recalibrate']} training images)" if out["bn_recalibrate"] else ""))
     if args.run:
-        write_text(Path(args.run) / "eval.json", json.dumps(out, indent=2) + "\n")
+        write_text(Path(args.run) / "eval.json", json_text(out, indent=2) + "\n")
     return 0
 
 
@@ -278,7 +280,7 @@ def cmd_latency(args) -> int:
     table = measure_latency(space, args.device, args.backend, args.batch, args.threads, args.precision,
                             args.warmup, args.repeats, progress=progress)
     bar.close()
-    save_latency(table, args.out)
+    save_latency(table, args.out, replace=args.force)
     rows, base = table.entries([c.names for c in space.choices], space.labels)
     low, high = base + sum(min(r) for r in rows), base + sum(max(r) for r in rows)
     print(f"wrote {args.out}: {table.measured['device_name']}, {args.backend}, batch {args.batch}, "
@@ -379,14 +381,20 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    from .files import Terminated, sigterm_unwinds
+
     try:
-        return int(args.func(args) or 0)
+        with sigterm_unwinds():
+            return int(args.func(args) or 0)
+    except Terminated:  # every finally has run: no temporary is left, the run lock is released
+        print("dsnas: terminated", file=sys.stderr)
+        return 143
     except DsnasError as e:
         print(f"dsnas: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # the file system refused (permissions, disk full, a folder in the way)
         where = f" {e.filename}" if e.filename else ""
-        print(f"dsnas: error: cannot access{where}: {e.strerror or e}", file=sys.stderr)
+        print(one_line(f"dsnas: error: cannot access{where}: {e.strerror or e}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsnas: interrupted", file=sys.stderr)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass, fields
 from importlib import resources
 from pathlib import Path
 
 import yaml
 
-from .errors import DsnasError
-from .files import read_yaml
+from .errors import DsnasError, quote
+from .files import parse_yaml, read_yaml
 from .images import DECODERS
 from .methods import get_method
 from .spaces import DATA_SETTINGS, DEFAULT_SPACE, SPACES, space_class
@@ -88,39 +89,28 @@ class Config:
         return self
 
     def _check_ranges(self) -> None:
-        for key in ("epochs", "batch_size"):
-            _need(getattr(self, key) >= 1, f"{key} must be >= 1, got {getattr(self, key)}")
-        for key in ("warmup_epochs", "search_epochs", "train_limit", "test_limit", "workers", "input_size",
-                    "eval_bn_recalibrate", "checkpoint_every", "seed", "select_images", "candidates",
-                    "population", "arch_lr", "momentum", "weight_decay", "label_smoothing", "lr_warmup_epochs",
-                    "budget_mflops", "budget_params_m", "budget_ms", "penalty"):
-            _need(getattr(self, key) >= 0, f"{key} must be >= 0, got {getattr(self, key)}")
-        for key in ("lr", "width"):
-            _need(getattr(self, key) > 0, f"{key} must be > 0, got {getattr(self, key)}")
-        _need(self.width <= SETTING_MAX["width"], f"width must be <= {SETTING_MAX['width']:g}, got {self.width}")
-        _need(self.input_size <= SETTING_MAX["input_size"],
-              f"input_size must be <= {SETTING_MAX['input_size']}, got {self.input_size}")
-        _need(self.seed < 2**31, f"seed must be < 2**31, got {self.seed}")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if _kind(f.name)[0] in (int, float) and value is not None:  # every number has a range: RANGES
+                r = RANGES[f.name]
+                _need(value in r, f"{f.name} must be {r}, got {value}")
         _need(self.warmup_epochs <= self.search_epochs,
               f"warmup_epochs ({self.warmup_epochs}) must be <= search_epochs ({self.search_epochs})")
         _need(self.search_epochs <= self.epochs,
               f"search_epochs ({self.search_epochs}) must be <= epochs ({self.epochs})")
         _need(self.lr_warmup_epochs <= self.epochs,
               f"lr_warmup_epochs ({self.lr_warmup_epochs}) must be <= epochs ({self.epochs})")
-        _need(0 < self.early_fix <= 1, f"early_fix must be in (0, 1], got {self.early_fix}")
-        _need(self.label_smoothing < 1, f"label_smoothing must be < 1, got {self.label_smoothing}")
-        _need(0 <= self.arch_beta1 < 1 and 0 <= self.arch_beta2 < 1, "arch_beta1 and arch_beta2 must be in [0, 1)")
 
     def _check_choices(self) -> None:
         _need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
-              f"device must be auto, cpu or cuda[:N], got {self.device!r}")
-        _need(self.space in SPACES, f"space must be one of {', '.join(SPACES)}, got {self.space!r}")
+              f"device must be auto, cpu or cuda[:N], got {quote(self.device)}")
+        _need(self.space in SPACES, f"space must be one of {', '.join(SPACES)}, got {quote(self.space)}")
         get_method(self.method).check(self)
-        _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {self.init!r}")
+        _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {quote(self.init)}")
         _need(self.jpeg_decode in DECODERS,
-              f"jpeg_decode must be one of {', '.join(DECODERS)}, got {self.jpeg_decode!r}")
-        _need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {self.amp!r}")
-        _need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {self.cost!r}")
+              f"jpeg_decode must be one of {', '.join(DECODERS)}, got {quote(self.jpeg_decode)}")
+        _need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {quote(self.amp)}")
+        _need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {quote(self.cost)}")
         _need(self.cost != "latency" or bool(self.latency_table),
               "cost latency needs latency_table (from dsnas latency)")
 
@@ -142,16 +132,65 @@ class Config:
         space that this config holds a key for (``width``)."""
         keys = {f.name for f in fields(space_class(self.space).Settings)} - set(DATA_SETTINGS)
         return {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
-                **{k: getattr(self, k) for k in sorted(keys) if k in _TYPES}}
+                **{k: getattr(self, k) for k in sorted(keys) if k in _HINTS}}
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric config key accepts: ``low`` to ``high``, each end closed unless open."""
+
+    low: float = -math.inf
+    high: float = math.inf
+    open_low: bool = False
+    open_high: bool = False
+
+    def __contains__(self, value) -> bool:
+        above = value > self.low if self.open_low else value >= self.low
+        below = value < self.high if self.open_high else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high == math.inf:
+            return f"{'>' if self.open_low else '>='} {_number(self.low)}"
+        return (f"in {'(' if self.open_low else '['}{_number(self.low)}, {_number(self.high)}"
+                f"{')' if self.open_high else ']'}")
+
+
+def _number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() and abs(v) < 1e10 else f"{v:g}"
+
+
+COUNT = Range(0, 2**31 - 1)      # image and step counts: any that fits in 32 bits
+EPOCHS = Range(0, 100_000)
+FRACTION = Range(0, 1, open_high=True)
+RANGES = {  # every int and float key of Config (a key missing here fails every validate)
+    "input_size": Range(0, SETTING_MAX["input_size"]), "train_limit": COUNT, "test_limit": COUNT,
+    "workers": Range(0, 128), "width": Range(0, SETTING_MAX["width"], open_low=True),
+    "epochs": Range(1, EPOCHS.high), "warmup_epochs": EPOCHS, "search_epochs": EPOCHS,
+    "batch_size": Range(1, 1 << 20), "lr": Range(0, 100, open_low=True), "lr_warmup_epochs": EPOCHS,
+    "momentum": FRACTION, "weight_decay": Range(0, 1), "label_smoothing": FRACTION,
+    "arch_lr": Range(0, 10), "arch_beta1": FRACTION, "arch_beta2": FRACTION, "early_fix": Range(0, 1, open_low=True),
+    "budget_mflops": Range(0, 1e9), "budget_params_m": Range(0, 1e6), "budget_ms": Range(0, 1e7),
+    "penalty": Range(0, 1e4),
+    "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
+    "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
+}
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
          "latency": ("latency_ms", "budget_ms")}  # cost -> (cost-table metric, budget key)
-_TYPES = {f.name: f.type for f in fields(Config)}
+_HINTS = typing.get_type_hints(Config)
+
+
+def _kind(key: str) -> tuple[type, bool]:
+    """The type of config key ``key``, and whether it may be None (``int | None``)."""
+    hint = _HINTS[key]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return (args[0] if args else hint), type(None) in typing.get_args(hint)
 
 
 def _coerce(key: str, value):
-    kind = {"int": int, "float": float, "str": str, "bool": bool}[_TYPES[key]]
+    kind, optional = _kind(key)
+    if value is None and optional:
+        return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind in (int, float) and isinstance(value, str):  # YAML 1.1 reads '1e-3' as a string
@@ -160,23 +199,23 @@ def _coerce(key: str, value):
         except ValueError:
             pass
     if kind is float and isinstance(value, float) and not math.isfinite(value):
-        raise DsnasError(f"config: {key} must be a finite number, got {value!r}")
+        raise DsnasError(f"config: {key} must be a finite number, got {quote(value)}")
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DsnasError(f"config: {key} must be {kind.__name__}, got {value!r}")
+        raise DsnasError(f"config: {key} must be {kind.__name__}, got {quote(value)}")
     return value
 
 
 def apply(cfg: Config, updates: dict, source: str) -> Config:
     if not isinstance(updates, dict):
         raise DsnasError(f"{source}: expected a mapping of config keys")
-    known = set(_TYPES)
+    known = set(_HINTS)
     for key, value in updates.items():
         if key not in known:
             close = [k for k in known if k.split("_")[0] == str(key).split("_")[0]]
             hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
-            raise DsnasError(f"{source}: unknown config key {key!r}{hint}")
+            raise DsnasError(f"{source}: unknown config key {quote(key)}{hint}")
         setattr(cfg, key, _coerce(key, value))
     return cfg
 
@@ -198,13 +237,13 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
         apply(cfg, data, f"config file {path}")
     for item in overrides:
         if "=" not in item:
-            raise DsnasError(f"--set expects key=value, got {item!r}")
+            raise DsnasError(f"--set expects key=value, got {quote(item)}")
         key, text = item.split("=", 1)
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        if _TYPES.get(key.strip()) == "str":
+        if key.strip() in _HINTS and _kind(key.strip())[0] is str:
             value = text
         apply(cfg, {key.strip(): value}, "--set")
     return cfg.validate()

@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
+import io
 import math
 import os
 import pickle
+import pickletools
 import shutil
 import sys
+import zlib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import DsnasError
+from .errors import DsnasError, quote
 from .images import ImageFiles, collate, decode_batch, open_image
 
 EMBEDDED = "embedded"
@@ -74,23 +77,60 @@ class Data:
 
 # ---------------------------------------------------------------------------------------------
 # reading
+IDX_MAX_DIMS = 3             # images (N, H, W) and labels (N,)
+IDX_MAX_RATIO = 16           # image sets gzip 2-5x; a file claiming more is a bomb (deflate reaches 1032x)
+IDX_UNCHECKED_BYTES = 64 << 20  # claims up to this size are read whatever the ratio
+_CHUNK = 1 << 20
+
+
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (optionally gzipped) of unsigned bytes."""
+    """Read an IDX file (optionally gzipped) of unsigned bytes. The header is read first and
+    the size it claims checked against the file's, so that no more than that size plus one
+    chunk is ever inflated or allocated."""
+    gz = path.suffix == ".gz"
     try:
-        opener = gzip.open if path.suffix == ".gz" else open
-        with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
+        stored = path.stat().st_size
+        with (gzip.open if gz else open)(path, "rb") as f:
+            shape = _idx_shape(f, path)
+            size, header = math.prod(shape), 4 + 4 * len(shape)
+            if not gz and size != stored - header:
+                raise DsnasError(f"{path} is truncated or corrupt (header says {shape}, {stored - header} bytes "
+                                 "of data)")
+            if gz and size > max(IDX_UNCHECKED_BYTES, IDX_MAX_RATIO * stored):
+                raise DsnasError(f"{path} claims {shape} ({size} bytes) from {stored} compressed bytes, over "
+                                 f"{IDX_MAX_RATIO}x; image sets compress far less (gunzip it to read it anyway)")
+            data = np.empty(size, dtype=np.uint8)
+            got = _read_into(f, memoryview(data))
+            if got != size or f.read(1):
+                more = "more than " if got == size else ""
+                raise DsnasError(f"{path} is truncated or corrupt (header says {shape}, {more}{got} bytes of data)")
+    except (OSError, EOFError, zlib.error) as e:
         raise DsnasError(f"{path} cannot be read: {e}") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or raw[3] < 1:
+    return data.reshape(shape)
+
+
+def _idx_shape(f, path: Path) -> list[int]:
+    magic = f.read(4)
+    if len(magic) < 4 or magic[:3] != b"\x00\x00\x08" or magic[3] < 1:
         raise DsnasError(f"{path} is not an IDX file of unsigned bytes")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    shape = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
-    if len(raw) - header != math.prod(shape):
-        raise DsnasError(f"{path} is truncated or corrupt (header says {shape}, "
-                         f"{len(raw) - header} bytes of data)")
-    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+    if magic[3] > IDX_MAX_DIMS:
+        raise DsnasError(f"{path} is an IDX file of {magic[3]} dimensions; images have 3 and labels 1")
+    dims = f.read(4 * magic[3])
+    if len(dims) < 4 * magic[3]:
+        raise DsnasError(f"{path} is truncated or corrupt (its header ends early)")
+    return [int.from_bytes(dims[i: i + 4], "big") for i in range(0, len(dims), 4)]
+
+
+def _read_into(f, view: memoryview) -> int:
+    """Fill ``view`` from ``f`` a chunk at a time (a gzip stream has no direct ``readinto``);
+    returns the bytes read."""
+    pos = 0
+    while pos < len(view):
+        n = f.readinto(view[pos: pos + _CHUNK])
+        if not n:
+            break
+        pos += n
+    return pos
 
 
 def _idx_file(folder: Path, stem: str) -> Path | None:
@@ -112,7 +152,7 @@ def _load_idx_split(folder: Path, prefix: str) -> Split:
         raise DsnasError(f"{folder}: the {prefix} split is empty")
     if 0 in images.shape[1:]:
         raise DsnasError(f"{folder}: the {prefix} images are {images.shape[1]}x{images.shape[2]} pixels")
-    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+    return Split(torch.from_numpy(images).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
 
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -128,7 +168,7 @@ class _ArrayUnpickler(pickle.Unpickler):
     def find_class(self, module, name):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise pickle.UnpicklingError(f"refusing to load {quote(f'{module}.{name}')}")
 
 
 def _cifar_folder(root: Path) -> Path | None:
@@ -138,8 +178,14 @@ def _cifar_folder(root: Path) -> Path | None:
     return None
 
 
+CIFAR_BATCH_MAX_BYTES = 256 << 20  # a CIFAR-10 batch is 31 MB
+
+
 def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
+        size = path.stat().st_size
+        if size > CIFAR_BATCH_MAX_BYTES:
+            raise DsnasError(f"{path} is {size >> 20} MiB; a CIFAR-10 batch is 31 MB")
         if path.suffix == ".bin":
             raw = np.fromfile(path, dtype=np.uint8)
             if raw.size == 0 or raw.size % 3073:
@@ -147,16 +193,39 @@ def _load_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
             records = raw.reshape(-1, 3073)
             images, labels = records[:, 1:].reshape(-1, 3, 32, 32), records[:, 0].astype(np.int64)
         else:
-            with open(path, "rb") as f:
-                batch = _ArrayUnpickler(f, encoding="bytes").load()
-            images = np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-            labels = np.asarray(batch[b"labels"], dtype=np.int64)
+            raw = path.read_bytes()
+            _check_pickle_lengths(raw)
+            batch = _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
+            images = _whole_numbers(batch[b"data"], "pixel values", 255).astype(np.uint8, copy=False).reshape(-1, 3, 32, 32)
+            labels = _whole_numbers(batch[b"labels"], "labels", None).astype(np.int64)
     except (OSError, EOFError, pickle.UnpicklingError, KeyError, TypeError, ValueError) as e:
         raise DsnasError(f"{path} cannot be read as a CIFAR-10 batch: {e}") from None
     if labels.ndim != 1 or len(labels) != len(images):
         raise DsnasError(f"{path} holds {len(images)} images and {labels.size} labels")
+    if len(labels) == 0:
+        raise DsnasError(f"{path} holds no images")
     check_labels(labels, 10, str(path))
     return images, labels
+
+
+def _check_pickle_lengths(raw: bytes) -> None:
+    """Walk a pickle's opcodes before unpickling it: the unpickler allocates whatever a length
+    field claims (2**62 bytes for a BINBYTES8) before it finds the data missing, while
+    `pickletools` reads only the bytes that are there and stops at the first short one."""
+    for op, arg, pos in pickletools.genops(raw):
+        if op.name == "FRAME" and arg > len(raw) - pos:
+            raise ValueError(f"a frame of {arg} bytes at byte {pos} of {len(raw)}")
+
+
+def _whole_numbers(value, what: str, top: int | None) -> np.ndarray:
+    """``value`` as an array of integers (in 0..``top`` when given), refusing what a cast would
+    wrap or overflow: pixel values above 255, labels past 64 bits."""
+    a = np.asarray(value)
+    if a.dtype.kind not in "iu" and a.size:  # np.asarray([]) is float64
+        raise ValueError(f"{what} must be integers that fit in 64 bits, got {a.dtype} values")
+    if top is not None and a.size and (a.min() < 0 or a.max() > top):
+        raise ValueError(f"{what} must be in 0..{top}, found {a.min() if a.min() < 0 else a.max()}")
+    return a
 
 
 def check_labels(labels: np.ndarray, num_classes: int, source: str) -> None:
@@ -220,7 +289,7 @@ def _scan_image_folder(split: Path, classes: list[str] | None) -> tuple[list[str
 def _load_small_images(samples: list[tuple[Path, int]], mode: str, size: int) -> Split:
     arrays = []
     for path, _ in samples:
-        im = open_image(path).convert(mode)
+        im = open_image(path, mode)
         if im.size != (size, size):
             raise DsnasError(f"image {path} is {im.size[0]}x{im.size[1]}, the others are {size}x{size}")
         a = np.asarray(im, dtype=np.uint8)
@@ -297,6 +366,9 @@ def hold_out(data: Data, n: int, seed: int = 0) -> tuple[Data, Data]:
     source = data.train
     if n >= len(source):
         raise DsnasError(f"config: select_images ({n}) must be smaller than the {len(source)} training images")
+    if n < 1:  # candidates ranked on no image would all score 0%
+        raise DsnasError(f"config: {len(source)} training images leave no image to hold out for ranking candidates "
+                         "(the default is a tenth of them); set select_images")
     order = torch.randperm(len(source), generator=torch.Generator().manual_seed(seed + 7))
     held, rest = order[:n].sort().values, order[n:].sort().values
     if isinstance(source, Split):

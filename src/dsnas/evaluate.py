@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -57,9 +59,14 @@ def sync_bn_stats(model: nn.Module) -> None:
 
 
 @torch.no_grad()
-def recalibrate_bn(model: nn.Module, loader, images: int) -> None:
-    """Re-estimate BN running statistics as an exact average over ``images`` training images
-    (per rank; under torch.distributed the ranks' averages are then averaged)."""
+def recalibrate_bn(model: nn.Module, loader, images: int) -> int:
+    """Re-estimate BN running statistics as an exact average over ``images`` training images, or
+    all that ``loader`` holds if fewer (per rank; under torch.distributed the ranks' averages are
+    then averaged). Returns the images used; a loader with no batch leaves the statistics as they were."""
+    from .errors import DsnasError
+
+    if len(loader) == 0:
+        raise DsnasError("no batch of training images to re-estimate BN statistics on")
     bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     saved = [m.momentum for m in bns]
     for m in bns:
@@ -79,6 +86,7 @@ def recalibrate_bn(model: nn.Module, loader, images: int) -> None:
             m.momentum = mom
         model.train(was_training)
     sync_bn_stats(model)
+    return seen
 
 
 def evaluate_child(arch, child: nn.Module, data_spec: str, bn_recalibrate: int = 0) -> dict:
@@ -95,8 +103,12 @@ def evaluate_child(arch, child: nn.Module, data_spec: str, bn_recalibrate: int =
                          f"{s['input_size']}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     child.to(device)
-    if bn_recalibrate:
-        recalibrate_bn(child, Loader(data, "train", 256, 0, device, train=True), bn_recalibrate)
+    if bn_recalibrate:  # batches of 256, or one of all the training images if fewer
+        loader = Loader(data, "train", min(256, len(data.train)), 0, device, train=True)
+        bn_recalibrate = recalibrate_bn(child, loader, bn_recalibrate)
     metrics = accuracy(child, Loader(data, "test", 256, 0, device, train=False))
+    if not math.isfinite(metrics["loss"]):
+        raise DsnasError(f"the child's outputs on {data.name} are NaN or infinite: its weights are finite but "
+                         "overflow in the network")
     return {"top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2), "loss": round(metrics["loss"], 4),
             "images": metrics["images"], "bn_recalibrate": bn_recalibrate, "data": data.name}

@@ -6,18 +6,19 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 
 from .arch import Architecture
 from .errors import DsnasError
-from .files import atomic_path, check_readable
+from .files import atomic_path, check_readable, write_bytes
 from .spaces import build_child
 
 
 def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> None:
+    """Safetensors of ``module``'s state, serialised in memory and written by the one atomic
+    writer (its errors, its permissions)."""
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    write_bytes(path, save(state, metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
 
 def load_child(arch: Architecture, weights: str | Path) -> torch.nn.Module:
@@ -45,34 +46,54 @@ def load_child(arch: Architecture, weights: str | Path) -> torch.nn.Module:
 
 
 def _check_values(state: dict, expected: dict, weights) -> None:
-    """Every tensor has the child's dtype and finite values (shapes are checked by the caller)."""
+    """Every tensor has the child's kind of dtype and, cast to the child's dtype (as loading will
+    cast it), finite values: 1e300 in float64 is inf in float32. Replaces ``state``'s tensors by
+    their casts; shapes are checked by the caller."""
     for k, want in expected.items():
         got = state[k]
         same_kind = got.is_floating_point() if want.is_floating_point() else got.dtype == want.dtype
         if not same_kind:
-            raise DsnasError(f"weights file {weights}: {k} is {str(got.dtype).replace('torch.', '')}, "
-                             f"the architecture needs {str(want.dtype).replace('torch.', '')}")
-        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
-            raise DsnasError(f"weights file {weights}: {k} holds NaN or infinite values")
+            raise DsnasError(f"weights file {weights}: {k} is {_name(got.dtype)}, the architecture needs "
+                             f"{_name(want.dtype)}")
+        try:
+            state[k] = got.to(want.dtype)
+        except (RuntimeError, TypeError) as e:  # a float type this torch cannot convert
+            raise DsnasError(f"weights file {weights}: {k} is {_name(got.dtype)}, which cannot be cast to "
+                             f"{_name(want.dtype)} ({str(e).splitlines()[0][:80]})") from None
+        if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()):
+            raise DsnasError(f"weights file {weights}: {k} holds NaN or infinite values"
+                             + ("" if got.dtype == want.dtype else f" as {_name(want.dtype)}"))
+
+
+def _name(dtype: torch.dtype) -> str:
+    return str(dtype).replace("torch.", "")
 
 
 def export_onnx(child: torch.nn.Module, path: str | Path, input_size: int, in_channels: int,
-                check: bool = True, atol: float = 1e-4) -> float | None:
+                check: bool = True, atol: float = 1e-4, replace: bool = True) -> float | None:
     """Write ONNX (dynamic batch); with ``check`` run it in onnxruntime and return the largest
-    absolute difference from PyTorch (raises if it exceeds ``atol``)."""
+    absolute difference from PyTorch (raises if it exceeds ``atol``). The check runs on the
+    temporary file: a file that fails it never takes ``path``'s name, and ``path`` keeps what it held."""
+    if check:
+        try:
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise DsnasError("onnxruntime is not installed; install dsnas[onnx] or pass --no-check") from None
     child = child.eval().cpu()
     x = torch.randn(2, in_channels, input_size, input_size, generator=torch.Generator().manual_seed(0))
-    with atomic_path(path) as tmp:
+    with atomic_path(path, replace) as tmp:
         torch.onnx.export(child, (x,), str(tmp), input_names=["images"], output_names=["logits"],
                           dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, opset_version=17,
                           dynamo=False)
-    if not check:
-        return None
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise DsnasError("onnxruntime is not installed; install dsnas[onnx] or pass --no-check") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        diff = _parity(child, tmp, x, atol) if check else None
+    return diff
+
+
+def _parity(child: torch.nn.Module, onnx_file: Path, x: torch.Tensor, atol: float) -> float:
+    """The largest absolute difference between onnxruntime on ``onnx_file`` and PyTorch."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(onnx_file), providers=["CPUExecutionProvider"])
     got = session.run(None, {"images": x.numpy()})[0]
     with torch.no_grad():
         want = child(x).numpy()

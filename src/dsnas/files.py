@@ -3,17 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import functools
+import glob
 import os
+import socket
 import stat
 import tempfile
 from pathlib import Path
 
-from .errors import DsnasError
+from .errors import QUOTE_LIMIT, DsnasError, quote
+
+
+def check_path_text(path: str | os.PathLike) -> None:
+    """Refuse a path that is not valid UTF-8 text (bytes the locale could not decode, kept as
+    surrogates): libraries that encode paths themselves, TensorBoard's writer among them, fail
+    on it half-way through a run."""
+    try:
+        str(path).encode("utf-8")
+    except UnicodeEncodeError:
+        raise DsnasError(f"the path {quote(str(path))} is not valid UTF-8; name it in UTF-8 (or run under a "
+                         "UTF-8 locale)") from None
 
 
 def check_writable(path: str | os.PathLike) -> Path:
     """``path`` may be written only if it is missing or a regular file: never a device, FIFO,
-    folder or symbolic link, whose replacement by a file would damage something else."""
+    folder or symbolic link, whose replacement by a file would damage something else; and its
+    name must be text (`check_path_text`)."""
+    check_path_text(path)
     path = Path(path)
     try:
         st = path.lstat()
@@ -26,6 +42,24 @@ def check_writable(path: str | os.PathLike) -> Path:
     if not stat.S_ISREG(st.st_mode):
         raise DsnasError(f"{path} is {_kind(st)}; outputs are written only to regular files")
     return path
+
+
+def check_creatable(path: str | os.PathLike) -> None:
+    """Refuse before any work an output whose folder cannot take a new file (read-only, no
+    permission, a file in the way): a file is created in the nearest existing folder and
+    removed at once. Root passes permission bits, not a read-only file system."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise DsnasError(f"cannot write {path}: {folder} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise DsnasError(f"cannot write {path}: {e.strerror or e}") from None
 
 
 def check_readable(path: str | os.PathLike, what: str = "file") -> Path:
@@ -47,6 +81,59 @@ def _kind(st: os.stat_result) -> str:
     return "a folder" if stat.S_ISDIR(st.st_mode) else "not a regular file"
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread while `sigterm_unwinds` is active, so that every
+    ``finally`` runs: temporaries are removed, the run lock released."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds():
+    """Turn SIGTERM into `Terminated` in this process (a forked DataLoader worker still dies as
+    the signal would kill it), restoring the previous handler afterwards."""
+    import signal
+
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _temporary_prefix(path: Path) -> str:
+    """``.<name>.<host>-<pid>.``: the temporaries of ``path`` say which process made them."""
+    return f".{path.name}.{socket.gethostname()}-{os.getpid()}."
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Temporaries of ``path`` that a killed writer on this host left (SIGKILL, power loss): those
+    whose process no longer runs. Others' live ones, and other hosts', are left alone."""
+    host = f".{path.name}.{socket.gethostname()}-"
+    for old in path.parent.glob(f"{glob.escape(host)}*.tmp"):
+        pid = old.name[len(host):].split(".", 1)[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _running(int(pid)):
+            with contextlib.suppress(OSError):
+                old.unlink()
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # it runs, as another user
+        return True
+    return True
+
+
 def _umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -54,22 +141,29 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike):
+def atomic_path(path: str | os.PathLike, replace: bool = True):
     """Yield a unique temporary path next to ``path``; on success it is fsynced and renamed onto
     ``path`` with the permissions a plain ``open`` would give. ``path`` must be missing or a
-    regular file; a failure (disk full, no permission) leaves ``path`` as it was and no temporary."""
+    regular file; a failure (disk full, no permission, an error raised inside) leaves ``path`` as
+    it was and no temporary (under `sigterm_unwinds`, SIGTERM too). Temporaries of ``path`` that
+    a killed writer left are removed first. Unless ``replace``, a ``path`` that exists by then
+    is not replaced: of two writers racing to one new path, the second fails."""
     path = check_writable(path)
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temporary_prefix(path), suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_umask())
         os.close(fd)
         yield Path(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         check_writable(path)  # nothing special appeared there meanwhile
-        os.replace(tmp, path)
+        if replace:
+            os.replace(tmp, path)
+        else:
+            _rename_new(Path(tmp), path)
     except OSError as e:
         raise DsnasError(f"cannot write {path}: {e.strerror or e}") from None
     finally:
@@ -77,24 +171,127 @@ def atomic_path(path: str | os.PathLike):
             os.unlink(tmp)
 
 
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_path(path) as tmp:
+def _rename_new(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` only if no file has it: a hard link fails on a taken name
+    (the temporary is removed by the caller)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise DsnasError(f"{path} already exists; pass --force to replace it") from None
+    except OSError:  # a file system without hard links: check, then rename
+        if path.exists():
+            raise DsnasError(f"{path} already exists; pass --force to replace it") from None
+        os.replace(tmp, path)
+
+
+def json_text(value, indent: int | None = None) -> str:
+    """``value`` as strict JSON: NaN and infinities, which ``json`` would write as bare ``NaN``
+    that no other reader parses, are refused (the values that could be NaN are checked before)."""
+    import json
+
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False)
+    except ValueError as e:
+        raise DsnasError(f"refusing to write JSON with NaN or infinite values ({e})") from None
+
+
+def write_text(path: str | os.PathLike, text: str, replace: bool = True) -> None:
+    with atomic_path(path, replace) as tmp:
         tmp.write_text(text)
 
 
+def write_bytes(path: str | os.PathLike, data: bytes, replace: bool = True) -> None:
+    with atomic_path(path, replace) as tmp:
+        tmp.write_bytes(data)
+
+
+YAML_MAX_BYTES = 1 << 20  # configs, arch files, latency tables and run configs are a few kB
+YAML_MAX_DEPTH = 32        # their deepest nesting is 4
+YAML_MAX_DIGITS = 64       # no setting needs a longer integer (Python refuses over 4300 digits)
+
+
+@functools.cache
+def _bounded_loader():
+    """PyYAML's SafeLoader without what lets a small file take gigabytes or the stack: aliases
+    (437 bytes of nested anchors expand to billions of nodes), nesting deeper than
+    `YAML_MAX_DEPTH` (the composer recurses once per level) and integers longer than
+    `YAML_MAX_DIGITS`."""
+    import yaml
+
+    class BoundedLoader(yaml.SafeLoader):
+        depth = 0
+
+        def compose_node(self, parent, index):
+            event = self.peek_event()
+            if isinstance(event, yaml.AliasEvent):
+                raise yaml.composer.ComposerError(None, None, f"found alias *{event.anchor}; aliases are not "
+                                                  "allowed", event.start_mark)
+            if self.depth >= YAML_MAX_DEPTH:
+                raise yaml.composer.ComposerError(None, None, f"nesting deeper than {YAML_MAX_DEPTH} levels",
+                                                  event.start_mark)
+            self.depth += 1
+            try:
+                return super().compose_node(parent, index)
+            finally:
+                self.depth -= 1
+
+        def construct_yaml_int(self, node):
+            if len(node.value) > YAML_MAX_DIGITS:
+                raise yaml.constructor.ConstructorError(None, None, f"an integer of {len(node.value)} characters",
+                                                        node.start_mark)
+            return super().construct_yaml_int(node)
+
+    BoundedLoader.add_constructor("tag:yaml.org,2002:int", BoundedLoader.construct_yaml_int)
+    return BoundedLoader
+
+
+def parse_yaml(text: str):
+    """Parse YAML text with the bounded safe loader; malformed or refused text raises ``yaml.YAMLError``."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_bounded_loader())  # noqa: S506 - a SafeLoader subclass
+    except (ValueError, TypeError, AttributeError, OverflowError) as e:  # a tagged value its constructor refuses
+        raise yaml.YAMLError(f"a value cannot be read ({str(e)[:QUOTE_LIMIT]})") from None
+
+
+@functools.cache
+def _no_alias_dumper():
+    import yaml
+
+    class NoAliasDumper(yaml.SafeDumper):
+        def ignore_aliases(self, data) -> bool:
+            return True
+
+    return NoAliasDumper
+
+
+def dump_yaml(data, **options) -> str:
+    """YAML text that `parse_yaml` reads back: safe types only, and an object referenced twice
+    written out twice rather than as an alias."""
+    import yaml
+
+    return yaml.dump(data, Dumper=_no_alias_dumper(), **options)
+
+
 def read_yaml(path: str | os.PathLike, what: str = "file"):
-    """Parse a YAML file safely; a missing, unreadable or malformed file is a one-line `DsnasError`."""
+    """Parse a YAML file safely and within bounds (`parse_yaml`, at most `YAML_MAX_BYTES`); a
+    missing, unreadable, oversized or malformed file is a one-line `DsnasError`."""
     import yaml
 
     path = check_readable(path, what)
     try:
-        text = path.read_text()
+        with open(path, "rb") as f:
+            raw = f.read(YAML_MAX_BYTES + 1)
+        if len(raw) > YAML_MAX_BYTES:
+            raise DsnasError(f"{what} {path} is larger than {YAML_MAX_BYTES >> 20} MiB, far more than any {what} holds")
+        text = raw.decode()
     except FileNotFoundError:
         raise DsnasError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DsnasError(f"{what} {path} cannot be read: {e}") from None
     try:
-        return yaml.safe_load(text)
+        return parse_yaml(text)
     except yaml.YAMLError as e:
         raise DsnasError(f"{what} {path} is not valid YAML: {' '.join(str(e).split())}") from None
 

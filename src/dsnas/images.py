@@ -63,26 +63,68 @@ def eval_box(width: int, height: int, size: int) -> Box:
     return Box((height - side) // 2, (width - side) // 2, side, side)
 
 
+IMAGE_MAX_PIXELS = 1 << 26  # 8192 x 8192: the most pixels decoded from one file
+IMAGE_MAX_BYTES = 256 << 20  # no image file of a training set is this large
+_ROWS = 256  # rows converted at a time from 16 or 32 bits to 8
+
+
+def pil_open(source):
+    """``PIL.Image.open`` refusing, before any pixel is decoded, an image of more than
+    `IMAGE_MAX_PIXELS` (a 300 kB PNG can hold 12000 x 12000 pixels): PIL's own bomb check
+    raises its warning as an error, and the size in the header is checked against ours."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(source)
+    if im.width * im.height > IMAGE_MAX_PIXELS:
+        im.close()
+        raise ValueError(f"it has {im.width} x {im.height} pixels, over the limit of {IMAGE_MAX_PIXELS} "
+                         "(a decompression bomb?)")
+    return im
+
+
+def read_image_bytes(path) -> bytes:
+    """An image file's bytes, refusing a file larger than any image (`IMAGE_MAX_BYTES`)."""
+    size = Path(path).stat().st_size
+    if size > IMAGE_MAX_BYTES:
+        raise ValueError(f"it is {size >> 20} MiB, over the {IMAGE_MAX_BYTES >> 20} MiB of any training image")
+    return Path(path).read_bytes()
+
+
 def to_8bit(im):
-    """16- and 32-bit grayscale images rescaled to 8 bits (PIL's convert would clip them)."""
+    """16- and 32-bit grayscale images rescaled to 8 bits (PIL's convert would clip them), in
+    integer arithmetic a few rows at a time: the transient memory is that of a few rows, not
+    of float64 copies of the whole image."""
     from PIL import Image
 
     if not im.mode.startswith("I"):
         return im
-    a = np.asarray(im).astype(np.float64)
-    top = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
-    return Image.fromarray(np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    a = np.asarray(im)
+    top = 65535 if im.mode.startswith("I;16") or a.max() > 255 else 255
+    out = np.empty(a.shape, dtype=np.uint8)
+    for r in range(0, len(a), _ROWS):  # round(v * 255 / top): top is odd, so no value falls on a half
+        rows = np.clip(a[r: r + _ROWS], 0, top).astype(np.uint32)
+        out[r: r + _ROWS] = (rows * 255 + top // 2) // top
+    return Image.fromarray(out, "L")
 
 
-def open_image(path: Path):
-    """A decoded image, 8 bits per channel; an unreadable file is a DsnasError naming it."""
+def _image_errors() -> tuple:
+    """What PIL raises for a file it cannot (or, past the bomb limit, will not) decode."""
     from PIL import Image
 
+    return OSError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning
+
+
+def open_image(path: Path, mode: str | None = None):
+    """A decoded image, 8 bits per channel, converted to ``mode`` when given; an unreadable,
+    oversized or inconvertible file is a DsnasError naming it."""
     try:
-        with Image.open(path) as im:
+        with pil_open(path) as im:
             im.load()
-            return to_8bit(im.copy())
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
+            im = to_8bit(im)
+            return im.convert(mode) if mode else im.copy()
+    except _image_errors() as e:
         raise DsnasError(f"image {path} cannot be read: {e}") from None
 
 
@@ -117,15 +159,15 @@ class ImageFiles(torch.utils.data.Dataset):
 
         path, label = self.samples[i]
         try:
-            raw = Path(path).read_bytes()
-            with Image.open(io.BytesIO(raw)) as im:
+            raw = read_image_bytes(path)
+            with pil_open(io.BytesIO(raw)) as im:
                 box = train_box(*im.size) if self.train else eval_box(*im.size, self.size)
                 flip = self.train and bool(torch.rand(()) < 0.5)
                 if self.decode == "device" and im.format == "JPEG" and im.mode in ("L", "RGB"):
                     return Encoded(torch.frombuffer(bytearray(raw), dtype=torch.uint8), box, flip, path), label
                 im.load()
                 pixels = self._crop(to_8bit(im).convert(self.mode), box)
-        except (OSError, ValueError, Image.DecompressionBombError) as e:
+        except _image_errors() as e:
             raise DsnasError(f"image {path} cannot be read: {e}") from None
         if flip:
             pixels = pixels.transpose(Image.Transpose.FLIP_LEFT_RIGHT)

@@ -28,8 +28,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import DsnasError
-from .files import read_yaml, write_text
+from .errors import DsnasError, quote
+from .files import dump_yaml, read_yaml, write_text
 from .spaces import DEFAULT_SPACE, settings_of, space_class
 
 FORMAT = "dsnas-latency/2"
@@ -55,11 +55,11 @@ class LatencyTable:
         ``calibrated``)."""
         other = sorted(set(labels) ^ set(self.blocks))
         if other:
-            raise DsnasError(f"latency table: block {other[0]} is in one of the table and this space only")
+            raise DsnasError(f"latency table: block {quote(other[0])} is in one of the table and this space only")
         for label, n in zip(labels, names):
             if sorted(self.blocks[label]) != sorted(n):
                 raise DsnasError(f"latency table: block {label} has other candidates than in this space")
-        k = float(self.measured.get("scale", 1.0)) if calibrated else 1.0
+        k = self.measured.get("scale", 1.0) if calibrated else 1.0  # checked on load: a number in SCALE_RANGE
         return [[k * self.blocks[label][op]["ms"] for op in n] for label, n in zip(labels, names)], k * sum(
             v["ms"] for v in self.fixed.values())
 
@@ -75,34 +75,31 @@ class LatencyTable:
                 "fixed": self.fixed, "blocks": self.blocks}
 
 
-def save_latency(table: LatencyTable, path: str | Path) -> None:
-    import yaml
-
-    write_text(path, yaml.safe_dump(table.to_dict(), sort_keys=False))
+def save_latency(table: LatencyTable, path: str | Path, replace: bool = True) -> None:
+    write_text(path, dump_yaml(table.to_dict(), sort_keys=False), replace)
 
 
 def load_latency(path: str | Path, settings: dict | None = None, space: str = DEFAULT_SPACE) -> LatencyTable:
-    """Read a table; with ``settings``, refuse one measured for another space or settings."""
+    """Read a table, every number in it checked; with ``settings``, refuse one measured for
+    another space or settings."""
     data = read_yaml(path, "latency table")
     try:
         if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise DsnasError(f"has format {found!r}; this version reads {FORMAT!r} and {FORMAT_V1!r}")
+            raise DsnasError(f"has format {quote(found)}; this version reads {FORMAT!r} and {FORMAT_V1!r}")
         blocks, fixed = data.get("blocks"), data.get("fixed")
         kind = list if data["format"] == FORMAT_V1 else dict
         if not isinstance(blocks, kind) or not isinstance(fixed, dict) or not isinstance(data.get("settings"), dict):
             raise DsnasError(f"needs settings, fixed and blocks ({'a list' if kind is list else 'a mapping by label'})")
-        for entry in [*fixed.values(), *(e for b in _values(blocks) if isinstance(b, dict) for e in b.values())]:
-            ms = entry.get("ms") if isinstance(entry, dict) else None
-            if isinstance(ms, bool) or not isinstance(ms, (int, float)) or not 0 <= ms < float("inf"):
-                raise DsnasError(f"every entry needs a finite ms >= 0, got {entry!r}")
-        if not all(isinstance(b, dict) and b for b in _values(blocks)):
-            raise DsnasError("every block needs a mapping of candidates")
-        _check_measured(data.get("measured") or {})
+        if not all(isinstance(b, dict) and b and all(isinstance(op, str) for op in b) for b in _values(blocks)):
+            raise DsnasError("every block needs a mapping of candidates, by op name")
+        for entry in [*fixed.values(), *(e for b in _values(blocks) for e in b.values())]:
+            _check_entry(entry)
         name = data.get("space", DEFAULT_SPACE)
         if not isinstance(name, str):
-            raise DsnasError(f"names a space that is not a name: {name!r}")
+            raise DsnasError(f"names a space that is not a name: {quote(name)}")
         space_settings = settings_of(name, data["settings"])
+        check_timing(data.get("measured") or {}, space_settings.as_dict(), "measured.")
         blocks = _by_label(blocks, name, space_settings)
     except DsnasError as e:
         raise DsnasError(f"latency table {path} {e}") from None
@@ -127,22 +124,48 @@ def _by_label(blocks, space: str, settings) -> dict:
     return dict(zip(labels, blocks))
 
 
-MEASURED_LIMITS = {"threads": 1024, "batch": 65536, "repeats": 1_000_000, "rounds": 1000}
+MEASURED_LIMITS = {"threads": 1024, "batch": 1024, "repeats": 1_000_000, "rounds": 1000}
+INPUT_MAX_ELEMENTS = 1 << 26  # batch x channels x pixels of the timed input: 256 MB in fp32
+MS_MAX = 1e7                  # ms: nearly three hours for one entry; sums of entries stay finite
+SCALE_RANGE = (1e-3, 1e3)     # the calibration measured / summed latency (about 1 to 3 in practice)
 
 
-def _check_measured(measured) -> None:
-    """The record a table's end-to-end timings reuse: known backend and precision, counts in range."""
+def _number_in(value, low: float, high: float) -> bool:
+    """A real number (not a bool) in [low, high]: NaN, infinities and strings are not."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and low <= value <= high
+
+
+def _check_entry(entry) -> None:
+    if not (isinstance(entry, dict) and _number_in(entry.get("ms"), 0, MS_MAX)
+            and _number_in(entry.get("spread", 0), 0, MS_MAX)):
+        raise DsnasError(f"every entry needs a finite ms >= 0 and spread >= 0 (at most {MS_MAX:g}), "
+                         f"got {quote(entry)}")
+
+
+def check_timing(measured, settings: dict, prefix: str = "") -> None:
+    """The record a table's timings use (or reuse, end to end), every size in it bounded: known
+    device, backend and precision; counts in `MEASURED_LIMITS`; an input of batch x channels x
+    pixels within `INPUT_MAX_ELEMENTS`; a calibration scale in `SCALE_RANGE`. ``prefix`` names
+    the record in messages."""
     if not isinstance(measured, dict):
         raise DsnasError("has a measured record that is not a mapping")
     for key, top in MEASURED_LIMITS.items():
         v = measured.get(key, 1)
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= top:
-            raise DsnasError(f"needs measured.{key} a whole number in 1..{top}, got {v!r}")
+            raise DsnasError(f"needs {prefix}{key} a whole number in 1..{top}, got {quote(v)}")
+    pixels = settings["in_channels"] * settings["input_size"] ** 2
+    if measured.get("batch", 1) * pixels > INPUT_MAX_ELEMENTS:
+        raise DsnasError(f"needs {prefix}batch at most {INPUT_MAX_ELEMENTS // pixels} for {settings['in_channels']} "
+                         f"x {settings['input_size']} x {settings['input_size']} images (an input of at most "
+                         f"{INPUT_MAX_ELEMENTS} values), got {measured['batch']}")
+    if not _number_in(measured.get("scale", 1.0), *SCALE_RANGE):
+        raise DsnasError(f"needs {prefix}scale a number in {SCALE_RANGE[0]:g}..{SCALE_RANGE[1]:g}, "
+                         f"got {quote(measured.get('scale'))}")
     if measured.get("backend", "torch") not in BACKENDS or measured.get("precision", "fp32") not in PRECISIONS:
-        raise DsnasError(f"needs measured.backend in {BACKENDS} and measured.precision in {PRECISIONS}")
+        raise DsnasError(f"needs {prefix}backend in {BACKENDS} and {prefix}precision in {PRECISIONS}")
     device = measured.get("device", "cpu")
     if device not in ("cpu", "cuda"):
-        raise DsnasError(f"needs measured.device cpu or cuda, got {device!r}")
+        raise DsnasError(f"needs {prefix}device cpu or cuda, got {quote(device)}")
 
 
 # --- measuring --------------------------------------------------------------------------------------
@@ -229,8 +252,11 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
     """Time every candidate of ``space`` (a registered space) at its input shape in the network,
     all in interleaved rounds (``progress(done, total)`` after each); then ``calibrate`` random
     children end to end fix the table's ``scale`` (0: no calibration)."""
-    if backend not in BACKENDS or precision not in PRECISIONS:
-        raise DsnasError(f"latency: backend must be one of {BACKENDS} and precision one of {PRECISIONS}")
+    try:
+        check_timing({"device": str(device).split(":")[0], "backend": backend, "precision": precision, "threads": threads,
+                      "batch": batch, "repeats": repeats}, space.settings.as_dict())
+    except DsnasError as e:
+        raise DsnasError(f"latency: {e}") from None
     if backend == "onnxruntime" and (device != "cpu" or precision != "fp32"):
         raise DsnasError("latency: the onnxruntime backend measures fp32 on the CPU")
     dev = torch.device(device)
@@ -313,6 +339,11 @@ def measure_network(net: nn.Module, measured: dict, warmup: int = 10, repeats: i
 
 def measure_networks(nets: list[nn.Module], measured: dict, warmup: int = 10, repeats: int = 50) -> list[dict]:
     """`measure_network` for several networks, timed in interleaved rounds."""
+    s = nets[0].settings
+    try:
+        check_timing(measured, s.as_dict(), "measured.")  # the sizes it allocates, bounded
+    except DsnasError as e:
+        raise DsnasError(f"latency table {e}") from None
     dev = torch.device(measured.get("device", "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DsnasError("the latency table was measured on CUDA, which this machine lacks")
@@ -320,6 +351,5 @@ def measure_networks(nets: list[nn.Module], measured: dict, warmup: int = 10, re
     torch.set_num_threads(threads)
     timer = _Timer(dev, measured.get("backend", "torch"), measured.get("precision", "fp32"), threads, warmup, repeats,
                    int(measured.get("rounds", 5)))
-    s = nets[0].settings
     x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev)
     return timer.many([(net.to(dev).eval(), x) for net in nets])

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from .cost import UNITS
 from .data import Loader
-from .errors import DsnasError
+from .errors import DsnasError, quote
 from .evaluate import accuracy, recalibrate_bn
 from .select import best, select, selection_summary
 
@@ -95,7 +95,6 @@ class RankingMethod(Method):
         for key in ("candidates", "eval_bn_recalibrate"):
             _need(getattr(cfg, key) >= 1, f"method {self.name} needs {key} >= 1, got {getattr(cfg, key)}")
         _need(cfg.population >= 2, f"population must be >= 2, got {cfg.population}")
-        _need(0 <= cfg.mutation_prob <= 1, f"mutation_prob must be in [0, 1], got {cfg.mutation_prob}")
 
     def choose(self, run: Run) -> list[int]:
         """Rank candidates by held-out top-1 with inherited weights; the best wins."""
@@ -152,7 +151,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (DsnasMethod(), RankingMethod("
 
 def get_method(name: str) -> Method:
     if name not in METHODS:
-        raise DsnasError(f"config: method must be one of {', '.join(METHODS)}, got {name!r}")
+        raise DsnasError(f"config: method must be one of {', '.join(METHODS)}, got {quote(name)}")
     return METHODS[name]
 
 

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from datetime import datetime
 from pathlib import Path
 
 from tqdm import tqdm
 
 from .errors import DsnasError
-from .files import RunLock, atomic_path, write_text
+from .files import RunLock, atomic_path, check_path_text, dump_yaml, json_text, write_text
 
 
 def new_run_dir(data_name: str) -> Path:
@@ -28,7 +27,8 @@ def new_run_dir(data_name: str) -> Path:
 
 
 def check_run_dir(out: Path, resume: bool) -> None:
-    """A new run needs an empty or missing folder; a resumed one needs its checkpoints."""
+    """A new run needs an empty or missing folder whose name is text; a resumed one needs its checkpoints."""
+    check_path_text(out)
     if resume and not (out / "checkpoints").is_dir():
         raise DsnasError(f"nothing to resume: {out} has no checkpoints")
     if not resume and out.exists() and (not out.is_dir() or any(p.name != RunLock.NAME for p in out.iterdir())):
@@ -71,11 +71,9 @@ class RunFiles:
         self.out, self.main = out, main
 
     def config(self, config: dict) -> None:
-        import yaml
-
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            write_text(self.out / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+            write_text(self.out / "config.yaml", dump_yaml(config, sort_keys=False))
 
     def alpha(self, rows: list[dict]) -> None:
         if self.main:
@@ -96,9 +94,10 @@ def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | Non
     from .arch import save_arch
     from .export import save_weights
 
+    metrics_text = json_text(metrics, indent=2) + "\n"  # refused (NaN) before anything is written
     save_arch(arch, out / "arch.yaml")
     save_weights(child, out / "child.safetensors", {"format": "dsnas-child/1"})
-    write_text(out / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    write_text(out / "metrics.json", metrics_text)
     if alpha is not None:
         plot_alpha(out / "alpha.png", alpha, title)
 

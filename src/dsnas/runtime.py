@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 
 from .config import Config
-from .errors import DsnasError
+from .errors import DsnasError, quote
 from .search import DSNAS
 
 
@@ -34,11 +34,37 @@ class Runtime:
         return self.rank == 0
 
 
+def launch_env(env=os.environ) -> tuple[int, int, int]:
+    """(world size, rank, local rank) from the variables torchrun sets, checked as torchrun sets
+    them: whole numbers, 0 <= RANK < WORLD_SIZE, 0 <= LOCAL_RANK < LOCAL_WORLD_SIZE <= WORLD_SIZE,
+    and MASTER_ADDR and MASTER_PORT for more than one process. Unset, they describe one process."""
+    def whole(name: str, default: str) -> int:
+        text = env.get(name, default).strip()
+        if not (text.isascii() and text.isdigit() and len(text) <= 9):
+            raise DsnasError(f"environment variable {name} must be a whole number, got {quote(env[name])}")
+        return int(text)
+
+    world, rank, local_rank = whole("WORLD_SIZE", "1"), whole("RANK", "0"), whole("LOCAL_RANK", "0")
+    local_world = whole("LOCAL_WORLD_SIZE", str(world))
+    if world < 1 or rank >= world:
+        raise DsnasError(f"environment variables RANK={rank} and WORLD_SIZE={world} name no process: RANK must "
+                         "be below WORLD_SIZE (launch with torchrun, or unset both)")
+    if not local_rank < local_world <= world:
+        raise DsnasError(f"environment variables LOCAL_RANK={local_rank}, LOCAL_WORLD_SIZE={local_world} and "
+                         f"WORLD_SIZE={world} do not fit together (launch with torchrun)")
+    if world > 1:
+        for name in ("MASTER_ADDR", "MASTER_PORT"):
+            if not env.get(name):
+                raise DsnasError(f"WORLD_SIZE={world} needs the environment variable {name} (launch with torchrun)")
+        port = env["MASTER_PORT"].strip()
+        if not (port.isascii() and port.isdigit() and len(port) <= 5 and 1 <= int(port) <= 65535):
+            raise DsnasError(f"environment variable MASTER_PORT must be a port number, got {quote(env['MASTER_PORT'])}")
+    return world, rank, local_rank
+
+
 def setup_runtime(cfg: Config) -> Runtime:
     """Join the torchrun process group when launched by torchrun; pick device and precision."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank, local_rank = launch_env()
     want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
         raise DsnasError(f"device {cfg.device!r} requested but CUDA is not available")

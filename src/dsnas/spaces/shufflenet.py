@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..choice import Choice
+from ..errors import quote
 from .registry import SpaceMixin, register_space
 
 OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
@@ -184,13 +185,13 @@ class ShuffleNetSettings:
         for key in ("num_classes", "in_channels", "input_size"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= SETTING_MAX[key]:
-                raise ValueError(f"{key} must be an integer in 1..{SETTING_MAX[key]}, got {value!r}")
+                raise ValueError(f"{key} must be an integer in 1..{SETTING_MAX[key]}, got {quote(value)}")
         if isinstance(self.width, bool) or not isinstance(self.width, (int, float)) or not 0 < self.width <= 8:
-            raise ValueError(f"width must be a number in (0, {SETTING_MAX['width']:g}], got {self.width!r}")
+            raise ValueError(f"width must be a number in (0, {SETTING_MAX['width']:g}], got {quote(self.width)}")
         if self.small_input is None:
             object.__setattr__(self, "small_input", self.input_size < SMALL_INPUT_BELOW)
         elif not isinstance(self.small_input, bool):
-            raise ValueError(f"small_input must be true, false or null, got {self.small_input!r}")
+            raise ValueError(f"small_input must be true, false or null, got {quote(self.small_input)}")
         object.__setattr__(self, "width", float(self.width))
 
     @classmethod
@@ -200,7 +201,7 @@ class ShuffleNetSettings:
             raise ValueError("space settings must be a mapping")
         unknown = set(value) - {f.name for f in fields(cls)}
         if unknown:
-            raise ValueError(f"unknown space setting(s): {', '.join(sorted(map(str, unknown)))}")
+            raise ValueError(f"unknown space setting(s): {quote(sorted(map(str, unknown)))}")
         return cls(**value)
 
     def as_dict(self) -> dict:
