@@ -71,6 +71,14 @@ def _resolve_settings(args, source=None) -> tuple[str, dict]:
         raise DsnasError(f"the {name} space: {e}") from None
 
 
+# How each count of `info` is made (at the architecture's input size, batch 1).
+COST_CONVENTIONS = {
+    "mflops": "MMRazor ResourceEstimator rules (conv, BN, ReLU, pooling, linear)",
+    "macs_m": "conv + linear multiply-accumulates, as the SPOS and DSNAS code count FLOPs "
+              "(the DSNAS paper's 324M also counts the classifier's adds)",
+}
+
+
 def cmd_info(args) -> int:
     from . import spaces
     from .arch import load_arch
@@ -100,7 +108,9 @@ def cmd_info(args) -> int:
 def _info_arch(args, arch, space, table, lut) -> None:
     """Costs of one architecture; with ``--measure`` also its end-to-end latency on this machine."""
     settings = space.settings.as_dict()
-    out = {**table.costs(arch.choices), "choices": arch.choices, "settings": settings}
+    # MACs are whole numbers: keep every digit, so they compare with the SPOS and DSNAS code's count
+    out = {**table.costs(arch.choices), "macs_m": round(table.total(arch.choices, "macs_m"), 6),
+           "choices": arch.choices, "settings": settings, "conventions": COST_CONVENTIONS}
     if args.measure:
         from .latency import measure_network
 
@@ -110,7 +120,10 @@ def _info_arch(args, arch, space, table, lut) -> None:
         return
     print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
           f"{settings['num_classes']} classes)")
-    print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.3f} M   params {out['params_m']:.3f} M")
+    print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.6f}".rstrip("0").rstrip(".")
+          + f" M   params {out['params_m']:.3f} M")
+    for metric in ("mflops", "macs_m"):
+        print(f"    {metric}: {COST_CONVENTIONS[metric]}")
     if "latency_ms" in out:
         measured = f"   measured {out['measured_ms']:.3f} ms" if "measured_ms" in out else ""
         print(f"  latency {out['latency_ms']:.3f} ms predicted by {args.latency}{measured}")

@@ -39,6 +39,10 @@ class Config:
     # space and method
     space: str = DEFAULT_SPACE         # the search space (spaces.SPACES); the data sets its classes, channels, size
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
+    design: str = "mmrazor"            # ShuffleNet block design: mmrazor | official (Megvii SPOS, DSNAS authors)
+    bn_affine: bool = True             # ShuffleNet: BN with weight and bias
+    bn_eps: float = 0.01               # ShuffleNet: eps of every BN
+    dropout: float = 0.0               # ShuffleNet: dropout before the classifier
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
     arch: str = ""                     # method fixed: the architecture file to train
