@@ -267,6 +267,20 @@ def _eval_data_spec(args) -> str:
     return "embedded"
 
 
+def cmd_import(args) -> int:
+    from .published import import_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise DsnasError(f"--out {out} exists and is not empty (use --force to write into it)")
+    res = import_checkpoint(args.checkpoint, out, args.arch, args.bn_eps, args.format)
+    for note in res["notes"]:
+        print(f"note: {note}")
+    print(f"imported {args.checkpoint} ({res['format']}, {res['settings'].get('design', 'mmrazor')} design, "
+          f"input {res['input_convention']}) into {out}")
+    return 0
+
+
 def cmd_latency(args) -> int:
     from tqdm import tqdm
 
@@ -338,6 +352,7 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .published import FORMATS as PUBLISHED_FORMATS
 
     parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
                                      "without parameter retraining.")
@@ -375,6 +390,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("latency", help="measure a latency table of the space on this machine")
     _latency_args(p)
+
+    p = sub.add_parser("import", help="read a published DSNAS, SPOS or MMRazor checkpoint into a run folder")
+    p.add_argument("checkpoint", help="the .pth / .pth.tar file (read without running pickled code)")
+    p.add_argument("--out", required=True, help="run folder to write (arch.yaml, child.safetensors, ...)")
+    p.add_argument("--arch", help="architecture (arch file, or 20 op indices like 2,1,0,...): needed for a "
+                   "SPOS supernet, overrides the one a file implies")
+    p.add_argument("--bn-eps", type=float, help="BN eps of the network (DSNAS files do not record it)")
+    p.add_argument("--format", default="auto", choices=("auto", *PUBLISHED_FORMATS), help="layout (default: detected)")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")
     _child_args(p)
