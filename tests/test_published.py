@@ -113,3 +113,24 @@ def test_dsnas_file_without_eps_needs_the_flag(tmp_path, dsnas_main):
     res = dsnas_main("import", path, "--out", tmp_path / "run", "--bn-eps", "0.01")
     assert res.returncode == 0, res.stderr
     assert dsnas_main("info", "--arch", tmp_path / "run" / "arch.yaml").returncode == 0
+
+
+def test_mmrazor_subnet_keys_round_trip(tmp_path):
+    """MMRazor's subnet keys (as its ShuffleBlock / ShuffleXception / ConvModule name them) import
+    back into the same network, with the eps of the config text in ``meta``."""
+    from dsnas.published import _child_key
+    from dsnas.spaces import build_child
+    from dsnas.spaces.shufflenet import OPS
+
+    arch = [OPS[i] for i in fixture("spos-child")["arch"]]
+    child = build_child("shufflenet", arch, {"bn_eps": 1e-5, "num_classes": 10}, init="kaiming").eval()
+    state = {"architecture." + _child_key(k, "mmrazor", child, arch): v for k, v in child.state_dict().items()}
+    assert "architecture.backbone.layers.2.3._candidates.shuffle_xception.branch2.1.pointwise_conv.bn.weight" in state
+    path = tmp_path / "mmrazor.pth"
+    torch.save({"meta": {"cfg": "norm_cfg = dict(type='BN', eps=1e-05)"}, "state_dict": state, "message_hub": {}}, path)
+    res = import_checkpoint(path, tmp_path / "run")
+    assert res["format"] == "mmrazor" and res["settings"]["bn_eps"] == 1e-5
+    x = images(0, 64)
+    imported = load_child(load_arch(tmp_path / "run" / "arch.yaml"), tmp_path / "run" / "child.safetensors").eval()
+    with torch.no_grad():
+        assert torch.equal(imported(x), child(x))
