@@ -170,7 +170,8 @@ def _given_arch(cfg: Config, space: nn.Module) -> list[int]:
     matched to its blocks by label."""
     arch = load_arch(cfg.arch)
     mine = space.settings.as_dict()
-    differ = {k: (arch.settings.get(k), v) for k, v in mine.items() if arch.settings.get(k) != v}
+    differ = {k: (arch.settings.get(k), mine.get(k)) for k in {**mine, **arch.settings}
+              if arch.settings.get(k) != mine.get(k)}
     if arch.space != space.name:
         raise DsnasError(f"{cfg.arch} is an architecture of the {arch.space} space, this run searches {space.name}")
     # an MMRazor file names ops only: the run's data and width size the network

@@ -72,6 +72,14 @@ def _resolve_settings(args, source=None) -> tuple[str, dict]:
         raise DsnasError(f"the {name} space: {e}") from None
 
 
+# How each count of `info` is made (at the architecture's input size, batch 1).
+COST_CONVENTIONS = {
+    "mflops": "MMRazor ResourceEstimator rules (conv, BN, ReLU, pooling, linear)",
+    "macs_m": "conv + linear multiply-accumulates, as the SPOS and DSNAS code count FLOPs "
+              "(the DSNAS paper's 324M also counts the classifier's adds)",
+}
+
+
 def cmd_info(args) -> int:
     from . import spaces
     from .arch import load_arch
@@ -101,7 +109,9 @@ def cmd_info(args) -> int:
 def _info_arch(args, arch, space, table, lut) -> None:
     """Costs of one architecture; with ``--measure`` also its end-to-end latency on this machine."""
     settings = space.settings.as_dict()
-    out = {**table.costs(arch.choices), "choices": arch.choices, "settings": settings}
+    # MACs are whole numbers: keep every digit, so they compare with the SPOS and DSNAS code's count
+    out = {**table.costs(arch.choices), "macs_m": round(table.total(arch.choices, "macs_m"), 6),
+           "choices": arch.choices, "settings": settings, "conventions": COST_CONVENTIONS}
     if args.measure:
         from .latency import measure_network
 
@@ -111,7 +121,10 @@ def _info_arch(args, arch, space, table, lut) -> None:
         return
     print(f"architecture {args.arch} ({len(arch.choices)} blocks, {settings['input_size']} px, "
           f"{settings['num_classes']} classes)")
-    print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.3f} M   params {out['params_m']:.3f} M")
+    print(f"  MFLOPs {out['mflops']:.3f}   MACs {out['macs_m']:.6f}".rstrip("0").rstrip(".")
+          + f" M   params {out['params_m']:.3f} M")
+    for metric in ("mflops", "macs_m"):
+        print(f"    {metric}: {COST_CONVENTIONS[metric]}")
     if "latency_ms" in out:
         measured = f"   measured {out['measured_ms']:.3f} ms" if "measured_ms" in out else ""
         print(f"  latency {out['latency_ms']:.3f} ms predicted by {args.latency}{measured}")
@@ -256,6 +269,20 @@ def _eval_data_spec(args) -> str:
     return "embedded"
 
 
+def cmd_import(args) -> int:
+    from .published import import_checkpoint
+
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise DsnasError(f"--out {out} exists and is not empty (use --force to write into it)")
+    res = import_checkpoint(args.checkpoint, out, args.arch, args.bn_eps, args.format)
+    for note in res["notes"]:
+        print(f"note: {note}")
+    print(f"imported {args.checkpoint} ({res['format']}, {res['settings'].get('design', 'mmrazor')} design, "
+          f"input {res['input_convention']}) into {out}")
+    return 0
+
+
 def cmd_latency(args) -> int:
     from tqdm import tqdm
 
@@ -327,6 +354,7 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .published import FORMATS as PUBLISHED_FORMATS
 
     parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
                                      "without parameter retraining.")
@@ -364,6 +392,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("latency", help="measure a latency table of the space on this machine")
     _latency_args(p)
+
+    p = sub.add_parser("import", help="read a published DSNAS, SPOS or MMRazor checkpoint into a run folder")
+    p.add_argument("checkpoint", help="the .pth / .pth.tar file (read without running pickled code)")
+    p.add_argument("--out", required=True, help="run folder to write (arch.yaml, child.safetensors, ...)")
+    p.add_argument("--arch", help="architecture (arch file, or 20 op indices like 2,1,0,...): needed for a "
+                   "SPOS supernet, overrides the one a file implies")
+    p.add_argument("--bn-eps", type=float, help="BN eps of the network (DSNAS files do not record it)")
+    p.add_argument("--format", default="auto", choices=("auto", *PUBLISHED_FORMATS), help="layout (default: detected)")
+    p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")
     _child_args(p)

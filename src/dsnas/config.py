@@ -40,6 +40,10 @@ class Config:
     # space and method
     space: str = DEFAULT_SPACE         # the search space (spaces.SPACES); the data sets its classes, channels, size
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
+    design: str = "mmrazor"            # ShuffleNet block design: mmrazor | official (Megvii SPOS, DSNAS authors)
+    bn_affine: bool = True             # ShuffleNet: BN with weight and bias
+    bn_eps: float = 0.01               # ShuffleNet: eps of every BN
+    dropout: float = 0.0               # ShuffleNet: dropout before the classifier
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
     arch: str = ""                     # method fixed: the architecture file to train
@@ -171,7 +175,7 @@ RANGES = {  # every int and float key of Config (a key missing here fails every 
     "momentum": FRACTION, "weight_decay": Range(0, 1), "label_smoothing": FRACTION,
     "arch_lr": Range(0, 10), "arch_beta1": FRACTION, "arch_beta2": FRACTION, "early_fix": Range(0, 1, open_low=True),
     "budget_mflops": Range(0, 1e9), "budget_params_m": Range(0, 1e6), "budget_ms": Range(0, 1e7),
-    "penalty": Range(0, 1e4),
+    "penalty": Range(0, 1e4), "bn_eps": Range(0, 1, open_low=True), "dropout": FRACTION,
     "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
     "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
 }

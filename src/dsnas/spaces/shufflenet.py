@@ -1,9 +1,15 @@
-"""The ShuffleNetV2 search space (SPOS layout, MMRazor block design) and its deployable child.
+"""The ShuffleNetV2 search space (SPOS layout) in two block designs, and its deployable child.
 
 Stem conv 3x3 (3->16, stride 2, or 1 for small images) + BN + ReLU; four stages of choice
 blocks with 64/160/320/640 channels and 4/4/8/4 repeats (first block of a stage has stride 2);
-head conv 1x1 -> 1024 + BN + ReLU, global average pool, linear classifier. Each block picks one
-of `OPS`. BN eps is 0.01, convolutions have no bias.
+head conv 1x1 -> 1024 + BN + ReLU, global average pool, optional dropout, linear classifier.
+Each block picks one of `OPS`. Convolutions have no bias; BN eps and affine are settings.
+
+``design`` (see `DESIGNS`) is the unit's layout. ``mmrazor`` (the default): both branches give
+out / 2 channels and the unit ends with a channel shuffle. ``official`` (Megvii's SPOS and the
+DSNAS authors' code): a stride-1 unit splits its input into even and odd channels, a stride-2
+unit's projection branch keeps the input's channels and its main branch gives out - in, and no
+shuffle follows; the classifier has no bias.
 
 Weights start from one of `INIT_SCHEMES` (`init_weights`); the default, ``aligned``, makes every
 candidate of a block start as the same function, which is what lets a supernet whose path is
@@ -13,6 +19,7 @@ drawn per block leave chance within a few hundred steps (BENCHMARKS.md, ``platea
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
+from functools import partial
 from typing import NamedTuple
 
 import torch
@@ -28,15 +35,19 @@ STAGE_CHANNELS = (64, 160, 320, 640)
 STAGE_REPEATS = (4, 4, 8, 4)
 HEAD_CHANNELS = 1024
 BN_EPS = 0.01
+DESIGNS = ("mmrazor", "official")
 SMALL_INPUT_BELOW = 64  # images smaller than this use a stride-1 stem
 INIT_SCHEMES = ("aligned", "kaiming", "torch")
 CLASSIFIER_STD = 0.01
 
 
-def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False, relu: bool = True):
+def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False, relu: bool = True,
+             norm=None):
+    """Conv + BN (+ ReLU); ``norm(channels)`` builds the BN (default: eps `BN_EPS`, affine)."""
+    norm = norm or partial(nn.BatchNorm2d, eps=BN_EPS)
     layers = [
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=cin if depthwise else 1, bias=False),
-        nn.BatchNorm2d(cout, eps=BN_EPS),
+        norm(cout),
     ]
     if relu:
         layers.append(nn.ReLU(inplace=True))
@@ -55,49 +66,62 @@ def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
 
 
 class ShuffleUnit(nn.Module):
-    """A ShuffleNetV2 unit; ``kernel`` in {3, 5, 7}, or ``xception=True`` for the Xception unit."""
+    """A ShuffleNetV2 unit; ``kernel`` in {3, 5, 7}, or ``xception=True`` for the Xception unit.
 
-    def __init__(self, cin: int, cout: int, stride: int, kernel: int = 3, xception: bool = False):
+    ``branch_a`` is the stride-2 unit's projection of the input, ``branch_b`` the main branch.
+    ``official=True`` is the official design (module docstring); ``norm`` builds every BN."""
+
+    def __init__(self, cin: int, cout: int, stride: int, kernel: int = 3, xception: bool = False,
+                 official: bool = False, norm=None):
         super().__init__()
         if stride == 1 and cin != cout:
             raise ValueError(f"a stride-1 unit needs cin == cout, got {cin} and {cout}")
         half = cout // 2
         self.stride = stride
+        self.official = official
+        conv_bn = partial(_conv_bn, norm=norm)
+        # the official stride-2 unit projects onto all input channels; the main branch fills the rest
+        a_out = cin if official else half
+        b_out = cout - a_out if official and stride > 1 else half
         self.branch_a = None
         if stride > 1:
             k = 3 if xception else kernel
             self.branch_a = nn.Sequential(
-                _conv_bn(cin, cin, k, stride, depthwise=True, relu=False), _conv_bn(cin, half, 1)
+                conv_bn(cin, cin, k, stride, depthwise=True, relu=False), conv_bn(cin, a_out, 1)
             )
         b_in = cin if stride > 1 else half
         if xception:
             mid = cout // 2
             self.branch_b = nn.Sequential(
-                _conv_bn(b_in, b_in, 3, stride, depthwise=True, relu=False), _conv_bn(b_in, mid, 1),
-                _conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), _conv_bn(mid, mid, 1),
-                _conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), _conv_bn(mid, half, 1),
+                conv_bn(b_in, b_in, 3, stride, depthwise=True, relu=False), conv_bn(b_in, mid, 1),
+                conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), conv_bn(mid, mid, 1),
+                conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), conv_bn(mid, b_out, 1),
             )
         else:
             self.branch_b = nn.Sequential(
-                _conv_bn(b_in, half, 1),
-                _conv_bn(half, half, kernel, stride, depthwise=True, relu=False),
-                _conv_bn(half, half, 1),
+                conv_bn(b_in, half, 1),
+                conv_bn(half, half, kernel, stride, depthwise=True, relu=False),
+                conv_bn(half, b_out, 1),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.branch_a is None:
+        if self.branch_a is not None:
+            out = torch.cat((self.branch_a(x), self.branch_b(x)), dim=1)
+        elif self.official:  # the shuffle sits at the input: even channels pass, odd ones go through
+            return torch.cat((x[:, 0::2], self.branch_b(x[:, 1::2])), dim=1)
+        else:
             x1, x2 = x.chunk(2, dim=1)
             out = torch.cat((x1, self.branch_b(x2)), dim=1)
-        else:
-            out = torch.cat((self.branch_a(x), self.branch_b(x)), dim=1)
-        return channel_shuffle(out, 2)
+        return out if self.official else channel_shuffle(out, 2)
 
 
-def make_op(name: str, cin: int, cout: int, stride: int) -> ShuffleUnit:
+def make_op(name: str, cin: int, cout: int, stride: int, settings: "ShuffleNetSettings | None" = None) -> ShuffleUnit:
+    """The candidate ``name`` of a block, in the block design of ``settings`` (default: MMRazor's)."""
+    design = {} if settings is None else {"official": settings.design == "official", "norm": settings.norm}
     if name == "shuffle_xception":
-        return ShuffleUnit(cin, cout, stride, xception=True)
+        return ShuffleUnit(cin, cout, stride, xception=True, **design)
     if name in OPS:
-        return ShuffleUnit(cin, cout, stride, kernel=int(name[-1]))
+        return ShuffleUnit(cin, cout, stride, kernel=int(name[-1]), **design)
     raise ValueError(f"unknown op {name!r}; expected one of {list(OPS)}")
 
 
@@ -124,19 +148,20 @@ def _align(units: list[ShuffleUnit]) -> None:
     shared by its candidates; the Xception unit's third 1x1 starts as an identity. BN and ReLU
     sit between them, so the candidates differ only by those at the start.
     """
-    shared: dict[str, torch.Tensor] = {}
+    shared: dict[tuple, torch.Tensor] = {}  # by role and shape: official-design candidates differ in shape
     for unit in units:
         for m in unit.modules():
             if isinstance(m, nn.Conv2d) and m.groups > 1:
                 nn.init.dirac_(m.weight, groups=m.groups)
         for role, conv in _pointwise(unit):
+            key = (role, conv.weight.shape)
             if unit.stride == 1 or role == "b2":
                 nn.init.dirac_(conv.weight)
-            elif role in shared:
-                conv.weight.copy_(shared[role])
+            elif key in shared:
+                conv.weight.copy_(shared[key])
             else:
                 _kaiming(conv.weight)
-                shared[role] = conv.weight.detach().clone()
+                shared[key] = conv.weight.detach().clone()
 
 
 @torch.no_grad()
@@ -157,7 +182,8 @@ def init_weights(model: nn.Module, scheme: str = "aligned") -> None:
             _kaiming(m.weight)
         elif isinstance(m, nn.Linear):
             nn.init.normal_(m.weight, 0.0, CLASSIFIER_STD)
-            nn.init.zeros_(m.bias)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
     if scheme == "aligned":
         for block in getattr(model, "blocks", []):
             _align(list(block.candidates) if isinstance(block, Choice) else [block])
@@ -180,6 +206,12 @@ class ShuffleNetSettings:
     input_size: int = 224
     width: float = 1.0
     small_input: bool | None = None  # None: chosen from input_size
+    # the block design (files hold these only where they differ from `design_defaults`)
+    design: str = "mmrazor"          # one of DESIGNS
+    bn_affine: bool = True           # BN with weight and bias (Megvii's SPOS supernet has none)
+    bn_eps: float = BN_EPS           # eps of every BN
+    classifier_bias: bool | None = None  # None: the design's (mmrazor: a bias, official: none)
+    dropout: float = 0.0             # dropout before the classifier (training only)
 
     def __post_init__(self):
         for key in ("num_classes", "in_channels", "input_size"):
@@ -193,6 +225,37 @@ class ShuffleNetSettings:
         elif not isinstance(self.small_input, bool):
             raise ValueError(f"small_input must be true, false or null, got {quote(self.small_input)}")
         object.__setattr__(self, "width", float(self.width))
+        self._check_design()
+
+    def _check_design(self) -> None:
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {', '.join(DESIGNS)}, got {self.design!r}")
+        if self.classifier_bias is None:
+            object.__setattr__(self, "classifier_bias", self.design_defaults()["classifier_bias"])
+        for key in ("bn_affine", "classifier_bias"):
+            if not isinstance(getattr(self, key), bool):
+                raise ValueError(f"{key} must be true or false, got {getattr(self, key)!r}")
+        for key, low, high in (("bn_eps", 0.0, 1.0), ("dropout", 0.0, 1.0)):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value < high \
+                    or (key == "bn_eps" and value == 0):
+                bounds = "(0, 1)" if key == "bn_eps" else "[0, 1)"
+                raise ValueError(f"{key} must be a number in {bounds}, got {value!r}")
+            object.__setattr__(self, key, float(value))
+        if self.design == "official":
+            thin = [(cin, cout) for cin, cout, stride in self.layout() if stride > 1 and cout <= cin]
+            if thin:
+                raise ValueError(f"the official design needs more output than input channels in every stride-2 "
+                                 f"unit; width {self.width:g} gives {thin[0][0]} -> {thin[0][1]}")
+
+    def design_defaults(self) -> dict:
+        """The block-design settings a file leaves out: MMRazor's design, or this design's classifier."""
+        return {"design": "mmrazor", "bn_affine": True, "bn_eps": BN_EPS,
+                "classifier_bias": self.design != "official", "dropout": 0.0}
+
+    def norm(self, channels: int) -> nn.BatchNorm2d:
+        """The BN of these settings."""
+        return nn.BatchNorm2d(channels, eps=self.bn_eps, affine=self.bn_affine)
 
     @classmethod
     def from_mapping(cls, value) -> "ShuffleNetSettings":
@@ -205,13 +268,16 @@ class ShuffleNetSettings:
         return cls(**value)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The settings as files hold them: the block-design ones only where they are not the
+        default, so that files of MMRazor's design read as they always did."""
+        defaults = self.design_defaults()
+        return {k: v for k, v in asdict(self).items() if k not in defaults or v != defaults[k]}
 
     def replace(self, **changes) -> "ShuffleNetSettings":
         """These settings with ``changes``; a new input size chooses ``small_input`` anew unless given."""
         if "input_size" in changes:
             changes.setdefault("small_input", None)
-        return type(self)(**{**self.as_dict(), **changes})
+        return type(self)(**{**asdict(self), **changes})
 
     def layout(self) -> list[tuple[int, int, int]]:
         """(in_channels, out_channels, stride) of every choice block, in order."""
@@ -250,18 +316,21 @@ class _ShuffleNet(nn.Module):
         self.blocks = nn.Sequential(*parts.blocks)
         self.head = parts.head
         self.pool = nn.AdaptiveAvgPool2d(1)
+        # no module at all without dropout, so that such a network runs exactly as it always did
+        self.dropout = nn.Dropout(settings.dropout) if settings.dropout else nn.Identity()
         self.classifier = parts.classifier
 
     @staticmethod
     def new_parts(s: ShuffleNetSettings, blocks: list[nn.Module]) -> Parts:
-        return Parts(_conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2), blocks,
-                     _conv_bn(s.layout()[-1][1], s.head_channels, 1), nn.Linear(s.head_channels, s.num_classes))
+        return Parts(_conv_bn(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2, norm=s.norm), blocks,
+                     _conv_bn(s.layout()[-1][1], s.head_channels, 1, norm=s.norm),
+                     nn.Linear(s.head_channels, s.num_classes, bias=s.classifier_bias))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.blocks(self.stem(x))
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.pool(self.head(features)), 1))
+        return self.classifier(self.dropout(torch.flatten(self.pool(self.head(features)), 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
@@ -280,7 +349,7 @@ class ShuffleNetChild(_ShuffleNet):
         if len(choices) != len(layout):
             raise ValueError(f"expected {len(layout)} choices, got {len(choices)}")
         if shared is None:
-            blocks = [make_op(op, *shape) for op, shape in zip(choices, layout)]
+            blocks = [make_op(op, *shape, settings) for op, shape in zip(choices, layout)]
             super().__init__(settings, self.new_parts(settings, blocks))
             init_weights(self, init)
         else:
@@ -293,24 +362,25 @@ class ShuffleNetSpace(SpaceMixin, _ShuffleNet):
     """The supernet: every block is a `Choice` over `OPS`, labelled by `block_keys`.
 
     ``ShuffleNetSpace(num_classes=1000, in_channels=3, input_size=224, width=1.0, small_input=None,
-    init="aligned")``; ``small_input`` defaults to True below 64 px (stride-1 stem, so 28-32 px
-    images end at 2x2); ``init`` is one of `INIT_SCHEMES` (see `init_weights`).
+    init="aligned", **design)``; ``small_input`` defaults to True below 64 px (stride-1 stem, so
+    28-32 px images end at 2x2); ``init`` is one of `INIT_SCHEMES` (see `init_weights`);
+    ``design`` holds the block-design settings of `ShuffleNetSettings` (``design``, ``bn_eps``, ...).
     """
 
     Settings = ShuffleNetSettings
     ops = OPS
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
-                 width: float = 1.0, small_input: bool | None = None, init: str = "aligned"):
-        settings = ShuffleNetSettings(num_classes, in_channels, input_size, width, small_input)
-        blocks = [Choice({op: make_op(op, *shape) for op in OPS}, label)
+                 width: float = 1.0, small_input: bool | None = None, init: str = "aligned", **design):
+        settings = ShuffleNetSettings(num_classes, in_channels, input_size, width, small_input, **design)
+        blocks = [Choice({op: make_op(op, *shape, settings) for op in OPS}, label)
                   for label, shape in zip(block_keys(), settings.layout())]
         super().__init__(settings, self.new_parts(settings, blocks))
         init_weights(self, init)
 
     @classmethod
     def from_settings(cls, settings: ShuffleNetSettings, init: str = "aligned") -> "ShuffleNetSpace":
-        return cls(**settings.as_dict(), init=init)
+        return cls(**asdict(settings), init=init)
 
     @staticmethod
     def decisions(settings: ShuffleNetSettings | None = None) -> list[tuple[str, list[str]]]:
