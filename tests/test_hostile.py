@@ -294,18 +294,6 @@ def test_eval_of_a_run_whose_config_is_not_one(tmp_path, child_files, capsys, co
     assert "pass --data" in err
 
 
-def test_checkpoint_lacking_model_falls_back_to_prev(tmp_path, capfd):
-    from dsnas.checkpoint import RUN_KEYS, load_checkpoint, save_checkpoint
-
-    full = {k: {"x": 1} for k in RUN_KEYS}
-    save_checkpoint(tmp_path, full, {"s": 1})
-    save_checkpoint(tmp_path, {k: v for k, v in full.items() if k != "model"}, {"s": 1})
-    ckpt = load_checkpoint(tmp_path, {"s": 1}, required=RUN_KEYS)
-    assert "model" in ckpt
-    err = capfd.readouterr().err
-    assert "lacks model" in err and "prev.pt" in err  # the warning goes to stderr
-
-
 # --- the sweep: every value-taking flag of every subcommand, fed hostile values -------------------------------
 def _subcommands():
     import argparse
