@@ -1,33 +1,28 @@
-"""Shared by the benchmark scripts: machine description and section updates in BENCHMARKS.md."""
+"""Shared by the benchmark scripts: machine description and section updates in BENCHMARKS.md.
+
+The scripts import the dsnas of the environment they run in: the checkout installed as the
+README's Set up does, or `PYTHONPATH=src`."""
 
 from __future__ import annotations
 
 import os
 import platform
 import re
-import sys
 from datetime import date
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))  # the checkout's dsnas, installed or not
+import torch
 
-import torch  # noqa: E402
+from dsnas.latency import cpu_name
+
+ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEvery section below is written by the script it names; rerun the script to refresh it.\n"
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return (f"{os.cpu_count()} CPU cores ({cpu}){gpu}; torch {torch.__version__}, "
+    return (f"{os.cpu_count()} CPU cores ({cpu_name()}){gpu}; torch {torch.__version__}, "
             f"{torch.get_num_threads()} thread(s); Python {platform.python_version()}; {date.today().isoformat()}")
 
 

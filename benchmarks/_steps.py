@@ -102,8 +102,3 @@ def amp_name(dtype: torch.dtype | None) -> str:
     """The autocast dtype of a step as the tables name it (None: fp32)."""
     return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
-
-def median(xs: list[float]) -> float:
-    xs = sorted(xs)
-    n = len(xs)
-    return xs[n // 2] if n % 2 else 0.5 * (xs[n // 2 - 1] + xs[n // 2])

@@ -12,17 +12,12 @@ Writes the `demo` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 from _report import machine, write_section
-
-ROOT = Path(__file__).resolve().parents[1]
+from _runs import overrides, run_dsnas
 
 
 def run(args, seed: int, extra: list[str]) -> dict:
@@ -31,14 +26,7 @@ def run(args, seed: int, extra: list[str]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         name = f"seed{seed}" + ("-" + extra[1] if extra else "")
         out = Path(args.keep) / name if args.keep else Path(tmp) / "run"
-        if (out / "metrics.json").exists():
-            return json.loads((out / "metrics.json").read_text())
-        cmd = [sys.executable, "-m", "dsnas", "search", "--quiet", "--out", str(out), "--set", f"seed={seed}", *extra]
-        for s in args.set:
-            cmd += ["--set", s]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
-        subprocess.run(cmd, check=True, cwd=ROOT, env=env)
-        return json.loads((out / "metrics.json").read_text())
+        return run_dsnas(["search", "--quiet", *overrides([f"seed={seed}"]), *extra, *overrides(args.set)], out)
 
 
 def search_stage(metrics: dict) -> dict:

@@ -27,12 +27,13 @@ import tempfile
 import time
 from multiprocessing import Pool
 from pathlib import Path
+from statistics import median
 
 import numpy as np
 import torch
 
 from _report import machine, write_section
-from _steps import Pair, amp_name, median
+from _steps import Pair, amp_name
 
 from dsnas.config import load_config
 from dsnas.data import Loader, load_data

@@ -9,14 +9,11 @@ run the demo preset once under its MFLOPs budget and once under a latency budget
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from _report import ROOT, machine, write_section
+from _report import machine, write_section
+from _runs import overrides, run_dsnas
 
 from dsnas import ShuffleNetSpace, load_arch
 from dsnas.export import load_child
@@ -24,12 +21,7 @@ from dsnas.latency import load_latency, measure_latency, measure_networks, save_
 
 
 def search(out: Path, sets: list[str]) -> dict:
-    cmd = [sys.executable, "-m", "dsnas", "search", "--quiet", "--out", str(out)]
-    for s in sets:
-        cmd += ["--set", s]
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
-    subprocess.run(cmd, check=True, cwd=ROOT, env=env)
-    return json.loads((out / "metrics.json").read_text())
+    return run_dsnas(["search", "--quiet", *overrides(sets)], out)
 
 
 def main() -> None:

@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
-import shutil
 import statistics
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _report import ROOT, machine, write_section
+from _runs import overrides, run_dsnas
 
 DATA = "/usr/share/datasets/fashion-mnist"
 METHODS = ("dsnas", "scratch", "random", "spos")
@@ -77,37 +74,22 @@ def bootstrap_tau(pairs: list[dict], a: str = "inherited", b: str = "alone", res
 class Runner:
     def __init__(self, args):
         self.args, self.work = args, Path(args.work)
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "src"), os.environ.get("PYTHONPATH", "")]),
-                    "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
 
     def common(self, seed: int, epochs: int) -> list[str]:
         a = self.args
         sets = [f"seed={seed}", f"epochs={epochs}", f"search_epochs={min(a.search_epochs, epochs)}",
                 f"budget_mflops={a.budget}", f"candidates={a.candidates}", f"population={a.population}",
                 f"select_images={a.select_images}"] + a.set
-        out = ["--config", a.config, "--data", a.data, "--quiet"]
-        for s in sets:
-            out += ["--set", s]
-        return out
+        return ["--config", a.config, "--data", a.data, "--quiet", *overrides(sets)]
 
     def run(self, name: str, cli: list[str]) -> dict:
         """One dsnas run in its own process; a finished run in the work folder is reused."""
-        out = self.work / name
-        if (out / "metrics.json").exists():
-            return json.loads((out / "metrics.json").read_text())
-        if out.exists():  # an interrupted run: start it again
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        t0 = time.time()
-        log = out.with_suffix(".log")
-        with open(log, "w") as f:
-            p = subprocess.run([sys.executable, "-m", "dsnas", *cli, "--out", str(out)], cwd=ROOT, env=self.env,
-                               stdout=f, stderr=subprocess.STDOUT)
-        if p.returncode:
-            raise SystemExit(f"{name} failed (exit {p.returncode}); see {log}")
-        m = json.loads((out / "metrics.json").read_text())
-        print(f"{name}: top1 {m['top1']:.2f}%  {m['mflops']:.3f} MFLOPs  {m['wall_s']:.0f} s "
-              f"({time.time() - t0:.0f} s with start-up)", flush=True)
+        out, t0 = self.work / name, time.time()
+        reused = (out / "metrics.json").exists()
+        m = run_dsnas(cli, out, self.args.threads, out.with_suffix(".log"))
+        if not reused:
+            print(f"{name}: top1 {m['top1']:.2f}%  {m['mflops']:.3f} MFLOPs  {m['wall_s']:.0f} s "
+                  f"({time.time() - t0:.0f} s with start-up)", flush=True)
         return m
 
     # --- the experiments ------------------------------------------------------------------
@@ -353,7 +335,6 @@ def write_ranking(args, ranking: dict) -> None:
 
 
 def _cfg(args, key: str):
-    sys.path.insert(0, str(ROOT / "src"))
     from dsnas.config import load_config
 
     return getattr(load_config(args.config, args.set), key)

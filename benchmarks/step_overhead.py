@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from statistics import median
 
 import torch
 
 from _report import machine, write_section
-from _steps import Pair, median, saved_activation_bytes
+from _steps import Pair, saved_activation_bytes
 
 SETTINGS = [  # (note, input size, batch, width, classes, channels)
     (" (small-image space)", 28, 64, 1.0, 10, 1),

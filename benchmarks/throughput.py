@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import json
+from statistics import median
 
 import torch
 
 from _report import machine, write_section
-from _steps import Pair, amp_name, median
+from _steps import Pair, amp_name
 
 from dsnas.runtime import autocast_dtype
 

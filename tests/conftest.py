@@ -95,11 +95,24 @@ def dsnas_error(fn, *args, **kwargs) -> str:
     return msg
 
 
-def assert_one_line_error(returncode: int, stderr: str) -> None:
-    """A refused command: exit code 2 and one line on stderr, no traceback."""
-    assert returncode == 2, stderr
-    assert "Traceback" not in stderr, stderr
-    assert len(stderr.strip().splitlines()) == 1, stderr
+def assert_one_line_error(returncode: int, stderr: str, stdout: str = "") -> str:
+    """A refused command: exit code 2 and one line on stderr, no traceback (on stdout either, when
+    given); returns that line."""
+    assert returncode == 2, (returncode, stderr)
+    assert "Traceback" not in stderr + stdout, stderr + stdout
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
+    return lines[0]
+
+
+class RunsCode:
+    """A pickle whose loading creates the file ``marker``: if the file exists, a loader ran code."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
 
 
 def random_arch(seed: int, num_blocks: int = 20) -> list[str]:

@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import assert_one_line_error
 from dsnas.arch import Architecture, load_arch, save_arch
 from dsnas.config import load_config
 from dsnas.data import Split, hold_out, load_data
@@ -145,7 +146,7 @@ def test_train_refuses_an_architecture_of_another_space(spos_run, tmp_path, dsna
 ])
 def test_bad_method_settings_are_one_line_errors(sets, message, dsnas_main, tmp_path):
     r = dsnas_main("search", "--out", tmp_path / "r", *sum((["--set", s] for s in sets), []))
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert message in assert_one_line_error(r.returncode, r.stderr)
 
 
 def test_method_flag_and_resume_conflict(dsnas_main, tmp_path):

@@ -6,6 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
+from conftest import RunsCode
 from dsnas import DsnasError
 from dsnas.data import load_data
 
@@ -46,19 +47,11 @@ def test_binary_batches(tmp_path):
     assert data.test.labels.tolist() == _batch(10, 9)[1]
 
 
-class Evil:
-    def __init__(self, marker):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (open, (self.marker, "w"))
-
-
 def test_pickled_code_in_a_batch_is_refused(tmp_path):
     folder = _write_py(tmp_path / "cifar-10-batches-py")
     marker = tmp_path / "ran"
     with open(folder / "data_batch_1", "wb") as f:
-        pickle.dump({b"data": Evil(str(marker)), b"labels": [0]}, f)
+        pickle.dump({b"data": RunsCode(str(marker)), b"labels": [0]}, f)
     with pytest.raises(DsnasError, match="refusing"):
         load_data(str(tmp_path))
     assert not marker.exists()

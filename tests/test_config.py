@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import run_cli_many
-from dsnas import DsnasError
+from conftest import assert_one_line_error, dsnas_error, run_cli_many
 from dsnas.config import Config, builtin_configs, load_config
 
 CONFIGS = Path(str(resources.files("dsnas") / "configs"))
@@ -22,14 +21,6 @@ def preset(name: str) -> dict:
 
 
 DEMO = preset("demo")
-
-
-def error_message(*args, **kwargs) -> str:
-    with pytest.raises(DsnasError) as e:
-        load_config(*args, **kwargs)
-    msg = str(e.value)
-    assert msg and "\n" not in msg, msg
-    return msg
 
 
 def assert_matches(cfg: Config, expected: dict) -> None:
@@ -127,26 +118,26 @@ def test_set_later_wins_and_int_to_float():
 
 # --- errors ---------------------------------------------------------------------------------------
 def test_unknown_key_set():
-    msg = error_message(None, ["nosuchkey=1"])
+    msg = dsnas_error(load_config, None, ["nosuchkey=1"])
     assert "nosuchkey" in msg and "unknown" in msg
 
 
 def test_unknown_key_file(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("epochs: 20\nlearning_rate: 0.1\n")
-    msg = error_message(str(f))
+    msg = dsnas_error(load_config, str(f))
     assert "learning_rate" in msg and "unknown" in msg and "c.yaml" in msg
 
 
 @pytest.mark.parametrize("item, key", [("epochs=abc", "epochs"), ("lr=fast", "lr"), ("channels_last=maybe", "channels_last"),
                                        ("epochs=2.5", "epochs"), ("batch_size=true", "batch_size"), ("lr=[1]", "lr")])
 def test_wrong_type(item, key):
-    msg = error_message(None, [item])
+    msg = dsnas_error(load_config, None, [item])
     assert key in msg and item.split("=", 1)[1].lower() in msg.lower()
 
 
 def test_set_without_equals():
-    msg = error_message(None, ["lr"])
+    msg = dsnas_error(load_config, None, ["lr"])
     assert "key=value" in msg and "'lr'" in msg
 
 
@@ -167,7 +158,7 @@ def test_set_without_equals():
     ("init=xavier", "init"),
 ])
 def test_out_of_range(item, key):
-    msg = error_message(None, [item])
+    msg = dsnas_error(load_config, None, [item])
     assert key in msg
 
 
@@ -178,26 +169,26 @@ def test_early_fix_one_is_allowed():
 def test_malformed_yaml(tmp_path):
     f = tmp_path / "broken.yaml"
     f.write_text("epochs: [1, 2\nlr: {\n")
-    msg = error_message(str(f))
+    msg = dsnas_error(load_config, str(f))
     assert "broken.yaml" in msg and "YAML" in msg
 
 
 def test_yaml_not_a_mapping(tmp_path):
     f = tmp_path / "list.yaml"
     f.write_text("- epochs\n- 3\n")
-    msg = error_message(str(f))
+    msg = dsnas_error(load_config, str(f))
     assert "list.yaml" in msg and "mapping" in msg
 
 
 def test_missing_config_file(tmp_path):
-    msg = error_message(str(tmp_path / "nope.yaml"))
+    msg = dsnas_error(load_config, str(tmp_path / "nope.yaml"))
     assert "nope.yaml" in msg and "does not exist" in msg
-    msg = error_message("nosuchpreset")
+    msg = dsnas_error(load_config, "nosuchpreset")
     assert "nosuchpreset" in msg
 
 
 def test_config_path_is_a_folder(tmp_path):
-    msg = error_message(str(tmp_path))
+    msg = dsnas_error(load_config, str(tmp_path))
     assert str(tmp_path) in msg
 
 
@@ -228,13 +219,10 @@ def cli_errors(tmp_path_factory):
 def test_cli_one_line_error(cli_errors, case, words):
     _, results = cli_errors
     r = results[case]
-    assert r.returncode == 2, (r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr and "Traceback" not in r.stdout
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1, r.stderr
-    assert lines[0].startswith("dsnas: error:")
+    line = assert_one_line_error(r.returncode, r.stderr, r.stdout)
+    assert line.startswith("dsnas: error:")
     for w in words:
-        assert w in lines[0]
+        assert w in line
 
 
 @pytest.mark.parametrize("case", ["unknown", "range", "yaml"])

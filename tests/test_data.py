@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsnas import DsnasError
+from conftest import dsnas_error
 from dsnas.data import BatchPlan, Data, Loader, Split, augment, load_data
 
 FASHION_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
@@ -62,14 +62,6 @@ def make_image_tree(root: Path, splits=("train", "val"), classes=("cat", "ant", 
                 value = 40 * order.index(name) + i
                 color = value if mode == "L" else (value, value, value)
                 Image.new(mode, (size, size), color).save(folder / f"img{i}.png")
-
-
-def error_message(fn, *args, **kwargs) -> str:
-    with pytest.raises(DsnasError) as e:
-        fn(*args, **kwargs)
-    msg = str(e.value)
-    assert msg and "\n" not in msg, msg
-    return msg
 
 
 @pytest.fixture(scope="module")
@@ -138,14 +130,14 @@ def test_idx_truncated_gzip_payload(tmp_path):
     bad = tmp_path / "train-images-idx3-ubyte.gz"
     raw = idx_bytes(np.zeros((40, 12, 12), np.uint8))[:-5]
     bad.write_bytes(gzip.compress(raw))
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert "train-images-idx3-ubyte.gz" in msg and "truncated or corrupt" in msg
 
 
 def test_idx_not_gzip(tmp_path):
     make_idx_folder(tmp_path)
     (tmp_path / "t10k-labels-idx1-ubyte.gz").write_bytes(b"this is not gzip data at all")
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert "t10k-labels-idx1-ubyte.gz" in msg and "cannot be read" in msg
 
 
@@ -153,28 +145,28 @@ def test_idx_cut_gzip_stream(tmp_path):
     make_idx_folder(tmp_path)
     path = tmp_path / "train-labels-idx1-ubyte.gz"
     path.write_bytes(path.read_bytes()[:20])
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert "train-labels-idx1-ubyte.gz" in msg
 
 
 def test_idx_not_idx(tmp_path):
     make_idx_folder(tmp_path)
     (tmp_path / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(b"hello world, not idx"))
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert "train-images-idx3-ubyte.gz" in msg and "IDX" in msg
 
 
 def test_idx_count_mismatch(tmp_path):
     make_idx_folder(tmp_path)
     write_idx(tmp_path / "train-labels-idx1-ubyte.gz", np.zeros(39, np.uint8))
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert "train" in msg and "do not match" in msg and "39" in msg
 
 
 def test_idx_missing_test_split(tmp_path):
     make_idx_folder(tmp_path)
     (tmp_path / "t10k-images-idx3-ubyte.gz").unlink()
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert "t10k-images-idx3-ubyte" in msg
 
 
@@ -219,33 +211,33 @@ def test_image_folder_test_split(tmp_path):
 def test_image_folder_unreadable_image(tmp_path, where):
     make_image_tree(tmp_path, per_class=2)
     (tmp_path / where).write_bytes(b"\x00garbage, not a PNG\xff" * 10)
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert Path(where).name in msg and "cannot be read" in msg
 
 
 def test_image_folder_val_classes_differ(tmp_path):
     make_image_tree(tmp_path, splits=("train",), per_class=2)
     make_image_tree(tmp_path, splits=("val",), classes=("cat", "ant", "dog"), per_class=2)
-    msg = error_message(load_data, str(tmp_path))
+    msg = dsnas_error(load_data, str(tmp_path))
     assert "val" in msg and "dog" in msg and "bee" in msg
 
 
 # --- path errors ----------------------------------------------------------------------------------
 def test_missing_path(tmp_path):
-    msg = error_message(load_data, str(tmp_path / "nope"))
+    msg = dsnas_error(load_data, str(tmp_path / "nope"))
     assert "nope" in msg and "does not exist" in msg
 
 
 def test_file_not_folder(tmp_path):
     f = tmp_path / "data.txt"
     f.write_text("hello")
-    msg = error_message(load_data, str(f))
+    msg = dsnas_error(load_data, str(f))
     assert "data.txt" in msg and "not a folder" in msg
 
 
 def test_empty_folder(tmp_path):
     (tmp_path / "empty").mkdir()
-    msg = error_message(load_data, str(tmp_path / "empty"))
+    msg = dsnas_error(load_data, str(tmp_path / "empty"))
     assert "empty" in msg
 
 
@@ -257,7 +249,7 @@ def test_folder_neither_idx_nor_tree(tmp_path, layout):
         (root / "readme.txt").write_text("hi")
     else:
         make_image_tree(root, splits=("train",), per_class=1)
-    msg = error_message(load_data, str(root))
+    msg = dsnas_error(load_data, str(root))
     assert "thing" in msg and "IDX" in msg and "train/" in msg and "val/" in msg
 
 

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from conftest import assert_one_line_error
 from dsnas import DSNAS, DsnasError, ShuffleNetSpace
 from dsnas.latency import LatencyTable, load_latency, measure_latency, save_latency
 
@@ -62,7 +63,7 @@ def test_a_table_for_another_space_is_refused(lut, tmp_path, dsnas_main):
     with pytest.raises(DsnasError, match="unknown space setting.*depth"):
         load_latency(bad)
     r = dsnas_main("info", "--latency", bad)
-    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "depth" in r.stderr
+    assert "depth" in assert_one_line_error(r.returncode, r.stderr)
 
 
 @pytest.mark.parametrize("key, value", [("threads", "x"), ("rounds", 0), ("batch", 10**9), ("repeats", True),

@@ -172,6 +172,38 @@ def test_early_fix_picks_argmax_only_past_threshold():
     assert search.choices[2].mask is None
 
 
+def _budget_search(budget):
+    model = nn.Sequential(*[Choice({"cheap": nn.Identity(), "dear": nn.Identity()}) for _ in range(3)])
+    search = DSNAS(model, costs=[torch.tensor([1.0, 10.0])] * 3, budget=budget, early_fix=0.3)
+    with torch.no_grad():
+        for a in search.alphas:
+            a.copy_(torch.tensor([0.0, 2.0]))  # every block is sure of its dear op: p = 0.12 / 0.88
+    return search
+
+
+def test_early_fix_keeps_a_completion_within_the_budget():
+    # budget 21: one dear block (10 + 1 + 1 = 12) fits, two (10 + 10 + 1 = 21) fit, three (30) do not
+    search = _budget_search(21.0)
+    newly = search.early_fix()
+    assert search.cheapest_completion() <= 21.0
+    assert newly == [1, 2] and search.fixed() == [None, 1, 1]  # the first block stays open
+    # the open block cannot take its dear op; the derived child is repaired to fit
+    assert search.derive_within() == [0, 1, 1]
+
+
+def test_early_fix_without_budget_fixes_every_confident_block():
+    search = _budget_search(None)
+    assert search.early_fix() == [0, 1, 2]
+    assert search.derive_within() == [1, 1, 1]  # no budget: plain argmax
+
+
+def test_early_fix_leaves_every_block_open_when_none_fits():
+    search = _budget_search(11.5)  # one dear block alone already breaks it: 10 + 1 + 1 = 12
+    assert search.early_fix() == []
+    assert search.fixed() == [None, None, None]
+    assert search.derive_within() == [0, 0, 0]
+
+
 def test_fixed_blocks_keep_alpha_and_derive_uses_fixed_op():
     model, search, w = _toy()
     search.choices[0].fix(2)

@@ -311,7 +311,7 @@ def _block_inputs(space, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Ten
 
 
 def _where(dev: torch.device, backend: str, threads: int, batch: int, precision: str, repeats: int) -> dict:
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else _cpu_name()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_name()
     versions = {"torch": str(torch.__version__), "python": platform.python_version()}
     if backend == "onnxruntime":
         import onnxruntime
@@ -321,7 +321,7 @@ def _where(dev: torch.device, backend: str, threads: int, batch: int, precision:
             "precision": precision, "repeats": repeats, "versions": versions, "date": date.today().isoformat()}
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
