@@ -33,3 +33,18 @@ def test_argparse_errors_with_a_newline_are_one_line(tmp_path):
     r = run_cli("info", "--input-size", "1\n2")
     assert_one_line_error(r.returncode, r.stderr)
     assert "'1\\n2'" in r.stderr
+
+
+def test_an_error_raised_in_a_worker_reaches_the_user_as_its_own_line(tmp_path):
+    import torch
+
+    from conftest import dsnas_error
+    from dsnas.data import Data, Loader
+    from dsnas.images import ImageFiles
+
+    bad = tmp_path / "a\nb.jpg"
+    bad.write_bytes(b"not an image")
+    files = ImageFiles([(str(bad), 0)] * 4, 32, "RGB")
+    data = Data("x", files, files, 2, 3, 32, (0.5,) * 3, (0.25,) * 3)
+    msg = dsnas_error(lambda: next(iter(Loader(data, "train", 2, 0, torch.device("cpu"), workers=1))))
+    assert msg.startswith(f"image {tmp_path}/a\\nb.jpg cannot be read: ") and "Traceback" not in msg

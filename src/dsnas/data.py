@@ -521,8 +521,8 @@ class Loader:
                 x, y = next(batches)
             except StopIteration:
                 return
-            except DsnasError as e:  # raised in a worker: its message ends with ours
-                raise DsnasError(str(e).strip().splitlines()[-1].removeprefix("dsnas.errors.DsnasError: ")) from None
+            except DsnasError as e:  # raised in a worker: torch's message is its traceback (made one line), ours last
+                raise DsnasError(str(e).rsplit("DsnasError: ", 1)[-1].removesuffix("\\n")) from None
             if isinstance(x, list):
                 x = decode_batch(x, self.source.mode, self.source.size, self.device)
             x = x.to(self.device, non_blocking=True).float().div_(255)
