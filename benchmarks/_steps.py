@@ -9,7 +9,7 @@ from torch import nn
 
 from dsnas import DSNAS
 from dsnas.runtime import set_tf32
-from dsnas.spaces import ShuffleNetSpace
+from dsnas import spaces
 from dsnas.train import train_step
 
 
@@ -21,8 +21,8 @@ class Pair:
         torch.manual_seed(seed)
         self.device, self.amp = torch.device(device), amp
         set_tf32(self.device)  # fp32 as a run computes it
-        self.space = ShuffleNetSpace(num_classes=num_classes, in_channels=in_channels, input_size=input_size,
-                                     width=width)
+        self.space = spaces.build("shufflenet", {"num_classes": num_classes, "in_channels": in_channels,
+                                                 "input_size": input_size, "width": width})
         table = self.space.costs
         self.space.to(self.device)
         self.search = DSNAS(self.space, costs=table, budget=0.0, penalty=1e-3,

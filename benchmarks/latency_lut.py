@@ -18,11 +18,11 @@ import torch
 from _report import machine, write_section
 from quality import kendall_tau
 
-from dsnas import ShuffleNetSpace
+from dsnas import spaces
 from dsnas.latency import measure_latency, measure_networks
 
 
-def architectures(space: ShuffleNetSpace, n: int, seed: int) -> list[list[int]]:
+def architectures(space: torch.nn.Module, n: int, seed: int) -> list[list[int]]:
     """``n`` uniform draws plus the cheapest and the dearest architecture by MFLOPs."""
     rng = random.Random(seed)
     rows = space.costs.entries["mflops"]
@@ -31,7 +31,7 @@ def architectures(space: ShuffleNetSpace, n: int, seed: int) -> list[list[int]]:
                     [max(range(len(r)), key=r.__getitem__) for r in rows]]
 
 
-def study(space: ShuffleNetSpace, archs, backend: str, batch: int, args) -> dict:
+def study(space: torch.nn.Module, archs, backend: str, batch: int, args) -> dict:
     """Each child predicted with and without the table's calibration and measured end to end
     twice, in two passes over all children, so the measurement's own agreement is known."""
     table = measure_latency(space, args.device, backend, batch, args.threads, "fp32", args.warmup, args.repeats)
@@ -73,7 +73,8 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     torch.manual_seed(args.seed)
-    space = ShuffleNetSpace(10, 1, args.input_size, args.width, init="torch").eval()
+    space = spaces.build("shufflenet", {"num_classes": 10, "in_channels": 1, "input_size": args.input_size,
+                                        "width": args.width}, init="torch").eval()
     archs = architectures(space, args.archs, args.seed)
     cuda = args.device.startswith("cuda")
     lines = [f"## Latency table against measured latency, {'CUDA' if cuda else 'CPU'} (`benchmarks/latency_lut.py`)", "",

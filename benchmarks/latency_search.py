@@ -15,9 +15,11 @@ from pathlib import Path
 from _report import machine, write_section
 from _runs import overrides, run_dsnas
 
-from dsnas import ShuffleNetSpace, load_arch
+from dsnas import load_arch, spaces
 from dsnas.export import load_child
 from dsnas.latency import load_latency, measure_latency, measure_networks, save_latency
+
+DEMO_SPACE = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}  # the demo preset's space
 
 
 def search(out: Path, sets: list[str]) -> dict:
@@ -34,7 +36,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        space = ShuffleNetSpace(10, 1, 28, 0.25, init="torch")
+        space = spaces.build("shufflenet", DEMO_SPACE, init="torch")
         table = measure_latency(space, "cpu", "torch", 1, 1, "fp32", 10, 100)
         save_latency(table, tmp / "lut.yaml")
         rows, base = table.entries([c.names for c in space.choices], space.labels)

@@ -25,7 +25,7 @@ from _report import machine, write_section
 
 from dsnas.data import Loader, load_data
 from dsnas.search import DSNAS
-from dsnas.spaces import ShuffleNetSpace
+from dsnas import spaces
 from dsnas.spaces.shufflenet import STAGE_REPEATS
 
 
@@ -86,8 +86,8 @@ def main() -> None:
 
     torch.manual_seed(args.seed)
     data = load_data(args.data) if args.data else load_data()
-    space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
-                            width=0.25).to(device)
+    space = spaces.build("shufflenet", {"num_classes": data.num_classes, "in_channels": data.in_channels,
+                                        "input_size": data.input_size, "width": 0.25}).to(device)
     search = DSNAS(space, generator=torch.Generator().manual_seed(args.seed))
     opt = torch.optim.SGD(space.parameters(), lr=0.1, momentum=0.9, weight_decay=4e-5)
     train = Loader(data, "train", args.batch, args.seed, device, train=True, pad=2)

@@ -32,7 +32,8 @@ from _report import machine, write_section
 
 from dsnas.data import Loader, load_data
 from dsnas.search import DSNAS
-from dsnas.spaces import INIT_SCHEMES, ShuffleNetSpace
+from dsnas import spaces
+from dsnas.spaces import INIT_SCHEMES
 
 MODES = ("fixed", "per network", "per block")
 LEFT_CHANCE = 2.0  # a 20-step mean loss below this has left chance (ln 10 = 2.303)
@@ -52,8 +53,8 @@ def run(data, mode: str, init: str, steps: int, lr: float, batch: int, seed: int
     """Training losses of every step, and the test top-1 (%) afterwards."""
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    space = ShuffleNetSpace(num_classes=data.num_classes, in_channels=data.in_channels, input_size=data.input_size,
-                            width=0.25, init=init)
+    space = spaces.build("shufflenet", {"num_classes": data.num_classes, "in_channels": data.in_channels,
+                                        "input_size": data.input_size, "width": 0.25}, init=init)
     search = DSNAS(space, generator=torch.Generator().manual_seed(seed))
     opt = torch.optim.SGD(space.parameters(), lr=lr, momentum=0.9)
     loader = Loader(data, "train", batch, seed, torch.device("cpu"), pad=0)
