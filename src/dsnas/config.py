@@ -39,6 +39,8 @@ class Config:
     # space and method
     space: str = DEFAULT_SPACE         # the search space (spaces.SPACES); the data sets its classes, channels, size
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
+    channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)
+    cells_per_stage: int = 5           # nb201 space: N, cells in each of its three stages
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
     arch: str = ""                     # method fixed: the architecture file to train
@@ -138,7 +140,7 @@ class Config:
 
     def space_settings(self, num_classes: int, in_channels: int, input_size: int) -> dict:
         """The settings of this run's space: the data's shape, and every other setting of the
-        space that this config holds a key for (``width``)."""
+        space that this config holds a key for (``width``; ``channels``, ``cells_per_stage``)."""
         keys = {f.name for f in fields(space_class(self.space).Settings)} - set(DATA_SETTINGS)
         return {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
                 **{k: getattr(self, k) for k in sorted(keys) if k in _TYPES}}
