@@ -101,11 +101,13 @@ def test_version_1_architecture_state_loads_in_block_order():
     assert search.alphas[1].tolist() == [2.0, 2.0, 2.0] and search.fixed() == [1, None]
 
 
-def test_choice_labels_default_to_the_module_path_and_must_be_unique():
+def test_choice_labels_default_to_the_module_path_and_tied_ones_name_the_same_candidates():
     net = nn.Sequential(Choice([nn.Identity()]), Choice([nn.Identity()], "named"))
     assert [label for label, _ in labelled_choices(net)] == ["0", "named"]
-    with pytest.raises(ValueError, match="share the label 'x'"):
-        labelled_choices(nn.Sequential(Choice([nn.Identity()], "x"), Choice([nn.Identity()], "x")))
+    tied = nn.Sequential(Choice([nn.Identity()], "x"), Choice([nn.Identity()], "x"))
+    assert [label for label, _ in labelled_choices(tied)] == ["x"]  # one decision (tests/test_tied.py)
+    with pytest.raises(ValueError, match="labelled 'x' name different candidates"):
+        labelled_choices(nn.Sequential(Choice({"a": nn.Identity()}, "x"), Choice({"b": nn.Identity()}, "x")))
     with pytest.raises(ValueError, match="non-empty string"):
         Choice([nn.Identity()], "")
 

@@ -17,6 +17,10 @@ order) still load.
 
 MMRazor's: ``backbone.layers.<stage>.<block>: <op>`` or ``{chosen: <op>}``, keys optionally
 prefixed ``architecture.``.
+
+A space may also have an architecture string (its class's ``to_string`` / ``from_string``): the
+nb201 space's is NAS-Bench-201's ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``. `load_arch` reads one
+given in place of a file name, and our YAML records it as ``metadata.arch_string``.
 """
 
 from __future__ import annotations
@@ -28,11 +32,12 @@ from pathlib import Path
 
 from .errors import DsnasError, quote
 from .files import dump_yaml, read_yaml, write_text
-from .spaces import DEFAULT_SPACE, settings_of, space_class
+from .spaces import DEFAULT_SPACE, SPACES, settings_of, space_class
 
 FORMAT = "dsnas-arch/2"
 FORMAT_V1 = "dsnas-arch/1"  # choices as a list in the space's order
 MMRAZOR_SOURCE = "mmrazor subnet"  # metadata.source of an architecture read from MMRazor's YAML
+STRING_SOURCE = "architecture string"  # metadata.source of one read from a space's string
 _MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d{1,9})\.(\d{1,9})$")  # int() refuses 4300 digits
 
 
@@ -68,9 +73,24 @@ class Architecture:
         """False for an MMRazor subnet: its file names ops only, and ``settings`` are the defaults."""
         return self.metadata.get("source") != MMRAZOR_SOURCE
 
+    @property
+    def names_settings(self) -> bool:
+        """False where ``settings`` are the defaults because the source names ops only (an MMRazor
+        subnet, an architecture string): the data of a run sizes the network."""
+        return self.metadata.get("source") not in (MMRAZOR_SOURCE, STRING_SOURCE)
+
+    @property
+    def string(self) -> str | None:
+        """The space's architecture string (NAS-Bench-201's for nb201), if it has one."""
+        to_string = getattr(space_class(self.space), "to_string", None)
+        return None if to_string is None else to_string(self.choices)
+
     def to_dict(self) -> dict:
+        metadata = dict(self.metadata)
+        if self.string is not None:  # derived from the choices, so it never disagrees with them
+            metadata["arch_string"] = self.string
         return {"format": FORMAT, "space": self.space, "settings": dict(self.settings),
-                "choices": dict(zip(self.labels, self.choices)), "metadata": dict(self.metadata)}
+                "choices": dict(zip(self.labels, self.choices)), "metadata": metadata}
 
     def to_mmrazor(self) -> dict:
         return {label: {"chosen": op} for label, op in zip(self.labels, self.choices)}
@@ -146,7 +166,25 @@ def _parse_mmrazor(data: dict) -> dict[str, str]:
 
 
 def load_arch(path: str | Path) -> Architecture:
+    """An architecture file of either format, or a space's architecture string given instead."""
+    if isinstance(path, str) and path.lstrip().startswith("|") and not Path(path).exists():
+        return parse_arch_string(path)
     return parse_arch(read_yaml(path, "arch file"), f"arch file {path}")
+
+
+def parse_arch_string(text: str) -> Architecture:
+    """The architecture an architecture string names, in the space whose string format it is
+    (settings: the space's defaults, as in an MMRazor subnet)."""
+    readers = {name: cls.from_string for name, cls in SPACES.items() if hasattr(cls, "from_string")}
+    errors = []
+    for name, read in readers.items():
+        try:
+            choices = read(text)
+        except ValueError as e:
+            errors.append(f"{name}: {e}")
+            continue
+        return Architecture(choices, name, metadata={"source": STRING_SOURCE})
+    raise DsnasError(f"architecture string {quote(text.strip())} is not one of {', '.join(readers)} ({'; '.join(errors)})")
 
 
 def save_arch(arch: Architecture, path: str | Path, mmrazor: bool = False, replace: bool = True) -> None:

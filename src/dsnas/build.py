@@ -81,7 +81,7 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init)
     given = None if method.searches else _given_arch(cfg, space)
     costs = _cost_table(cfg, space)
-    _check_budget(cfg, method, costs, data)
+    _check_budget(cfg, method, costs, space)
     run = _build(cfg, method, rt, data, held, out, space, costs, given, started)
     run.files = RunFiles(out, rt.main)
     if rt.main:  # one writer per run folder, from here to the end of the run
@@ -133,12 +133,14 @@ def _cost_table(cfg: Config, space: nn.Module) -> CostTable:
     return space.costs.with_latency(load_latency(cfg.latency_table, space.settings.as_dict(), space.name))
 
 
-def _check_budget(cfg: Config, method: Method, costs: CostTable, data: Data) -> None:
+def _check_budget(cfg: Config, method: Method, costs: CostTable, space: nn.Module) -> None:
     cheapest = costs.bounds(cfg.cost_metric)["min"]
     if cfg.budget and method.searches and cfg.budget < cheapest:
         key, unit = COSTS[cfg.cost][1], UNITS[cfg.cost_metric]
+        shape = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}"
+                          for k, v in space.settings.as_dict().items() if k not in spaces.DATA_SETTINGS)
         raise DsnasError(f"config: {key} {cfg.budget:g} is below the cheapest architecture of this space "
-                         f"({cheapest:.3f} {unit} at {data.input_size} px, width {cfg.width:g})")
+                         f"({cheapest:.3f} {unit} at {space.settings.input_size} px, {shape})")
 
 
 def _build(cfg: Config, method: Method, rt: Runtime, data: Data, held, out: Path, space: nn.Module, costs: CostTable, given,
@@ -174,8 +176,8 @@ def _given_arch(cfg: Config, space: nn.Module) -> list[int]:
               if arch.settings.get(k) != mine.get(k)}
     if arch.space != space.name:
         raise DsnasError(f"{cfg.arch} is an architecture of the {arch.space} space, this run searches {space.name}")
-    # an MMRazor file names ops only: the run's data and width size the network
-    if differ and arch.names_space:
+    # an MMRazor file or an architecture string names ops only: the run's data and settings size the network
+    if differ and arch.names_settings:
         detail = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in differ.items())
         raise DsnasError(f"{cfg.arch} does not fit this run's space: {detail}")
     op_of = dict(zip(arch.labels, arch.choices))

@@ -5,6 +5,11 @@ per-block reward r_i = dL/dZ_i = <dL/dy_i, y_i>, which `DSNAS.compute_arch_grads
 the architecture gradient. The gate is an identity in the forward pass (no copy of the
 activation), so a search step keeps the memory of a plain training step. Because the reward
 needs the op's output as it was, a model must not modify a Choice's output in place.
+
+Choice modules that carry the same label are one decision (`decisions`): they share the state
+that a search sets (the active and fixed candidate and the gate mask) while each keeps its own
+weights. A cell stacked many times with one architecture is built this way; since every tied
+module gates its output with the same mask tensor, autograd sums their rewards into its gradient.
 """
 
 from __future__ import annotations
@@ -45,6 +50,17 @@ class _Gate(torch.autograd.Function):
         return grad, grad_z
 
 
+class _Decision:
+    """What the search sets on a decision: shared by every `Choice` module of one label."""
+
+    __slots__ = ("active", "fixed", "mask")
+
+    def __init__(self):
+        self.active: int = 0
+        self.fixed: int | None = None
+        self.mask: torch.Tensor | None = None
+
+
 class Choice(nn.Module):
     """Candidates for one place in a network; only the active one runs.
 
@@ -70,9 +86,32 @@ class Choice(nn.Module):
             raise ValueError(f"Choice candidate names must be unique, got {names}")
         self.names: list[str] = [str(n) for n in names]
         self.candidates = nn.ModuleList(ops)
-        self.active: int = 0
-        self.fixed: int | None = None
-        self.mask: torch.Tensor | None = None
+        self._decision = _Decision()
+
+    # active, fixed and mask live in the decision, so that tied modules (one label) move together
+    @property
+    def active(self) -> int:
+        return self._decision.active
+
+    @active.setter
+    def active(self, value: int) -> None:
+        self._decision.active = value
+
+    @property
+    def fixed(self) -> int | None:
+        return self._decision.fixed
+
+    @fixed.setter
+    def fixed(self, value: int | None) -> None:
+        self._decision.fixed = value
+
+    @property
+    def mask(self) -> torch.Tensor | None:
+        return self._decision.mask
+
+    @mask.setter
+    def mask(self, value: torch.Tensor | None) -> None:
+        self._decision.mask = value
 
     def __len__(self) -> int:
         return len(self.candidates)
@@ -103,12 +142,27 @@ class Choice(nn.Module):
         return f"{label}names={self.names}, {state}"
 
 
+def decisions(model: nn.Module) -> list[tuple[str, list[Choice]]]:
+    """The decisions of ``model``: each label with the `Choice` modules that carry it, in
+    ``model.modules()`` order of first appearance. A module's label is its own, else its path in
+    ``model`` (``"blocks.3"``). Modules that share a label are tied here: from now on they take
+    the first one's state (active and fixed candidate, gate mask). Tied modules must name the
+    same candidates."""
+    found: dict[str, list[Choice]] = {}
+    for name, m in model.named_modules():
+        if isinstance(m, Choice):
+            found.setdefault(m.label or name or "choice", []).append(m)
+    for label, tied in found.items():
+        first = tied[0]
+        for other in tied[1:]:
+            if other.names != first.names:
+                raise ValueError(f"Choice modules labelled {label!r} name different candidates: "
+                                 f"{first.names} and {other.names}")
+            other._decision = first._decision
+    return list(found.items())
+
+
 def labelled_choices(model: nn.Module) -> list[tuple[str, Choice]]:
-    """Every `Choice` of ``model`` in ``model.modules()`` order, with its label: its own, else its
-    path in ``model`` (``"blocks.3"``). Labels must be unique: they are how files name blocks."""
-    found = [(m.label or name or "choice", m) for name, m in model.named_modules() if isinstance(m, Choice)]
-    labels = [label for label, _ in found]
-    if len(set(labels)) != len(labels):
-        twice = next(label for label in labels if labels.count(label) > 1)
-        raise ValueError(f"two Choice modules share the label {twice!r}")
-    return found
+    """One `Choice` per decision of ``model`` (the first module of its label), with its label:
+    what a search samples, fixes and derives. Files name decisions by these labels."""
+    return [(label, tied[0]) for label, tied in decisions(model)]

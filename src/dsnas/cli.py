@@ -62,7 +62,10 @@ def _resolve_settings(args, source=None) -> tuple[str, dict]:
     space if None), overridden by the --input-size/--num-classes/--in-channels/--width flags given."""
     from .spaces import DEFAULT_SPACE, settings_of
 
-    name = source.space if source is not None else DEFAULT_SPACE
+    asked = getattr(args, "space", None)  # info --space
+    if asked and source is not None and source.space != asked:
+        raise DsnasError(f"--space {asked}: the architecture or table given is of the {source.space} space")
+    name = source.space if source is not None else asked or DEFAULT_SPACE
     settings = settings_of(name, source.settings if source is not None else None)
     flags = {k: getattr(args, k) for k in ("input_size", "num_classes", "in_channels", "width")
              if getattr(args, k) is not None}
@@ -112,6 +115,8 @@ def _info_arch(args, arch, space, table, lut) -> None:
     # MACs are whole numbers: keep every digit, so they compare with the SPOS and DSNAS code's count
     out = {**table.costs(arch.choices), "macs_m": round(table.total(arch.choices, "macs_m"), 6),
            "choices": arch.choices, "settings": settings, "conventions": COST_CONVENTIONS}
+    if arch.string is not None:
+        out["arch_string"] = arch.string
     if args.measure:
         from .latency import measure_network
 
@@ -125,6 +130,8 @@ def _info_arch(args, arch, space, table, lut) -> None:
           + f" M   params {out['params_m']:.3f} M")
     for metric in ("mflops", "macs_m"):
         print(f"    {metric}: {COST_CONVENTIONS[metric]}")
+    if "arch_string" in out:
+        print(f"  {out['arch_string']}")
     if "latency_ms" in out:
         measured = f"   measured {out['measured_ms']:.3f} ms" if "measured_ms" in out else ""
         print(f"  latency {out['latency_ms']:.3f} ms predicted by {args.latency}{measured}")
@@ -134,19 +141,24 @@ def _info_arch(args, arch, space, table, lut) -> None:
 
 def _info_space(args, space, table) -> None:
     """The whole space: blocks, candidates, and min/mean/max of every cost the table holds."""
+    from .spaces import DATA_SETTINGS
+
     settings = space.settings.as_dict()
     bounds = {m: {k: round(v, 3) for k, v in table.bounds(m).items()} for m in table.entries}
     supernet_params = round(sum(p.numel() for p in space.parameters()) / 1e6, 3)
     ops = list(dict.fromkeys(op for names in table.names for op in names))
     out = {"space": space.name, "settings": settings, "blocks": table.num_blocks,
            "candidates": ops, "candidates_per_block": [len(n) for n in table.names],
-           **bounds, "supernet_params_m": supernet_params}
+           **bounds, "supernet_params_m": supernet_params, **space.describe()}
     if args.json:
         print(json_text(out))
         return
     print(f"{space.name} space: {table.num_blocks} blocks x {len(ops)} candidates "
           f"({', '.join(ops)}); {settings['input_size']} px, {settings['in_channels']} channels, "
-          f"{settings['num_classes']} classes, width {settings['width']}")
+          f"{settings['num_classes']} classes, "
+          + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in settings.items() if k not in DATA_SETTINGS))
+    for key, value in space.describe().items():
+        print(f"  {key.replace('_', ' ')}: {value}")
     labels = {"mflops": "MFLOPs", "macs_m": "MACs (M)", "params_m": "params (M)", "latency_ms": "latency (ms)"}
     for m, b in bounds.items():
         print(f"  {labels[m]:<12} min {b['min']:9.3f}   mean {b['mean']:9.3f}   max {b['max']:9.3f}")
@@ -382,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("info", help="costs (MFLOPs, MACs, params, latency) of the space or of an architecture")
-    p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML)")
+    p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML), or a "
+                   "NAS-Bench-201 string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'")
+    p.add_argument("--space", help="the space to describe (default shufflenet; an --arch names its own)")
     _settings_args(p)
     p.add_argument("--latency", metavar="FILE", help="latency table (dsnas latency): add the predicted latency")
     p.add_argument("--measure", action="store_true", help="with --arch and --latency: also time the real child "

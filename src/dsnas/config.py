@@ -44,6 +44,8 @@ class Config:
     bn_affine: bool = True             # ShuffleNet: BN with weight and bias
     bn_eps: float = 0.01               # ShuffleNet: eps of every BN
     dropout: float = 0.0               # ShuffleNet: dropout before the classifier
+    channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)
+    cells_per_stage: int = 5           # nb201 space: N, cells in each of its three stages
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
     arch: str = ""                     # method fixed: the architecture file to train
@@ -133,7 +135,7 @@ class Config:
 
     def space_settings(self, num_classes: int, in_channels: int, input_size: int) -> dict:
         """The settings of this run's space: the data's shape, and every other setting of the
-        space that this config holds a key for (``width``)."""
+        space that this config holds a key for (``width``; ``channels``, ``cells_per_stage``)."""
         keys = {f.name for f in fields(space_class(self.space).Settings)} - set(DATA_SETTINGS)
         return {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
                 **{k: getattr(self, k) for k in sorted(keys) if k in _HINTS}}
@@ -176,6 +178,7 @@ RANGES = {  # every int and float key of Config (a key missing here fails every 
     "arch_lr": Range(0, 10), "arch_beta1": FRACTION, "arch_beta2": FRACTION, "early_fix": Range(0, 1, open_low=True),
     "budget_mflops": Range(0, 1e9), "budget_params_m": Range(0, 1e6), "budget_ms": Range(0, 1e7),
     "penalty": Range(0, 1e4), "bn_eps": Range(0, 1, open_low=True), "dropout": FRACTION,
+    "channels": Range(1, 4096), "cells_per_stage": Range(1, 1000),
     "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
     "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
 }

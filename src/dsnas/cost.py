@@ -4,9 +4,10 @@ from a measured table (`latency.py`), latency in ms.
 Counting rules per layer, batch 1: conv = k_h*k_w*C_in*C_out/groups*H_out*W_out; BatchNorm =
 2 x output elements; ReLU = output elements; pooling = input elements; linear = in x out.
 
-A table holds one entry per candidate of every `Choice` plus the cost of everything outside the
+A table holds one entry per candidate of every decision plus the cost of everything outside the
 choices (``base``), so the cost of any architecture is a sum of table entries: no model copies,
-no counting forward passes per query.
+no counting forward passes per query. A decision taken by several tied `Choice` modules (one
+label, e.g. an edge of a stacked cell) costs the sum of its modules' costs.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .choice import labelled_choices
+from .choice import decisions
 
 METRICS = ("mflops", "macs_m", "params_m")  # counted; "latency_ms" comes from a measured table
 UNITS = {"mflops": "MFLOPs", "macs_m": "M MACs", "params_m": "M params", "latency_ms": "ms"}
@@ -115,35 +116,44 @@ class CostTable:
 def cost_table(model: nn.Module, example: torch.Tensor) -> CostTable:
     """Build the table for any model made of `Choice` blocks whose candidates share an output shape.
 
-    One forward on candidate 0 everywhere records each choice's input; each candidate is then
-    counted on that input. ``base`` is the whole model minus the choices.
+    One forward on candidate 0 everywhere records each `Choice` module's input; each candidate
+    is then counted on that input and summed over the modules of its decision. ``base`` is the
+    whole model minus the choices.
     """
-    labelled = labelled_choices(model)
-    choices = [c for _, c in labelled]
-    saved = [(c.active, c.mask) for c in choices]
+    found = decisions(model)
+    modules = [m for _, tied in found for m in tied]
+    saved = [(tied[0].active, tied[0].mask) for _, tied in found]
     inputs: dict[int, torch.Tensor] = {}
-    handles = [c.register_forward_pre_hook(lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i, c in enumerate(choices)]
+    handles = [m.register_forward_pre_hook(lambda mod, a, i=i: inputs.__setitem__(i, a[0]))
+               for i, m in enumerate(modules)]
     was_training = model.training
     model.eval()  # counting must not touch BN running statistics
     entries = {m: [] for m in METRICS}
     try:
-        for c in choices:
-            c.active, c.mask = 0, None
+        for _, tied in found:
+            tied[0].active, tied[0].mask = 0, None
         whole, _ = count(model, example)
         for h in handles:
             h.remove()
-        for i, choice in enumerate(choices):
-            rows = [count(op, inputs[i])[0] for op in choice.candidates]
-            for m in METRICS:
-                entries[m].append([r[m] for r in rows])
+        i = 0
+        for _, tied in found:
+            rows = [[0.0] * len(tied[0]) for _ in METRICS]
+            for choice in tied:
+                for k, op in enumerate(choice.candidates):
+                    counted = count(op, inputs[i])[0]
+                    for row, m in zip(rows, METRICS):
+                        row[k] += counted[m]
+                i += 1
+            for row, m in zip(rows, METRICS):
+                entries[m].append(row)
     finally:
         for h in handles:
             h.remove()
-        for c, (active, mask) in zip(choices, saved):
-            c.active, c.mask = active, mask
+        for (_, tied), (active, mask) in zip(found, saved):
+            tied[0].active, tied[0].mask = active, mask
         model.train(was_training)
     base = {m: whole[m] - sum(row[0] for row in entries[m]) for m in METRICS}
     # parameters of unchosen candidates were counted in `whole`; base holds only the fixed parts
     base["params_m"] = (sum(p.numel() for p in model.parameters()) / 1e6
                         - sum(sum(row) for row in entries["params_m"]))
-    return CostTable([list(c.names) for c in choices], entries, base, [label for label, _ in labelled])
+    return CostTable([list(tied[0].names) for _, tied in found], entries, base, [label for label, _ in found])

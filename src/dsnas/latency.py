@@ -10,7 +10,12 @@ interleaved rounds, so that a slow spell of a shared machine falls on all entrie
 A table is a versioned YAML file (``format: dsnas-latency/2``) that records what was measured
 and where: the space and its settings, the device, library versions, backend, threads, batch,
 precision and date, and per entry the median time in ms and its spread (interquartile range).
-Blocks are keyed by their label (``dsnas-latency/1`` tables, a list in block order, still load). The latency
+Blocks are keyed by their label (``dsnas-latency/1`` tables, a list in block order, still load).
+
+In a cell space (nb201) a decision is one edge of every cell: its entry is the sum over the
+cells of that edge's op timed alone at its input, the reductions between stages are fixed parts
+like the stem, and the additions at a cell's nodes are not timed (a few element-wise sums; the
+end-to-end ``scale`` absorbs them with the cache effects). The latency
 of an architecture is predicted as the sum of its entries, like MFLOPs in `cost.CostTable`, so a
 table measured on a small target device can drive a search run anywhere.
 """
@@ -28,6 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .choice import decisions
 from .errors import DsnasError, quote
 from .files import dump_yaml, read_yaml, write_text
 from .spaces import DEFAULT_SPACE, settings_of, space_class
@@ -266,20 +272,22 @@ def measure_latency(space, device: str = "cpu", backend: str = "torch", batch: i
     space = space.to(dev).eval()
     s = space.settings
     x = torch.randn(batch, s.in_channels, s.input_size, s.input_size, device=dev)
-    inputs, features = _block_inputs(space, x)
+    parts, inputs, features = _block_inputs(space, x)
     timer = _Timer(dev, backend, precision, threads, warmup, repeats)
     # Timing a part alone adds a fixed cost per call (the timer, the call into the backend) that
     # the network pays once, not once per part: measured on an identity, it is taken off every
     # entry and counted once, as the fixed part "call".
-    jobs = [(nn.Identity(), x), (space.stem, x), (_Head(space).to(dev), features)]
-    jobs += [(op, inp) for choice, inp in zip(space.choices, inputs) for op in choice.candidates]
+    jobs = [(nn.Identity(), x), *parts.values(), (_Head(space).to(dev), features)]
+    jobs += [(op, inp) for tied in inputs for choice, inp in tied for op in choice.candidates]
     timed = timer.many(jobs, progress)
     call = timed[0]
     minus = (lambda e: {"ms": round(max(e["ms"] - call["ms"], 0.0), 5), "spread": e["spread"]})
-    fixed = {"stem": minus(timed[1]), "head": minus(timed[2]), "call": call}
-    entries = iter(timed[3:])
-    blocks = {label: {name: minus(next(entries)) for name in choice.names}
-              for label, choice in zip(space.labels, space.choices)}
+    fixed = {**{name: minus(e) for name, e in zip(parts, timed[1:])}, "head": minus(timed[len(parts) + 1]),
+             "call": call}
+    entries = iter(timed[len(parts) + 2:])
+    per_module = [[{name: minus(next(entries)) for name in choice.names} for choice, _ in tied] for tied in inputs]
+    blocks = {label: {name: _summed([m[name] for m in modules]) for name in choice.names}
+              for label, choice, modules in zip(space.labels, space.choices, per_module)}
     table = LatencyTable(s.as_dict(), blocks, fixed, _where(dev, backend, threads, batch, precision, repeats), space.name)
     table.measured["rounds"] = timer.rounds
     table.measured["scale"] = round(_calibrate(space, table, timer, x, calibrate), 5) if calibrate else 1.0
@@ -298,16 +306,39 @@ def _calibrate(space, table: LatencyTable, timer: _Timer, x: torch.Tensor, n: in
                              for m, arch in zip(measured, archs))
 
 
+def _summed(entries: list[dict]) -> dict:
+    """A decision taken by several tied modules (an edge of every cell) costs their sum."""
+    if len(entries) == 1:
+        return entries[0]
+    return {"ms": round(sum(e["ms"] for e in entries), 5), "spread": round(sum(e["spread"] for e in entries), 5)}
+
+
 @torch.no_grad()
-def _block_inputs(space, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-    """The input of every block when candidate 0 runs everywhere (all candidates of a block see
-    the same shape), and the output of the last block."""
-    inputs = []
-    h = space.stem(x)
-    for choice in space.choices:
-        inputs.append(h)
-        h = choice.candidates[0](h)
-    return inputs, h
+def _block_inputs(space, x: torch.Tensor) -> tuple[dict, list[list[tuple[nn.Module, torch.Tensor]]], torch.Tensor]:
+    """What to time, recorded in one forward with candidate 0 everywhere (all candidates of a
+    block see the same shape): each fixed part (`fixed_parts`) with its input, the input of
+    every `Choice` module grouped by decision, and the features the head sees.
+
+    Each part is timed alone on its input, so what joins them is left out: in a chain of blocks
+    nothing, in a cell space the sums of a cell's nodes (a few additions). The calibration on
+    whole children (`_calibrate`) scales the table by what is measured end to end."""
+    found = decisions(space)
+    named = space.fixed_parts()
+    recorded: dict[int, torch.Tensor] = {}
+    modules = [m for _, tied in found for m in tied] + list(named.values())
+    handles = [m.register_forward_pre_hook(lambda mod, a: recorded.__setitem__(id(mod), a[0])) for m in modules]
+    saved = [(tied[0].active, tied[0].mask) for _, tied in found]
+    try:
+        for _, tied in found:
+            tied[0].active, tied[0].mask = 0, None
+        features = space.forward_features(x)
+    finally:
+        for h in handles:
+            h.remove()
+        for (_, tied), (active, mask) in zip(found, saved):
+            tied[0].active, tied[0].mask = active, mask
+    parts = {name: (m, recorded[id(m)]) for name, m in named.items()}
+    return parts, [[(m, recorded[id(m)]) for m in tied] for _, tied in found], features
 
 
 def _where(dev: torch.device, backend: str, threads: int, batch: int, precision: str, repeats: int) -> dict:

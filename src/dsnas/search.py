@@ -44,6 +44,10 @@ def resource_alpha_grad(alpha: torch.Tensor, sampled: int, cost: float) -> torch
 class DSNAS:
     """Searches the `Choice` blocks of ``model`` (in ``model.modules()`` order).
 
+    A block is one decision: `Choice` modules that share a label (a cell stacked several times)
+    get one alpha, one sampled candidate that all of them run, and one gate mask, so its reward
+    dL/dZ is the sum of theirs; ``choices`` holds the first module of each (see `decisions`).
+
     Args:
         model: any ``nn.Module`` containing `Choice` modules (each known by its label, see
             `labelled_choices`).

@@ -1,8 +1,10 @@
 """Search spaces, built by name through the registry (`build`, `build_child`, `settings_of`):
-the ShuffleNetV2 space of DSNAS and SPOS, and the child networks it yields."""
+the ShuffleNetV2 space of DSNAS and SPOS, the NAS-Bench-201 cell space, and the child networks
+they yield."""
 
 from .registry import DATA_SETTINGS, SPACES, SpaceMixin, build, build_child, register_space, settings_of, space_class
 from . import shufflenet  # noqa: E402  (registers the space)
+from . import nb201  # noqa: E402,F401  (registers the space)
 from .shufflenet import INIT_SCHEMES, OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
 
 DEFAULT_SPACE = ShuffleNetSpace.name  # what a file that names no space (an MMRazor subnet) is read in

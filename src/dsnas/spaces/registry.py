@@ -6,14 +6,17 @@ dsnas relies on (arch files, checkpoints, cost and latency tables, the CLI):
 - ``Settings``: a frozen dataclass with ``num_classes``, ``in_channels`` and ``input_size`` among
   its fields (the data sets those), ``from_mapping(dict)`` (validated, ``ValueError`` on bad
   values) and ``as_dict()``;
-- ``decisions(settings)`` (class method): ``[(label, [candidate names]), ...]``, one per `Choice`
-  in the network's order, known without building the network;
+- ``decisions(settings)`` (class method): ``[(label, [candidate names]), ...]``, one per decision
+  in the network's order, known without building the network (`Choice` modules that share a
+  label are one decision, e.g. an edge of a stacked cell);
 - ``from_settings(settings, init)`` (class method): the supernet; its `Choice` modules carry the
   labels of ``decisions``;
 - ``child(choices, share=False)``: the plain network of one architecture, with the supernet's
   weights; ``child_from(choices, settings)`` (class method): the same, with fresh weights;
 - ``forward_features(x)`` / ``forward_head(features)``, and a ``stem`` module: the parts outside
-  the choices that a latency table times;
+  the choices that a latency table times (``fixed_parts()`` names more of them, e.g. the
+  reductions between a cell space's stages);
+- ``describe()``: optional facts for ``dsnas info`` (cells, edges, ...);
 - ``costs``: the per-candidate `CostTable` at the space's input size (`SpaceMixin` gives it).
 
 Adding a space is a module under ``spaces/`` whose class is decorated with `register_space`,
@@ -96,6 +99,14 @@ class SpaceMixin:
     def example_input(self, batch: int = 1) -> torch.Tensor:
         s = self.settings
         return torch.zeros(batch, s.in_channels, s.input_size, s.input_size)
+
+    def describe(self) -> dict:
+        """Facts about the space beyond its decisions and costs, for ``dsnas info`` (none by default)."""
+        return {}
+
+    def fixed_parts(self) -> dict:
+        """The modules outside the choices and the head, by name, that a latency table times."""
+        return {"stem": self.stem}
 
     @cached_property
     def costs(self):
