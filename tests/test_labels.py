@@ -14,6 +14,7 @@ from conftest import BLOCK_KEYS, dsnas_error, random_arch
 from dsnas import DSNAS, Choice
 from dsnas.arch import Architecture, load_arch, parse_arch, save_arch
 from dsnas.choice import labelled_choices
+from dsnas.files import dump_yaml
 from dsnas.latency import LatencyTable, load_latency, save_latency
 from dsnas.spaces import ShuffleNetSpace
 from dsnas.spaces.shufflenet import block_keys
@@ -40,7 +41,7 @@ def test_a_misordered_arch_file_loads_by_label(tmp_path):
 
 @pytest.mark.parametrize("change, words", [
     (lambda c: c.pop("backbone.layers.2.5"), "lacks block backbone.layers.2.5"),
-    (lambda c: c.update({"backbone.layers.4.0": "shuffle_3x3"}), "backbone.layers.4.0 is not in the shufflenet"),
+    (lambda c: c.update({"backbone.layers.4.0": "shuffle_3x3"}), "'backbone.layers.4.0' is not in the shufflenet"),
     (lambda c: c.update({"backbone.layers.0.1": "conv9"}), "unknown op 'conv9'"),
 ])
 def test_a_missing_or_unknown_label_is_a_one_line_error(change, words):
@@ -136,10 +137,10 @@ def test_version_1_latency_tables_load_in_block_order_and_unknown_labels_are_ref
     space = ShuffleNetSpace(**SMALL)
     rows = [{op: {"ms": float(i), "spread": 0.0} for op in space.ops} for i in range(20)]
     doc = {**_table({}).to_dict(), "format": "dsnas-latency/1", "blocks": rows}
-    (tmp_path / "v1.yaml").write_text(yaml.safe_dump(doc))
+    (tmp_path / "v1.yaml").write_text(dump_yaml(doc))
     table = load_latency(tmp_path / "v1.yaml")
     assert list(table.blocks) == BLOCK_KEYS and table.blocks["backbone.layers.2.3"]["shuffle_5x5"]["ms"] == 11.0
-    (tmp_path / "short.yaml").write_text(yaml.safe_dump({**doc, "blocks": rows[:19]}))
+    (tmp_path / "short.yaml").write_text(dump_yaml({**doc, "blocks": rows[:19]}))
     assert "has 19 blocks" in dsnas_error(load_latency, tmp_path / "short.yaml")
     odd = {**{k: v for k, v in table.blocks.items() if k != "backbone.layers.3.3"}, "backbone.layers.9.9": rows[0]}
     save_latency(_table(odd), tmp_path / "odd.yaml")
