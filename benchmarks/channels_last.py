@@ -80,7 +80,7 @@ def main() -> None:
         batch = args.batch or (cuda_batch if cuda else cpu_batch)
         pair = Pair(size, batch, 1.0, classes, channels, device=args.device, amp=amp)
         results[name] = {"batch": batch, **measure(pair, reps)}
-        print(json.dumps({name: results[name]}), flush=True)
+        print(json.dumps({name: results[name]}, allow_nan=False), flush=True)
     lines = [f"## Channels-last through the blocks, {args.device} (`benchmarks/channels_last.py`)", "",
              f"Machine: {machine()}.",
              f"Command: `python benchmarks/channels_last.py --device {args.device} --amp {args.amp} --reps {reps}`: "

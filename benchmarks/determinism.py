@@ -107,7 +107,7 @@ def main() -> None:
     child = Pair(224, batch, 1.0, 1000, 3, device=args.device, amp=amp)
     result = {"device": args.device, "batch": batch, "reps": reps, **step_times(search, child, reps),
               **{f"repeats_{m}": repeats(search, child, args.steps, m) for m in MODES}}
-    print(json.dumps(result), flush=True)
+    print(json.dumps(result, allow_nan=False), flush=True)
     r = result
     lines = [f"## Deterministic algorithms, {args.device} (`benchmarks/determinism.py`)", "",
              f"Machine: {machine()}.",

@@ -65,7 +65,7 @@ def read_results(path: Path) -> list[dict]:
 
 def append_result(path: Path, record: dict) -> None:
     with open(path, "a") as f:  # one line per finished run: an interruption loses at most the run in flight
-        f.write(json.dumps(record) + "\n")
+        f.write(json.dumps(record, allow_nan=False) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
@@ -122,7 +122,7 @@ def main() -> int:
     args = p.parse_args()
     torch.set_num_threads(max(1, os.cpu_count() or 1))
     if args.summary:
-        print(json.dumps(summary(read_results(args.results)), indent=2))
+        print(json.dumps(summary(read_results(args.results)), indent=2, allow_nan=False))
         return 0
     done = {(r["arch_string"], r["run"]) for r in read_results(args.results)}
     todo = [(kind, ops, run) for kind, ops in architectures(args.archs, args.draw_seed) for run in range(args.runs)
@@ -136,7 +136,7 @@ def main() -> int:
         append_result(args.results, record)
         print(f"[{i}/{len(todo)}] {kind:<10} run {run}  top1 {record['top1']:.2f}%  {record['mflops']:.2f} MFLOPs  "
               f"{record['wall_s']:.0f}s  {record['arch_string']}", flush=True)
-    print(json.dumps(summary(read_results(args.results)), indent=2))
+    print(json.dumps(summary(read_results(args.results)), indent=2, allow_nan=False))
     return 0
 
 

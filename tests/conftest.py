@@ -115,6 +115,11 @@ class RunsCode:
         return (open, (self.marker, "w"))
 
 
+def slow(*values) -> list:
+    """Parameters that only the full run takes; the quick tier (-m "not slow") keeps the others."""
+    return [pytest.param(v, marks=pytest.mark.slow) for v in values]
+
+
 def random_arch(seed: int, num_blocks: int = 20) -> list[str]:
     from dsnas.spaces.shufflenet import OPS
 

@@ -97,6 +97,7 @@ def test_autocast_dtype_choices():
     assert autocast_dtype("fp16", cpu) is torch.float16
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_search_end_to_end_under_amp(tmp_path, amp):
     cfg = load_config(None, ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=2",

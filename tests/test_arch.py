@@ -177,6 +177,7 @@ def subprocess_results(tmp_path_factory):
     return dict(zip(SUBPROCESS_CASES, zip(paths, results)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", SUBPROCESS_CASES)
 def test_bad_file_subprocess(subprocess_results, case):
     path, r = subprocess_results[case]

@@ -34,6 +34,7 @@ def spos_run(tmp_path_factory):
     return out, run_search(cfg("method=spos"), out, quiet=True)
 
 
+@pytest.mark.slow
 def test_spos_trains_uniform_supernet_then_finetunes_the_best_candidate(spos_run):
     out, result = spos_run
     m = json.loads((out / "metrics.json").read_text())
@@ -57,6 +58,7 @@ def test_spos_trains_uniform_supernet_then_finetunes_the_best_candidate(spos_run
     assert not (out / "alpha.csv").exists() and not (out / "alpha.png").exists()
 
 
+@pytest.mark.slow
 def test_ranking_images_are_held_out_of_weight_training(spos_run):
     out, result = spos_run
     m = json.loads((out / "metrics.json").read_text())
@@ -75,6 +77,7 @@ def test_hold_out_splits_disjointly_and_covers_everything():
     assert torch.equal(again, held.test.labels)
 
 
+@pytest.mark.slow
 def test_random_search_ending_on_the_supernet_reports_the_inherited_child(tmp_path):
     out = tmp_path / "r"
     m = run_search(cfg("method=random", "epochs=1"), out, quiet=True).metrics
@@ -85,6 +88,7 @@ def test_random_search_ending_on_the_supernet_reports_the_inherited_child(tmp_pa
     assert load_arch(out / "arch.yaml").metadata["created_by"].endswith("random")
 
 
+@pytest.mark.slow
 def test_baseline_runs_are_deterministic(spos_run, tmp_path):
     out, _ = spos_run
     again = tmp_path / "again"
@@ -94,6 +98,7 @@ def test_baseline_runs_are_deterministic(spos_run, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_train_fixed_architecture_from_scratch(spos_run, tmp_path, dsnas_main):
     out, _ = spos_run
     given = load_arch(out / "arch.yaml")
@@ -109,6 +114,7 @@ def test_train_fixed_architecture_from_scratch(spos_run, tmp_path, dsnas_main):
     assert any(not torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.slow
 def test_train_an_mmrazor_subnet_on_the_runs_own_data(spos_run, tmp_path, dsnas_main):
     # MMRazor's subnet YAML names ops only; the run's data and width size the network
     out, _ = spos_run
@@ -122,6 +128,7 @@ def test_train_an_mmrazor_subnet_on_the_runs_own_data(spos_run, tmp_path, dsnas_
     assert trained.choices == given.choices and trained.settings == given.settings
 
 
+@pytest.mark.slow
 def test_train_refuses_an_architecture_of_another_space(spos_run, tmp_path, dsnas_main):
     out, _ = spos_run
     arch = load_arch(out / "arch.yaml")
@@ -166,6 +173,7 @@ def test_train_without_an_architecture_is_a_clear_error(dsnas_main):
     assert r.returncode == 2 and "dsnas train needs an architecture file" in r.stderr
 
 
+@pytest.mark.slow
 def test_default_hold_out_is_a_tenth_of_the_training_images(tmp_path):
     m = run_search(cfg("method=random", "epochs=1", "select_images=0", "candidates=2"), tmp_path / "r",
                    quiet=True).metrics

@@ -24,6 +24,7 @@ def input_pipeline(monkeypatch):
     return input_pipeline
 
 
+@pytest.mark.slow
 def test_synthetic_jpeg_tree(tmp_path, input_pipeline):
     from dsnas.data import load_data
 

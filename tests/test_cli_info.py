@@ -46,6 +46,7 @@ def test_info_arch_json(tmp_path, dsnas_main, table_224):
     assert out["choices"] == choices
 
 
+@pytest.mark.slow
 def test_info_arch_uses_the_files_settings(tmp_path, dsnas_main):
     choices = random_arch(32)
     save_arch(Architecture(choices), tmp_path / "big.yaml")
@@ -61,6 +62,7 @@ def test_info_arch_uses_the_files_settings(tmp_path, dsnas_main):
     assert over["mflops"] == big["mflops"]
 
 
+@pytest.mark.slow
 def test_info_small_gray_images_cost_less(dsnas_main):
     r = dsnas_main("info", "--input-size", "28", "--num-classes", "10", "--in-channels", "1", "--json")
     assert r.returncode == 0, r.stderr
@@ -75,6 +77,7 @@ def test_info_small_gray_images_cost_less(dsnas_main):
     assert small["params_m"]["min"] < big["params_m"]["min"]
 
 
+@pytest.mark.slow
 def test_info_text_output(tmp_path, dsnas_main):
     r = dsnas_main("info")
     assert r.returncode == 0

@@ -214,6 +214,7 @@ def cli_errors(tmp_path_factory):
     return base, results
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case, words", [("unknown", ["nosuchkey"]), ("range", ["lr"]),
                                          ("yaml", ["broken.yaml", "YAML"]), ("exists", ["--resume"])])
 def test_cli_one_line_error(cli_errors, case, words):
@@ -225,12 +226,14 @@ def test_cli_one_line_error(cli_errors, case, words):
         assert w in line
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["unknown", "range", "yaml"])
 def test_cli_config_error_creates_nothing(cli_errors, case):
     base, _ = cli_errors
     assert not (base / f"out_{case}").exists()
 
 
+@pytest.mark.slow
 def test_cli_existing_run_untouched(cli_errors):
     base, _ = cli_errors
     existing = base / "existing"

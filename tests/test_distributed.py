@@ -4,11 +4,14 @@ bitwise identical across ranks; the consistency check fires when they do not."""
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from dsnas import DSNAS, Choice, DsnasError
+
+pytestmark = pytest.mark.slow  # two gloo processes per test
 
 
 def _free_port() -> int:

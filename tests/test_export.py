@@ -79,6 +79,7 @@ def test_load_child_missing_or_corrupt_weights(tmp_path):
         load_child(arch, bad)
 
 
+@pytest.mark.slow
 def test_onnx_parity(tmp_path):
     child = _trained_like_child(random_arch(22), seed=3)
     p = tmp_path / "child.onnx"
@@ -97,6 +98,7 @@ def test_onnx_parity(tmp_path):
     assert np.abs(want).max() > 10 * ONNX_ATOL  # outputs are not all ~0
 
 
+@pytest.mark.slow
 def test_export_onnx_without_check(tmp_path):
     p = tmp_path / "sub" / "c.onnx"
     assert export_onnx(_trained_like_child(["shuffle_7x7"] * 20), p, 32, 3, check=False) is None
@@ -114,6 +116,7 @@ def arch_and_weights(tmp_path):
     return arch, tmp_path / "arch.yaml", tmp_path / "child.safetensors"
 
 
+@pytest.mark.slow
 def test_cli_export_onnx(tmp_path, dsnas_main, arch_and_weights):
     arch, a, w = arch_and_weights
     out = tmp_path / "out" / "child.onnx"

@@ -126,6 +126,7 @@ def test_export_mmrazor_to_stdout(child_files, capsys):
 
 
 # --- silently wrong results ---------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_onnx_parity_check_fails_on_nan(tmp_path):
     child = ShuffleNetChild(random_arch(1), ShuffleNetSettings(**SMALL)).eval()
     with torch.no_grad():
@@ -240,6 +241,7 @@ HOLDER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_a_run_folder_has_one_writer_and_a_dead_holder_leaves_no_lock(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(SRC_DIR)}
     holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], stdout=subprocess.PIPE, text=True, env=env)
@@ -339,7 +341,8 @@ def _base_args(command: str, tmp: Path, arch: Path, weights: Path) -> dict:
             "eval": {"arch": arch, "weights": weights},
             "export": {"arch": arch, "weights": weights, "mmrazor": tmp / "m.yaml"},
             "info": {},
-            "latency": {"out": tmp / "lut.yaml"}}[command]
+            "latency": {"out": tmp / "lut.yaml"},
+            "import": {"checkpoint": weights, "out": tmp / "fresh_import"}}[command]
 
 
 @pytest.mark.parametrize("command, dest", _sweep_cases())
@@ -377,6 +380,7 @@ def _as_unprivileged():
     return lambda: (os.setgid(65534), os.setuid(65534))
 
 
+@pytest.mark.slow
 def test_permission_denied_is_one_line(tmp_path):
     import tempfile
 

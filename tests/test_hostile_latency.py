@@ -34,7 +34,7 @@ def _write(tmp_path, data: dict, name: str = "lut.yaml"):
 
 def test_a_hand_made_table_loads(tmp_path):
     t = load_latency(_write(tmp_path, table()), SMALL)
-    rows, base = t.entries([list(OPS)] * 20)
+    rows, base = t.entries([list(OPS)] * 20, list(t.blocks))
     assert base == pytest.approx(1.2 * 0.3) and rows[0][0] == pytest.approx(0.12)
 
 

@@ -24,6 +24,7 @@ def lut(tmp_path_factory):
     return path, table
 
 
+@pytest.mark.slow
 def test_table_round_trip(lut):
     path, table = lut
     again = load_latency(path, table.settings)
@@ -33,6 +34,7 @@ def test_table_round_trip(lut):
     assert all(e["ms"] > 0 and e["spread"] >= 0 for b in again.blocks.values() for e in b.values())
 
 
+@pytest.mark.slow
 def test_calibration_scales_every_entry(lut):
     """The table's calibration (a median ratio over children timed end to end) multiplies every
     entry and the fixed parts; uncalibrated entries are the timings as measured."""
@@ -48,6 +50,7 @@ def test_calibration_scales_every_entry(lut):
     assert rows[3][1] == pytest.approx(k * raw[3][1]) and base == pytest.approx(k * raw_base)
 
 
+@pytest.mark.slow
 def test_a_table_for_another_space_is_refused(lut, tmp_path, dsnas_main):
     path, table = lut
     with pytest.raises(DsnasError, match="is for space settings"):
@@ -66,6 +69,7 @@ def test_a_table_for_another_space_is_refused(lut, tmp_path, dsnas_main):
     assert "depth" in assert_one_line_error(r.returncode, r.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("key, value", [("threads", "x"), ("rounds", 0), ("batch", 10**9), ("repeats", True),
                                         ("backend", "tvm"), ("precision", "int8"), ("device", "tpu")])
 def test_a_table_with_a_bad_measured_record_is_refused(lut, tmp_path, key, value):
@@ -105,6 +109,7 @@ def test_latency_drives_the_penalty_like_mflops():
     assert not torch.allclose(grads[1], grads[2], atol=1e-3)  # and the penalty did act
 
 
+@pytest.mark.slow
 def test_info_measure_runs(lut, tmp_path, dsnas_main):
     from conftest import random_arch
 
@@ -118,6 +123,7 @@ def test_info_measure_runs(lut, tmp_path, dsnas_main):
     assert out["latency_ms"] > 0 and out["measured_ms"] > 0
 
 
+@pytest.mark.slow
 def test_info_costs_an_mmrazor_subnet_in_the_tables_space(lut, tmp_path, dsnas_main):
     """An MMRazor subnet names no space, so `info --latency` costs it in the table's space."""
     from conftest import random_arch
@@ -135,6 +141,7 @@ def test_info_costs_an_mmrazor_subnet_in_the_tables_space(lut, tmp_path, dsnas_m
     assert out["latency_ms"] == pytest.approx(space.costs.with_latency(table).total(choices, "latency_ms"), abs=1e-3)
 
 
+@pytest.mark.slow
 def test_info_of_the_space_gives_the_latency_range(lut, dsnas_main):
     """With a table, `info` of the whole space reports the latency range beside the counted costs;
     the space is the table's unless flags say otherwise."""
@@ -148,6 +155,7 @@ def test_info_of_the_space_gives_the_latency_range(lut, dsnas_main):
     assert set(out) >= {"mflops", "macs_m", "params_m"}
 
 
+@pytest.mark.slow
 def test_search_under_a_binding_latency_budget(lut, tmp_path, dsnas_main):
     path, table = lut
     rows, base = table.entries([list(b) for b in table.blocks.values()], list(table.blocks))
@@ -168,6 +176,7 @@ def test_cost_latency_needs_a_table(dsnas_main, tmp_path):
     assert r.returncode == 2 and "needs latency_table" in r.stderr
 
 
+@pytest.mark.slow
 def test_a_table_for_a_space_whose_data_is_elsewhere(dsnas_main, tmp_path):
     """On a target device without the dataset, the space's shape comes from flags: no data is read."""
     absent = tmp_path / "no-such-data"

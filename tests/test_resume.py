@@ -13,6 +13,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test runs whole searches in child processes
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SETTINGS = ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=3", "warmup_epochs=1",
             "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=64",

@@ -77,6 +77,7 @@ def test_estimator_expectation_equals_exact_gradient():
         torch.testing.assert_close(m, e, atol=1e-6, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_estimator_monte_carlo_matches_exact_gradient():
     """sample() draws from softmax(alpha): the Monte Carlo mean converges to the exact gradient."""
     model, search, w = _toy(seed=3)

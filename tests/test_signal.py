@@ -15,6 +15,8 @@ import dsnas.search
 from dsnas import DSNAS, Choice
 from dsnas.data import load_data
 
+pytestmark = pytest.mark.slow  # hundreds of training steps per test
+
 BLOCKS = 3
 CHANNELS = 8
 WARMUP_STEPS = 100  # weights only, as in DSNAS's warm-up stage: a random conv is noise until it has trained

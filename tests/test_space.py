@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import random_arch
+from conftest import random_arch, slow
 from dsnas import DSNAS, Choice, ShuffleNetChild, ShuffleNetSpace
 from dsnas.spaces.shufflenet import OPS, make_op
 
@@ -109,14 +109,14 @@ def _assert_child_matches(space: ShuffleNetSpace, choices: list[str]) -> None:
     assert torch.allclose(want, got, atol=1e-5), float((want - got).abs().max())
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, *slow(1, 2)])
 def test_child_equals_supernet(seed):
     torch.manual_seed(seed)
     space = ShuffleNetSpace(**SMALL)
     _assert_child_matches(space, random_arch(seed))
 
 
-@pytest.mark.parametrize("seed", [3, 4])
+@pytest.mark.parametrize("seed", [3, *slow(4)])
 def test_child_equals_supernet_after_bn_stats_change(seed):
     torch.manual_seed(seed)
     space = ShuffleNetSpace(**SMALL)
@@ -141,7 +141,7 @@ def test_child_accepts_indices_and_differs_between_architectures():
     assert not torch.allclose(a, b)
 
 
-@pytest.mark.parametrize("seed", [0, 5])
+@pytest.mark.parametrize("seed", [0, *slow(5)])
 def test_child_param_count_matches_cost_table(seed):
     space = ShuffleNetSpace(**SMALL)
     choices = random_arch(seed)

@@ -95,6 +95,7 @@ def test_device_decoding_matches_the_workers(tmp_path, split):
     assert levels.mean() < 0.1 and levels.max() < 12
 
 
+@pytest.mark.slow
 def test_device_decoding_crops_like_random_resized_crop(tmp_path):
     """The device path draws its boxes from RandomResizedCrop's distribution (area 8-100% of the
     image, aspect 3/4-4/3, compared with torchvision's own draws on the same image sizes), a flip

@@ -14,6 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow  # every test runs searches under torchrun
+
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 SETTINGS = ["width=0.25", "train_limit=512", "test_limit=64", "batch_size=64", "epochs=2", "warmup_epochs=0",
             "search_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=0", "checkpoint_every=2", "seed=2",
@@ -68,7 +70,8 @@ def _same_result(a: Path, b: Path) -> None:
     ka = torch.load(a / "checkpoints" / "last.pt", weights_only=True)
     kb = torch.load(b / "checkpoints" / "last.pt", weights_only=True)
     ca, cb = ka["search"], kb["search"]
-    assert ca["fixed"] == cb["fixed"] and all(torch.equal(x, y) for x, y in zip(ca["alphas"], cb["alphas"]))
+    assert ca["fixed"] == cb["fixed"] and ca["alphas"].keys() == cb["alphas"].keys()
+    assert all(torch.equal(ca["alphas"][k], cb["alphas"][k]) for k in ca["alphas"])
     # the whole supernet, BN statistics of every op included (averaged over ranks at epoch ends)
     assert ka["model"].keys() == kb["model"].keys()
     assert all(torch.equal(ka["model"][k], kb["model"][k]) for k in ka["model"])

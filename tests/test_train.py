@@ -27,6 +27,7 @@ def tiny_run(tmp_path_factory):
     return out, run_search(tiny_cfg(), out, quiet=True).metrics
 
 
+@pytest.mark.slow
 def test_search_writes_every_output(tiny_run):
     out, metrics = tiny_run
     for name in ("arch.yaml", "child.safetensors", "metrics.json", "alpha.csv", "alpha.png", "config.yaml",
@@ -49,6 +50,7 @@ def test_search_writes_every_output(tiny_run):
     assert (out / "alpha.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_child_weights_reproduce_reported_accuracy(tiny_run):
     """The exported child, loaded from its files, scores what the run reported."""
     out, metrics = tiny_run
@@ -62,6 +64,7 @@ def test_child_weights_reproduce_reported_accuracy(tiny_run):
     assert abs(got["top1"] - metrics["top1"]) < 1e-6
 
 
+@pytest.mark.slow
 def test_finetune_trains_only_the_child_and_resets_bn(tiny_run):
     out, _ = tiny_run
     before = torch.load(out / "checkpoints" / "prev.pt", weights_only=True)  # end of the search stage
@@ -88,6 +91,7 @@ def test_finetune_trains_only_the_child_and_resets_bn(tiny_run):
     assert before["search"]["alphas"][first].tolist() == after["search"]["alphas"][first].tolist()  # alpha frozen
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(tiny_run, tmp_path):
     out, metrics = tiny_run
     again = run_search(tiny_cfg(), tmp_path / "again", quiet=True).metrics
@@ -99,6 +103,7 @@ def test_same_seed_same_result(tiny_run, tmp_path):
     assert again["top1"] == metrics["top1"]
 
 
+@pytest.mark.slow
 def test_budget_is_respected(tmp_path):
     from dsnas.spaces import ShuffleNetSpace
 
@@ -110,6 +115,7 @@ def test_budget_is_respected(tmp_path):
     assert metrics["within_budget"] is True
 
 
+@pytest.mark.slow
 def test_eval_command_matches(tiny_run):
     out, metrics = tiny_run
     env_path = str(__import__("pathlib").Path(__file__).resolve().parents[1] / "src")
@@ -123,6 +129,7 @@ def test_eval_command_matches(tiny_run):
     assert (out / "eval.json").is_file()
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_with_clear_error(tmp_path):
     from dsnas import DsnasError
 

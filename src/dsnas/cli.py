@@ -36,6 +36,7 @@ def _number(kind, ok, wanted: str):
 _positive_int = _number(int, lambda v: v >= 1, "a positive integer")
 _count = _number(int, lambda v: v >= 0, "a whole number >= 0")
 _positive_float = _number(float, lambda v: v > 0, "a positive number")  # nan fails too
+_eps = _number(float, lambda v: 0 < v < 1, "a BN eps in (0, 1)")
 
 
 def _device(text: str) -> str:
@@ -412,7 +413,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder to write (arch.yaml, child.safetensors, ...)")
     p.add_argument("--arch", help="architecture (arch file, or 20 op indices like 2,1,0,...): needed for a "
                    "SPOS supernet, overrides the one a file implies")
-    p.add_argument("--bn-eps", type=float, help="BN eps of the network (DSNAS files do not record it)")
+    p.add_argument("--bn-eps", type=_eps, help="BN eps of the network (DSNAS files do not record it)")
     p.add_argument("--format", default="auto", choices=("auto", *PUBLISHED_FORMATS), help="layout (default: detected)")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     p.set_defaults(func=cmd_import)
