@@ -1,4 +1,6 @@
-"""Atomic file writes: everything is written to a temporary name in the same folder, then renamed."""
+"""Files: outputs checked before work and written atomically (a temporary name in the same
+folder, then renamed), every YAML read within bounds, JSON written strictly, one writer per run
+folder, and SIGTERM turned into an unwinding exception so that no temporary is left."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import stat
 import tempfile
 from pathlib import Path
 
-from .errors import QUOTE_LIMIT, DsnasError, quote
+from .errors import QUOTE_LIMIT, DsnasError
 
 
 def check_path_text(path: str | os.PathLike) -> None:
@@ -21,7 +23,7 @@ def check_path_text(path: str | os.PathLike) -> None:
     try:
         str(path).encode("utf-8")
     except UnicodeEncodeError:
-        raise DsnasError(f"the path {quote(str(path))} is not valid UTF-8; name it in UTF-8 (or run under a "
+        raise DsnasError(f"the path {str(path)!r} is not valid UTF-8; name it in UTF-8 (or run under a "
                          "UTF-8 locale)") from None
 
 
