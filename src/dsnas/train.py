@@ -48,7 +48,10 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, opti
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
     if arch_optimizer is not None:
-        search.compute_arch_grads(scaler.scale(torch.ones((), device=loss.device)) if scaler.is_enabled() else 1.0)
+        if scaler.is_enabled():  # the rewards carry the loss scale, so the resource term must too
+            search.compute_arch_grads(loss_scale=scaler.scale(torch.ones((), device=loss.device)))
+        else:
+            search.compute_arch_grads()
         if any(a.grad is not None for a in search.alphas):  # all fixed: nothing to step
             scaler.step(arch_optimizer)
     scaler.step(optimizer)
