@@ -27,7 +27,9 @@ from .errors import DsnasError
 from .export import save_weights
 from .files import check_readable
 from .spaces import build, settings_of
-from .spaces.shufflenet import OPS
+from .spaces.shufflenet import OPS, ShuffleNetSpace
+
+SPACE = ShuffleNetSpace.name  # every published model here is a ShuffleNet
 
 FORMATS = ("dsnas-supernet", "dsnas-child", "spos-supernet", "spos-child", "mmrazor")
 PREFIXES = ("module.", "architecture.")  # DataParallel's and MMRazor's subnet wrapper's
@@ -281,20 +283,20 @@ def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None =
         raise DsnasError(f"checkpoint {path} looks like {found}, not {layout}")
     md5 = md5_of(path)
     settings, notes = settings_for(state, found, cfg, bn_eps, md5)
-    space_settings = settings_of("shufflenet", settings)
+    space_settings = settings_of(SPACE, settings)
     choices = architecture_of(state, found, arch)
     convention = "mmrazor" if found == "mmrazor" else found.split("-")[0]
     used: set = set()
     supernet = None
     if found.endswith("supernet"):
-        supernet = build("shufflenet", space_settings, init="torch")
+        supernet = build(SPACE, space_settings, init="torch")
         with torch.no_grad():
             _fill(supernet, state, lambda k: _supernet_key(k, found, supernet), used, path)
         child = supernet.child(choices)
     else:
         from .spaces import build_child
 
-        child = build_child("shufflenet", choices, space_settings, init="torch")
+        child = build_child(SPACE, choices, space_settings, init="torch")
         with torch.no_grad():
             _fill(child, state, lambda k: _child_key(k, found, child, choices), used, path)
     _leftover(state, used, found, path)
@@ -302,7 +304,7 @@ def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None =
     out.mkdir(parents=True, exist_ok=True)
     meta = {"source": str(Path(path).name), "source_format": found, "source_md5": md5,
             "input_convention": convention, "created_by": "dsnas import"}
-    save_arch(Architecture(choices, "shufflenet", space_settings.as_dict(), meta), out / "arch.yaml")
+    save_arch(Architecture(choices, SPACE, space_settings.as_dict(), meta), out / "arch.yaml")
     save_weights(child.eval(), out / "child.safetensors", {"input_convention": convention})
     if supernet is not None:
         save_weights(supernet, out / "supernet.safetensors", {"input_convention": convention})

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..choice import Choice
-from .registry import SpaceMixin, register_space
+from .registry import SpaceMixin, kaiming_init, register_space
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # the benchmark's order
 NODES = 4
@@ -35,7 +35,6 @@ EDGES = [(j, i) for j in range(1, NODES) for i in range(j)]  # (target, source),
 EDGE_LABELS = [f"{j}<-{i}" for j, i in EDGES]  # the reference code's edge names
 STAGES = 3
 INIT_SCHEMES = ("aligned", "kaiming", "torch")
-CLASSIFIER_STD = 0.01
 SETTING_MAX = {"num_classes": 100_000, "in_channels": 1024, "input_size": 4096, "channels": 256,
                "cells_per_stage": 32}  # bounds on every setting that sizes an allocation
 
@@ -187,12 +186,7 @@ def init_weights(model: nn.Module, scheme: str = "aligned") -> None:
         raise ValueError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
     if scheme == "torch":
         return
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, CLASSIFIER_STD)
-            nn.init.zeros_(m.bias)
+    kaiming_init(model)
     if scheme == "aligned":
         for m in model.modules():
             if isinstance(m, Choice):

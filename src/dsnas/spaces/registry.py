@@ -78,6 +78,22 @@ def build_child(name: str, choices, settings=None, init: str = "aligned"):
     return cls.child_from(choices, settings, init)
 
 
+CLASSIFIER_STD = 0.01
+
+
+@torch.no_grad()
+def kaiming_init(model: torch.nn.Module) -> None:
+    """Kaiming (fan-out, ReLU) convolutions and an N(0, 0.01) linear classifier with zero bias:
+    the common start of the spaces' non-default initialisations."""
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, torch.nn.Linear):
+            torch.nn.init.normal_(m.weight, 0.0, CLASSIFIER_STD)
+            if m.bias is not None:
+                torch.nn.init.zeros_(m.bias)
+
+
 class SpaceMixin:
     """What every registered supernet shares: its choices, their labels and its cost table."""
 

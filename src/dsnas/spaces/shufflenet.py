@@ -27,7 +27,7 @@ from torch import nn
 
 from ..choice import Choice
 from ..errors import quote
-from .registry import SpaceMixin, register_space
+from .registry import SpaceMixin, kaiming_init, register_space
 
 OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 STEM_CHANNELS = 16
@@ -38,7 +38,6 @@ BN_EPS = 0.01
 DESIGNS = ("mmrazor", "official")
 SMALL_INPUT_BELOW = 64  # images smaller than this use a stride-1 stem
 INIT_SCHEMES = ("aligned", "kaiming", "torch")
-CLASSIFIER_STD = 0.01
 
 
 def _conv_bn(cin: int, cout: int, kernel: int = 1, stride: int = 1, depthwise: bool = False, relu: bool = True,
@@ -177,13 +176,7 @@ def init_weights(model: nn.Module, scheme: str = "aligned") -> None:
         raise ValueError(f"init must be one of {', '.join(INIT_SCHEMES)}, got {scheme!r}")
     if scheme == "torch":
         return
-    for m in model.modules():
-        if isinstance(m, nn.Conv2d):
-            _kaiming(m.weight)
-        elif isinstance(m, nn.Linear):
-            nn.init.normal_(m.weight, 0.0, CLASSIFIER_STD)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
+    kaiming_init(model)
     if scheme == "aligned":
         for block in getattr(model, "blocks", []):
             _align(list(block.candidates) if isinstance(block, Choice) else [block])
