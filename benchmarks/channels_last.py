@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import argparse
 import json
+from statistics import median
 from contextlib import contextmanager
 
 import torch
 
 from _report import machine, write_section
-from _steps import Pair, amp_name, median
+from _steps import Pair, amp_name
 
 from dsnas.runtime import autocast_dtype
 from dsnas.spaces import shufflenet

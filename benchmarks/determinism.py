@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+from statistics import median
 import os
 from contextlib import contextmanager
 
@@ -20,7 +21,7 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS sta
 import torch  # noqa: E402
 
 from _report import machine, write_section  # noqa: E402
-from _steps import Pair, amp_name, median  # noqa: E402
+from _steps import Pair, amp_name  # noqa: E402
 
 from dsnas.runtime import autocast_dtype, stage_autocast  # noqa: E402
 

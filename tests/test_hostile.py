@@ -345,6 +345,7 @@ def _base_args(command: str, tmp: Path, arch: Path, weights: Path) -> dict:
             "import": {"checkpoint": weights, "out": tmp / "fresh_import"}}[command]
 
 
+@pytest.mark.slow  # the whole sweep; the quick tier keeps the targeted cases above and below
 @pytest.mark.parametrize("command, dest", _sweep_cases())
 def test_hostile_matrix(tmp_path, capsys, monkeypatch, command, dest):
     work = tmp_path / "work"
