@@ -41,3 +41,23 @@ def run_dsnas(args: list[str], out: Path, threads: int | None = None, log: Path 
     if rc:
         raise SystemExit(f"dsnas {args[0]} --out {out} failed (exit {rc})" + (f"; see {log}" if log else ""))
     return json.loads((out / "metrics.json").read_text())
+
+
+def uniform_architecture(like: Path, budget: float, seed: int, out: Path) -> Path:
+    """Draw one architecture uniformly among those of ``like``'s space and settings within ``budget``
+    MFLOPs (0: the whole space), the draw the random-search baseline makes, and save it to ``out``
+    (kept if it exists, so a rerun trains the same draw)."""
+    from dsnas import spaces
+    from dsnas.arch import Architecture, load_arch, save_arch
+    from dsnas.select import random_search
+
+    out = Path(out)
+    if not out.exists():
+        ref = load_arch(like)
+        costs = spaces.build(ref.space, ref.settings).costs
+        sizes = [len(names) for _, names in ref.decisions]
+        pick = random_search(sizes, lambda a: costs.total(a, "mflops"), budget or None, lambda a: 0.0, 1, seed)[0]
+        names = [names[i] for (_, names), i in zip(ref.decisions, pick.choices)]
+        out.parent.mkdir(parents=True, exist_ok=True)
+        save_arch(Architecture(names, ref.space, ref.settings, {"source": f"uniform draw, seed {seed}"}), out)
+    return out

@@ -42,6 +42,11 @@ from dsnas.train import run_search  # noqa: E402
 
 BEST_KNOWN = ["nor_conv_3x3", "nor_conv_3x3", "nor_conv_3x3", "skip_connect", "nor_conv_3x3", "nor_conv_3x3"]
 DEGENERATE = {"all_none": ["none"] * 6, "all_skip": ["skip_connect"] * 6, "all_pool": ["avg_pool_3x3"] * 6}
+# The schedule: the fmnist preset's data, with a network and a schedule small enough that the 108 runs fit
+# into about two hours of one core of a 2-core CPU (C = 8, N = 1; 6,000 training images, 3 epochs of batch
+# 64 = 282 steps; 5,000 test images). --set overrides any of it.
+SCHEDULE = ["channels=8", "cells_per_stage=1", "train_limit=6000", "test_limit=5000", "epochs=3", "batch_size=64",
+            "lr=0.1", "lr_warmup_epochs=0", "eval_bn_recalibrate=0"]
 
 
 def architectures(n: int, seed: int) -> list[tuple[str, list[str]]]:
@@ -70,15 +75,38 @@ def append_result(path: Path, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def claim(work: Path, string: str, run: int) -> bool:
+    """Whether this process may train (string, run): several processes can share one study, each
+    taking runs no live process has taken (a claim of a process that has died is taken over)."""
+    path = work / f"{run_folder(string, run)}.claim"
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        try:
+            owner = int(path.read_text() or 0)
+            os.kill(owner, 0)
+            return owner == os.getpid()
+        except (ValueError, ProcessLookupError):
+            path.write_text(str(os.getpid()))
+            return True
+    with os.fdopen(fd, "w") as f:
+        f.write(str(os.getpid()))
+    return True
+
+
+def run_folder(string: str, run: int) -> str:
+    return f"{string.replace('|', '').replace('~', '').replace('+', '_')}-run{run}"
+
+
 def train_one(ops: list[str], run: int, args, work: Path) -> dict:
     """Train one architecture from scratch (resuming its folder if an earlier attempt left one)."""
     string = to_string(ops)
-    out = work / f"{string.replace('|', '').replace('~', '').replace('+', '_')}-run{run}"
+    out = work / run_folder(string, run)
     resume = (out / "checkpoints" / "last.pt").exists()
     if out.exists() and not resume:
         shutil.rmtree(out)  # started but never checkpointed: nothing to keep
     # a fixed architecture trains every epoch: the preset's search stages do not apply
-    sets = ["warmup_epochs=0", "search_epochs=0", *args.set, "space=nb201", "method=fixed", f"arch={string}",
+    sets = ["warmup_epochs=0", "search_epochs=0", *SCHEDULE, *args.set, "space=nb201", "method=fixed", f"arch={string}",
             f"seed={run}"]
     t0 = time.time()
     cfg = load_run_config(out) if resume else load_config(args.config, sets)
@@ -87,7 +115,7 @@ def train_one(ops: list[str], run: int, args, work: Path) -> dict:
     return {"arch_string": string, "run": run, "seed": run, "top1": m["top1"], "top5": m["top5"],
             "mflops": m["mflops"], "params_m": m["params_m"], "epochs": m["epochs"], "train_images": m["train_images"],
             "test_images": m["test_images"], "data": m["data"], "wall_s": round(time.time() - t0, 1),
-            "config": args.config, "set": args.set, "resumed": resume}
+            "config": args.config, "set": [*SCHEDULE, *args.set], "resumed": resume}
 
 
 def summary(records: list[dict]) -> dict:
@@ -118,9 +146,10 @@ def main() -> int:
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "nb201_ground_truth.jsonl")
     p.add_argument("--work", type=Path, default=ROOT / "runs" / "nb201_ground_truth", help="run folders")
     p.add_argument("--limit", type=int, default=0, help="train at most this many runs now (0: all left)")
+    p.add_argument("--threads", type=int, default=max(1, os.cpu_count() or 1), help="torch threads (default: all)")
     p.add_argument("--summary", action="store_true", help="only summarise --results")
     args = p.parse_args()
-    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     if args.summary:
         print(json.dumps(summary(read_results(args.results)), indent=2, allow_nan=False))
         return 0
@@ -132,6 +161,9 @@ def main() -> int:
     print(f"{len(done)} runs in {args.results}; training {len(todo)} now", flush=True)
     args.work.mkdir(parents=True, exist_ok=True)
     for i, (kind, ops, run) in enumerate(todo, 1):
+        if (to_string(ops), run) in {(r["arch_string"], r["run"]) for r in read_results(args.results)} or \
+                not claim(args.work, to_string(ops), run):
+            continue  # finished or taken by another process of the study
         record = {"kind": kind, **train_one(ops, run, args, args.work)}
         append_result(args.results, record)
         print(f"[{i}/{len(todo)}] {kind:<10} run {run}  top1 {record['top1']:.2f}%  {record['mflops']:.2f} MFLOPs  "

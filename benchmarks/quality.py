@@ -4,6 +4,8 @@
 - scratch: `dsnas train` of the same DSNAS architecture from freshly initialised weights;
 - random:  `dsnas search --method random` (uniform supernet, random candidates, finetune);
 - spos:    `dsnas search --method spos` (uniform supernet, evolution, finetune);
+- uniform: `dsnas train` of an architecture drawn uniformly within the budget, from scratch (the
+  random-search baseline of Li & Talwalkar at k = 1: one DSNAS run costs about one training);
 
 over several seeds, plus the Kendall tau between the supernet-inherited accuracy and the
 stand-alone accuracy of architectures drawn within the budget. Writes the `quality` section of
@@ -26,12 +28,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from _report import ROOT, machine, write_section
-from _runs import overrides, run_dsnas
+from _runs import overrides, run_dsnas, uniform_architecture
 
 DATA = "/usr/share/datasets/fashion-mnist"
-METHODS = ("dsnas", "scratch", "random", "spos")
+METHODS = ("dsnas", "scratch", "random", "spos", "uniform")
 LABELS = {"dsnas": "DSNAS child, no retraining", "scratch": "same architecture, retrained from scratch",
-          "random": "random search (uniform supernet)", "spos": "SPOS-style evolution (uniform supernet)"}
+          "random": "random search (uniform supernet)", "spos": "SPOS-style evolution (uniform supernet)",
+          "uniform": "a uniform architecture within the budget, from scratch"}
 
 
 def kendall_tau(a: list[float], b: list[float]) -> float:
@@ -97,7 +100,10 @@ class Runner:
         d = self.run(f"seed{seed}/dsnas", ["search", "--method", "dsnas", *self.common(seed, self.args.epochs)])
         s = self.run(f"seed{seed}/scratch", ["train", str(self.work / f"seed{seed}/dsnas/arch.yaml"),
                                             *self.common(seed, self.args.epochs)])
-        return {"dsnas": d, "scratch": s}
+        arch = uniform_architecture(self.work / f"seed{seed}/dsnas/arch.yaml", self.args.budget, seed,
+                                    self.work / f"seed{seed}/uniform.yaml")
+        u = self.run(f"seed{seed}/uniform", ["train", str(arch), *self.common(seed, self.args.epochs)])
+        return {"dsnas": d, "scratch": s, "uniform": u}
 
     def seed_baseline(self, seed: int, method: str) -> dict:
         return {method: self.run(f"seed{seed}/{method}", ["search", "--method", method,
@@ -253,8 +259,9 @@ def write_report(args, per_seed: dict) -> None:
     lines += ["", "DSNAS child at or above: " + ", ".join(f"{m} in {wins[m]} of {len(seeds)} seeds" for m in wins) + "."]
     mean = {m: statistics.mean(per_seed[s][m]["top1"] for s in seeds) for m in METHODS}
     lines += ["", f"**Reading.** The DSNAS child is {mean['dsnas'] - mean['scratch']:+.2f} points from the same "
-              f"architecture trained from scratch, {mean['dsnas'] - mean['random']:+.2f} from random search and "
-              f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS (means over seeds)."]
+              f"architecture trained from scratch, {mean['dsnas'] - mean['random']:+.2f} from random search, "
+              f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS and {mean['dsnas'] - mean['uniform']:+.2f} from a "
+              "uniform architecture trained from scratch (means over seeds)."]
 
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))

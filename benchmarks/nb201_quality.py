@@ -1,0 +1,351 @@
+"""Search quality in the nb201 space, measured against its ground truth (benchmarks/nb201_ground_truth.py).
+
+Every method runs the ground truth's schedule (the same data, network and total epochs), over seeds:
+
+- dsnas:  `dsnas search` (search from the first step, then the argmax child is finetuned);
+- random: `dsnas search --method random` (uniform supernet, random candidates ranked on held-out
+  images, the best finetuned);
+- spos:   `dsnas search --method spos` (the same supernet, evolution).
+
+Each architecture a method finds is then trained alone twice like the ground truth's, which gives
+its percentile among the ground truth's uniform draws. Beside them, the baseline of Li & Talwalkar:
+k architectures drawn uniformly and trained from scratch, the best of them chosen on its first run
+and reported on its second (so that the choice does not pick its own noise), for k = 1 and for the
+k whose wall time equals one DSNAS run. The ranking part trains a uniform supernet for the search
+epochs and ranks every ground-truth architecture by its inherited held-out accuracy: Kendall tau
+against the ground truth with a bootstrap interval, next to the ground truth's own tau.
+
+Writes the `nb201_ground_truth` and `nb201_quality` sections of BENCHMARKS.md and
+benchmarks/figures/nb201_quality.png.
+
+    python benchmarks/nb201_quality.py [--seeds 0 1 2] [--parts methods ranking] [--no-write]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from _report import ROOT, machine, write_section
+from _runs import overrides, run_dsnas
+from nb201_ground_truth import SCHEDULE, append_result, read_results, summary, train_one
+from quality import kendall_tau
+
+from dsnas.arch import load_arch
+from dsnas.spaces.nb201 import OPS, from_string
+
+GROUND_TRUTH = ROOT / "benchmarks" / "nb201_ground_truth.jsonl"
+METHODS = ("dsnas", "random", "spos")
+LABELS = {"dsnas": "DSNAS child, no retraining", "random": "random search (uniform supernet)",
+          "spos": "SPOS-style evolution (uniform supernet)"}
+
+
+# --- the ground truth -------------------------------------------------------------------------
+def ground_truth(records: list[dict]) -> dict[str, dict]:
+    """Per architecture string: its kind, MFLOPs, wall times and top-1 of each run."""
+    gt: dict[str, dict] = {}
+    for r in records:
+        a = gt.setdefault(r["arch_string"], {"kind": r["kind"], "mflops": r["mflops"], "runs": {}, "wall": []})
+        a["runs"][r["run"]] = r["top1"]
+        a["wall"].append(r["wall_s"])
+    for a in gt.values():
+        a["mean"] = statistics.fmean(a["runs"].values())
+    return gt
+
+
+def uniform(gt: dict) -> dict:
+    """The uniformly drawn architectures with both runs: the population the percentiles refer to."""
+    return {s: a for s, a in gt.items() if a["kind"] == "uniform" and {0, 1} <= set(a["runs"])}
+
+
+def percentile(value: float, population: list[float]) -> float:
+    """Share (%) of the population below ``value``, ties counted half."""
+    below = sum(p < value for p in population) + 0.5 * sum(p == value for p in population)
+    return 100.0 * below / len(population)
+
+
+def best_of_k(pool: dict, k: int, draws: int = 20000, seed: int = 0) -> dict:
+    """k uniform architectures trained from scratch: the one best on its first run, scored by its
+    second run; mean and median of that over ``draws`` resampled sets, and the chance that it lands
+    in the pool's top 10% (by the mean of both runs)."""
+    rng, archs = random.Random(seed), list(pool.values())
+    top10 = sorted(a["mean"] for a in archs)[int(0.9 * len(archs))]
+    picked = []
+    for _ in range(draws):
+        best = max(rng.sample(archs, k), key=lambda a: a["runs"][0])
+        picked.append((best["runs"][1], best["mean"] >= top10))
+    scores = [p for p, _ in picked]
+    return {"k": k, "mean": statistics.fmean(scores), "median": statistics.median(scores),
+            "p_top10": statistics.fmean(hit for _, hit in picked)}
+
+
+def bootstrap_tau(xs: list[float], ys: list[float], resamples: int = 2000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of Kendall's tau over architectures resampled with replacement."""
+    rng, n, taus = random.Random(seed), len(xs), []
+    for _ in range(resamples):
+        pick = [rng.randrange(n) for _ in range(n)]
+        t = kendall_tau([xs[i] for i in pick], [ys[i] for i in pick])
+        if t == t:
+            taus.append(t)
+    taus.sort()
+    return taus[int(0.025 * len(taus))], taus[min(len(taus) - 1, int(0.975 * len(taus)))]
+
+
+# --- the runs ---------------------------------------------------------------------------------
+class Runner:
+    def __init__(self, args):
+        self.args, self.work = args, Path(args.work)
+
+    def sets(self, seed: int, method: str) -> list[str]:
+        a = self.args
+        common = [*SCHEDULE, "space=nb201", f"seed={seed}", "warmup_epochs=0", f"search_epochs={a.search_epochs}",
+                  "eval_bn_recalibrate=1024"]
+        if method == "dsnas":
+            return [*common, f"arch_lr={a.arch_lr}", *a.set]
+        return [*common, f"candidates={a.candidates}", f"population={a.population}",
+                f"select_images={a.select_images}", *a.set]
+
+    def search(self, seed: int, method: str, name: str | None = None, sets: list[str] = ()) -> dict:
+        out = self.work / (name or f"seed{seed}/{method}")
+        t0, reused = time.time(), (out / "metrics.json").exists()
+        cli = ["search", "--config", "fmnist", "--quiet", "--method", method,
+               *overrides([*self.sets(seed, method), *sets])]
+        m = run_dsnas(cli, out, self.args.threads, out.with_suffix(".log"))
+        m["arch_string"] = load_arch(out / "arch.yaml").string
+        if not reused:
+            print(f"{out.relative_to(self.work)}: top1 {m['top1']:.2f}%  {m['mflops']:.2f} MFLOPs  "
+                  f"{time.time() - t0:.0f} s  {m['arch_string']}", flush=True)
+        return m
+
+    def alone(self, string: str, kind: str) -> None:
+        """Both ground-truth runs of ``string`` (skipped where the ground truth has them)."""
+        have = {(r["arch_string"], r["run"]) for r in read_results(self.args.ground_truth)}
+        spec = SimpleNamespace(set=self.args.set, config="fmnist")  # the ground truth's schedule, and any --set
+        for run in (0, 1):
+            if (string, run) not in have:
+                record = {"kind": kind, **train_one(list(from_string(string)), run, spec, self.work / "alone")}
+                append_result(self.args.ground_truth, record)
+                print(f"alone {kind} run {run}: top1 {record['top1']:.2f}%  {string}", flush=True)
+
+    def ranking(self, pool: dict) -> dict:
+        """Inherited held-out top-1 of every architecture of ``pool`` from a uniform supernet."""
+        a = self.args
+        sup = self.search(a.seeds[0], "random", "ranking/supernet",
+                          [f"epochs={a.search_epochs}", "candidates=1"])
+        return {"supernet": sup, "inherited": inherited_scores(self.work / "ranking/supernet", list(pool))}
+
+
+def inherited_scores(run_dir: Path, strings: list[str]) -> dict[str, float]:
+    """Held-out top-1 of each architecture with the weights of the finished supernet run ``run_dir``
+    (restored from its last checkpoint; BN re-estimated per architecture, as the baselines rank)."""
+    from dsnas.build import prepare
+    from dsnas.config import load_run_config
+    from dsnas.data import Loader
+    from dsnas.methods import inherited
+
+    cfg = load_run_config(run_dir)
+    run = prepare(cfg, run_dir, resume=True, quiet=True)
+    try:
+        held = Loader(run.held, "test", 256, cfg.seed, run.rt.device, 0, 1, train=False, workers=0)
+        return {s: inherited(run, [OPS.index(op) for op in from_string(s)], held, cfg.search_epochs)["top1"]
+                for s in strings}
+    finally:
+        run.lock.release()
+
+
+# --- the report -------------------------------------------------------------------------------
+def _ms(values: list[float], digits: int = 2) -> str:
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.fmean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def ground_truth_section(args, gt: dict) -> str:
+    pool = uniform(gt)
+    s = summary([r for r in read_results(args.ground_truth) if r["kind"] == "uniform"])
+    fixed = {k: a for k, a in gt.items() if a["kind"] in ("best_known", "all_none", "all_skip", "all_pool")}
+    means = sorted(a["mean"] for a in pool.values())
+    t0, t1 = [a["runs"][0] for a in pool.values()], [a["runs"][1] for a in pool.values()]
+    tau = kendall_tau(t0, t1)
+    lo, hi = bootstrap_tau(t0, t1)
+    diffs = [x - y for x, y in zip(t0, t1)]
+    noise = statistics.stdev(diffs) / math.sqrt(2)
+    walls = [w for a in pool.values() for w in a["wall"]]
+    lines = ["## nb201 ground truth: architectures trained alone, twice each (`benchmarks/nb201_ground_truth.py`)", "",
+             f"Machine: {machine()}; the runs shared the machine with other work, so wall times are upper bounds.",
+             "Command: `python benchmarks/nb201_ground_truth.py --threads 1` (resumable; its results are "
+             "`benchmarks/nb201_ground_truth.jsonl`, one line per run, which later studies reuse).", "",
+             f"Schedule: full Fashion-MNIST from the Debian package, `{' '.join(SCHEDULE)}` over the `fmnist` preset "
+             "(SGD, cosine, label smoothing 0.1). C = 8 and N = 1 instead of the benchmark's 16 and 5, and "
+             "282 steps, so that all runs fit into the hours of a 2-core CPU: a longer schedule ranks the "
+             "architectures more reliably, and this one is a stated compromise.", "",
+             f"- {len(pool)} architectures drawn uniformly from the 15,625 (both runs finished), mean top-1 "
+             f"{statistics.fmean(means):.2f}%, from {means[0]:.2f} to {means[-1]:.2f}%; spread (sd of the "
+             f"per-architecture means) **{statistics.stdev(means):.2f} points** against a run-to-run noise of "
+             f"**{noise:.2f}** (sd of run 0 − run 1, over √2).",
+             f"- Kendall τ between run 0 and run 1: **{tau:.3f}** (bootstrap 95% interval [{lo:.3f}, {hi:.3f}]): "
+             "the ceiling of any ranking against this ground truth.",
+             f"- Median wall time of one run: {statistics.median(walls):.0f} s (1 thread).", "",
+             "| fixed cell | MFLOPs | run 0 | run 1 |", "|---|---|---|---|"]
+    for k, a in fixed.items():
+        lines.append(f"| {a['kind']} `{k}` | {a['mflops']:.2f} | " +
+                     " | ".join(f"{a['runs'].get(r, float('nan')):.2f}" for r in (0, 1)) + " |")
+    lines += ["", f"Summary as the script prints it: `{json.dumps(s)}`"]
+    return "\n".join(lines)
+
+
+def quality_section(args, gt: dict, per_seed: dict, ranking: dict | None, k_equal: int) -> tuple[str, dict]:
+    pool = uniform(gt)
+    pop = [a["mean"] for a in pool.values()]
+    lines = ["## Search quality in the nb201 space against its ground truth (`benchmarks/nb201_quality.py`)", "",
+             f"Machine: {machine()}; {args.threads} thread(s) per run.",
+             f"Command: `python benchmarks/nb201_quality.py --seeds {' '.join(map(str, args.seeds))} "
+             f"--search-epochs {args.search_epochs} --arch-lr {args.arch_lr} --candidates {args.candidates}`", "",
+             f"Every method runs the ground truth's schedule (`{' '.join(SCHEDULE)}`, `nb201_ground_truth`), so "
+             f"all use equal total epochs. DSNAS searches from the first step for {args.search_epochs} epoch(s) "
+             f"(arch_lr {args.arch_lr}, early fix 0.3) and finetunes its child for the rest; random and SPOS train "
+             f"a uniform supernet for {args.search_epochs} epoch(s), rank {args.candidates} candidates on "
+             f"{args.select_images} held-out training images, then finetune the winner. *Delivered*: the "
+             "method's own child on the test split. *Alone*: the architecture it found, trained from scratch twice "
+             "like the ground truth (mean of both runs); *percentile*: among the ground truth's uniform "
+             f"architectures ({len(pool)}).", "",
+             "| method | delivered top-1 (%) | alone top-1 (%) | percentile | MFLOPs | wall (s) |",
+             "|---|---|---|---|---|---|"]
+    record = {"per_seed": per_seed}
+    for m in METHODS:
+        rows = [per_seed[s][m] for s in args.seeds]
+        alone = [gt[r["arch_string"]]["mean"] for r in rows]
+        pct = [percentile(x, pop) for x in alone]
+        lines.append(f"| {LABELS[m]} | {_ms([r['top1'] for r in rows])} | {_ms(alone)} | {_ms(pct, 1)} | "
+                     f"{_ms([r['mflops'] for r in rows])} | {_ms([r['wall_s'] for r in rows], 0)} |")
+    for k in sorted({1, k_equal}):
+        b = best_of_k(pool, k)
+        record[f"best_of_{k}"] = b
+        lines.append(f"| best of {k} uniform architecture(s) from scratch{' (equal wall time)' if k == k_equal else ''}"
+                     f" | {b['mean']:.2f} (median {b['median']:.2f}) | = delivered | "
+                     f"{100 * b['p_top10']:.0f}% chance of the top 10% | | |")
+    lines += ["", "Per seed: the architecture each method found, and its percentile.", "",
+              "| seed | method | delivered | alone | percentile | architecture |", "|---|---|---|---|---|---|"]
+    for s in args.seeds:
+        for m in METHODS:
+            r = per_seed[s][m]
+            a = gt[r["arch_string"]]
+            lines.append(f"| {s} | {m} | {r['top1']:.2f} | {a['mean']:.2f} | {percentile(a['mean'], pop):.1f} | "
+                         f"`{r['arch_string']}` |")
+    lines += ["", collapse(args, gt, per_seed)]
+    if ranking:
+        strings = [s for s in pool if s in ranking["inherited"]]
+        inh, truth = [ranking["inherited"][s] for s in strings], [pool[s]["mean"] for s in strings]
+        tau, (lo, hi) = kendall_tau(inh, truth), bootstrap_tau(inh, truth)
+        t0, t1 = [pool[s]["runs"][0] for s in strings], [pool[s]["runs"][1] for s in strings]
+        record["ranking"] = {"tau": tau, "interval": [lo, hi], "self_tau": kendall_tau(t0, t1),
+                             "inherited": ranking["inherited"]}
+        lines += ["", f"**Ranking.** A uniform supernet trained for {args.search_epochs} epoch(s) ranks the "
+                  f"{len(strings)} uniform architectures by inherited held-out top-1 (BN re-estimated per "
+                  f"architecture) at Kendall τ = **{tau:.3f}** (bootstrap 95% [{lo:.3f}, {hi:.3f}]) against the "
+                  f"mean of their two stand-alone runs; the ground truth agrees with itself at τ = "
+                  f"{record['ranking']['self_tau']:.3f}."]
+    return "\n".join(lines), record
+
+
+def op_counts(strings: list[str]) -> dict[str, float]:
+    """Share (%) of each op over the edges of ``strings``."""
+    ops = [op for s in strings for op in from_string(s)]
+    return {op: 100.0 * ops.count(op) / len(ops) for op in OPS}
+
+
+def collapse(args, gt: dict, per_seed: dict) -> str:
+    """Whether a method drifts to parameter-free ops: the ops of what it found, against the ops of
+    the ground truth's best tenth and of the space (uniform: 20% each)."""
+    pool = uniform(gt)
+    ranked = sorted(pool, key=lambda s: pool[s]["mean"], reverse=True)
+    rows = {m: op_counts([per_seed[s][m]["arch_string"] for s in args.seeds]) for m in METHODS}
+    rows["ground truth, best tenth"] = op_counts(ranked[:max(1, len(ranked) // 10)])
+    lines = ["Ops on the edges of the architectures found (share of all their edges, %):", "",
+             "| | " + " | ".join(OPS) + " |", "|---" * (len(OPS) + 1) + "|"]
+    lines += [f"| {name} | " + " | ".join(f"{shares[op]:.0f}" for op in OPS) + " |" for name, shares in rows.items()]
+    return "\n".join(lines)
+
+
+def figure(args, gt: dict, per_seed: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pool = uniform(gt)
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    ax.scatter([a["mflops"] for a in pool.values()], [a["mean"] for a in pool.values()], s=14, color="0.6",
+               label="uniform draws, trained alone")
+    for i, m in enumerate(METHODS):
+        found = [gt[per_seed[s][m]["arch_string"]] for s in args.seeds]
+        ax.scatter([a["mflops"] for a in found], [a["mean"] for a in found], s=48, marker="*^s"[i],
+                   color=f"C{i}", label=f"{m} (found, trained alone)", zorder=3)
+    ax.set_xlabel("MFLOPs")
+    ax.set_ylabel("stand-alone test top-1 (%), mean of 2 runs")
+    ax.set_ylim(max(0, min(a["mean"] for a in pool.values()) - 2), None)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("nb201 on Fashion-MNIST: ground truth and the architectures found")
+    fig.tight_layout()
+    folder = Path(args.work) if args.no_write else ROOT / "benchmarks" / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / "nb201_quality.png", dpi=110)
+    return "![nb201_quality](benchmarks/figures/nb201_quality.png)"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--search-epochs", type=int, default=2, help="epochs before the architecture is fixed")
+    p.add_argument("--arch-lr", type=float, default=0.3, help="DSNAS's Adam step on alpha")
+    p.add_argument("--candidates", type=int, default=40, help="architectures ranked by random and spos")
+    p.add_argument("--population", type=int, default=10)
+    p.add_argument("--select-images", type=int, default=2000, help="held-out training images (random, spos)")
+    p.add_argument("--parts", nargs="+", choices=["methods", "ranking"], default=["methods", "ranking"])
+    p.add_argument("--set", action="append", default=[], help="extra config override for every run (a study "
+                   "comparable with the ground truth passes none)")
+    p.add_argument("--threads", type=int, default=1, help="threads per run")
+    p.add_argument("--ground-truth", type=Path, default=GROUND_TRUTH)
+    p.add_argument("--work", default=str(ROOT / "runs" / "nb201_quality"), help="run folders (finished runs are reused)")
+    p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)  # the runs trained alone here take no more than the searches
+    r = Runner(args)
+    per_seed = {s: {} for s in args.seeds}
+    if "methods" in args.parts:
+        for s in args.seeds:
+            for m in METHODS:
+                per_seed[s][m] = r.search(s, m)
+                r.alone(per_seed[s][m]["arch_string"], f"found_{m}")
+    gt = ground_truth(read_results(args.ground_truth))
+    pool = uniform(gt)
+    ranking = r.ranking(pool) if "ranking" in args.parts else None
+    gt_text = ground_truth_section(args, gt)
+    if "methods" not in args.parts:
+        print(gt_text)
+        return 0
+    alone_wall = statistics.median(w for a in pool.values() for w in a["wall"])
+    dsnas_wall = statistics.median(per_seed[s]["dsnas"]["wall_s"] for s in args.seeds)
+    k_equal = max(1, round(dsnas_wall / alone_wall))
+    text, record = quality_section(args, gt, per_seed, ranking, k_equal)
+    text += (f"\n\nEqual wall time: a DSNAS run took {dsnas_wall:.0f} s (median), one stand-alone training "
+             f"{alone_wall:.0f} s, so k = {k_equal}.\n\n" + figure(args, gt, per_seed))
+    print(gt_text + "\n\n" + text)
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    (Path(args.work) / "nb201_quality.json").write_text(json.dumps(record, indent=1, allow_nan=False))
+    if not args.no_write:
+        write_section("nb201_ground_truth", gt_text)
+        write_section("nb201_quality", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
