@@ -78,7 +78,8 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     data, held = _run_data(cfg, method, rt)
     out = Path(out) if out is not None else new_run_dir(data.name)
     torch.manual_seed(cfg.seed)
-    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init)
+    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init,
+                         cfg.max_model_gb)
     given = None if method.searches else _given_arch(cfg, space)
     costs = _cost_table(cfg, space)
     _check_budget(cfg, method, costs, space)
