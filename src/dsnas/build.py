@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch import nn
 
 from . import __version__
 from .arch import load_arch
-from .checkpoint import RUN_KEYS, RunState, checkpoint_limits, load_checkpoint, restore_run
+from .checkpoint import RUN_KEYS, RunState, check_run_payload, checkpoint_limits, load_checkpoint, restore_run
 from .config import COSTS, Config
 from .cost import UNITS, CostTable
 from .data import Data, Loader, Split, hold_out, load_data
@@ -78,7 +79,8 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     data, held = _run_data(cfg, method, rt)
     out = Path(out) if out is not None else new_run_dir(data.name)
     torch.manual_seed(cfg.seed)
-    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init)
+    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init,
+                         cfg.max_model_gb)
     given = None if method.searches else _given_arch(cfg, space)
     costs = _cost_table(cfg, space)
     _check_budget(cfg, method, costs, space)
@@ -88,8 +90,9 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
         run.lock = RunLock(out).acquire()
         check_run_dir(out, resume)  # under the lock: another writer may have used the folder since the first check
     if resume:
+        fits = partial(check_run_payload, parts=run.parts, epochs=cfg.epochs, steps_per_epoch=len(run.train_loader))
         ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS, space=space.name,
-                               limits=checkpoint_limits(space))
+                               limits=checkpoint_limits(space), check=fits)
         run.state = restore_run(ckpt, run.parts, rt.rank)
         run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
     else:

@@ -56,6 +56,17 @@ def _child_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="run directory (holds arch.yaml and child.safetensors)")
     p.add_argument("--arch", help="architecture file (instead of --run)")
     p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
+    _model_limit_arg(p)
+
+
+def _model_limit_arg(p: argparse.ArgumentParser) -> None:
+    """--max-model-gb: the commands without a config (runs and `latency` take max_model_gb from theirs)."""
+    from .config import MODEL_GB
+    from .spaces import MAX_MODEL_GB
+
+    p.add_argument("--max-model-gb", type=_number(float, lambda v: v in MODEL_GB, f"a number {MODEL_GB}"),
+                   default=MAX_MODEL_GB, metavar="GB", help="refuse a network that would take more than GB for one "
+                   f"image, parameters and feature maps (default {MAX_MODEL_GB:g})")
 
 
 def _resolve_settings(args, source=None) -> tuple[str, dict]:
@@ -98,7 +109,7 @@ def cmd_info(args) -> int:
     # the space is the architecture's, else (no arch, or an MMRazor file, which names none) the
     # table's, else the default one; flags override it
     name, settings = _resolve_settings(args, arch if (arch is not None and arch.names_space) or lut is None else lut)
-    space = spaces.build(name, settings)
+    space = spaces.build(name, settings, max_model_gb=args.max_model_gb)
     table = space.costs
     if lut is not None:
         lut.check_settings(settings, args.latency, name)
@@ -183,7 +194,7 @@ def _load_run_child(args):
             raise DsnasError("give --run DIR, or both --arch FILE and --weights FILE")
         arch_path, weights = Path(args.arch), Path(args.weights)
     arch = load_arch(arch_path)
-    return arch, load_child(arch, weights)
+    return arch, load_child(arch, weights, args.max_model_gb)
 
 
 def _check_outputs(paths: list, force: bool) -> None:
@@ -288,7 +299,7 @@ def cmd_import(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise DsnasError(f"--out {out} exists and is not empty (use --force to write into it)")
-    res = import_checkpoint(args.checkpoint, out, args.arch, args.bn_eps, args.format)
+    res = import_checkpoint(args.checkpoint, out, args.arch, args.bn_eps, args.format, args.max_model_gb)
     for note in res["notes"]:
         print(f"note: {note}")
     print(f"imported {args.checkpoint} ({res['format']}, {res['settings'].get('design', 'mmrazor')} design, "
@@ -311,7 +322,7 @@ def cmd_latency(args) -> int:
         data = load_data(args.data or cfg.data, shape[2])
         shape = tuple(given or found for given, found in zip(shape, (data.num_classes, data.in_channels,
                                                                      data.input_size)))
-    space = spaces.build(cfg.space, cfg.space_settings(*shape), init="torch")
+    space = spaces.build(cfg.space, cfg.space_settings(*shape), init="torch", max_model_gb=cfg.max_model_gb)
     bar = tqdm(desc=f"timing {space.num_blocks} blocks, rounds", disable=args.quiet or None)
 
     def progress(done: int, total: int) -> None:
@@ -399,6 +410,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "NAS-Bench-201 string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'")
     p.add_argument("--space", help="the space to describe (default shufflenet; an --arch names its own)")
     _settings_args(p)
+    _model_limit_arg(p)
     p.add_argument("--latency", metavar="FILE", help="latency table (dsnas latency): add the predicted latency")
     p.add_argument("--measure", action="store_true", help="with --arch and --latency: also time the real child "
                    "end to end, as the table was measured")
@@ -416,6 +428,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-eps", type=_eps, help="BN eps of the network (DSNAS files do not record it)")
     p.add_argument("--format", default="auto", choices=("auto", *PUBLISHED_FORMATS), help="layout (default: detected)")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    _model_limit_arg(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save
 from .arch import Architecture
 from .errors import DsnasError
 from .files import atomic_path, check_readable, write_bytes
-from .spaces import build_child
+from .spaces import MAX_MODEL_GB, build_child
 
 
 def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | None = None) -> None:
@@ -21,9 +21,10 @@ def save_weights(module: torch.nn.Module, path: str | Path, metadata: dict | Non
     write_bytes(path, save(state, metadata={k: str(v) for k, v in (metadata or {}).items()}))
 
 
-def load_child(arch: Architecture, weights: str | Path) -> torch.nn.Module:
-    """Build the child for ``arch`` and load its safetensors weights (shapes must match)."""
-    child = build_child(arch.space, arch.choices, arch.settings, init="torch")  # weights loaded below
+def load_child(arch: Architecture, weights: str | Path, max_model_gb: float = MAX_MODEL_GB) -> torch.nn.Module:
+    """Build the child for ``arch`` (refused past ``max_model_gb``) and load its safetensors
+    weights (shapes must match)."""
+    child = build_child(arch.space, arch.choices, arch.settings, "torch", max_model_gb)  # weights loaded below
     check_readable(weights, "weights file")
     try:
         state = load_file(str(weights))

@@ -26,7 +26,7 @@ from .arch import Architecture, load_arch, save_arch
 from .errors import DsnasError
 from .export import save_weights
 from .files import check_readable
-from .spaces import build, settings_of
+from .spaces import MAX_MODEL_GB, build, settings_of
 from .spaces.shufflenet import OPS, ShuffleNetSpace
 
 SPACE = ShuffleNetSpace.name  # every published model here is a ShuffleNet
@@ -275,8 +275,9 @@ def md5_of(path) -> str:
 
 
 def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None = None,
-                      layout: str = "auto") -> dict:
-    """Read a published checkpoint and write the run folder ``out``; returns what was imported."""
+                      layout: str = "auto", max_model_gb: float = MAX_MODEL_GB) -> dict:
+    """Read a published checkpoint and write the run folder ``out`` (a network past
+    ``max_model_gb`` is refused before it is built); returns what was imported."""
     state, cfg = state_dict_of(read_checkpoint(path), path)
     found = detect(state)
     if layout != "auto" and layout != found:
@@ -289,14 +290,14 @@ def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None =
     used: set = set()
     supernet = None
     if found.endswith("supernet"):
-        supernet = build(SPACE, space_settings, init="torch")
+        supernet = build(SPACE, space_settings, "torch", max_model_gb)
         with torch.no_grad():
             _fill(supernet, state, lambda k: _supernet_key(k, found, supernet), used, path)
         child = supernet.child(choices)
     else:
         from .spaces import build_child
 
-        child = build_child(SPACE, choices, space_settings, init="torch")
+        child = build_child(SPACE, choices, space_settings, "torch", max_model_gb)
         with torch.no_grad():
             _fill(child, state, lambda k: _child_key(k, found, child, choices), used, path)
     _leftover(state, used, found, path)
