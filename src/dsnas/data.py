@@ -34,6 +34,14 @@ EMBEDDED = "embedded"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# How published networks expect their input: the channel order, and mean/std on images in [0, 1]
+# (an RGB 0-255 image x is fed as (x[order] / 255 - mean) / std, mean and std in the fed order).
+INPUT_CONVENTIONS = {
+    "dsnas": {"channels": "rgb", "mean": IMAGENET_MEAN, "std": IMAGENET_STD},  # ToTensor + Normalize
+    "spos": {"channels": "bgr", "mean": (0.0, 0.0, 0.0), "std": (1 / 255,) * 3},  # BGR float 0-255
+    "mmrazor": {"channels": "rgb", "mean": tuple(m / 255 for m in (123.675, 116.28, 103.53)),
+                "std": tuple(s / 255 for s in (58.395, 57.12, 57.375))},
+}
 SMALL_IMAGE_MAX = 64  # ImageFolder images up to this size are loaded into memory
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -73,6 +81,15 @@ class Data:
     @property
     def in_memory(self) -> bool:
         return isinstance(self.train, Split)
+
+
+def to_input(images: torch.Tensor, convention: str) -> torch.Tensor:
+    """RGB images in [0, 1] (N x 3 x H x W) as a network of input convention ``convention`` expects them."""
+    c = INPUT_CONVENTIONS[convention]
+    x = images.flip(1) if c["channels"] == "bgr" else images
+    mean = torch.tensor(c["mean"], dtype=x.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(c["std"], dtype=x.dtype).view(1, 3, 1, 1)
+    return (x - mean) / std
 
 
 # ---------------------------------------------------------------------------------------------
