@@ -31,18 +31,24 @@ def load_child(arch: Architecture, weights: str | Path) -> torch.nn.Module:
         raise DsnasError(f"weights file {weights} does not exist") from None
     except (SafetensorError, OSError, ValueError) as e:
         raise DsnasError(f"weights file {weights} is not a readable safetensors file: {e}") from None
-    expected = child.state_dict()
+    load_checked(child, state, f"weights file {weights}", "the architecture")
+    return child
+
+
+def load_checked(module: torch.nn.Module, state: dict, source: str, target: str) -> None:
+    """Load ``state`` into ``module`` only if it holds exactly its keys, with its shapes, its kinds
+    of dtype and finite values; else a one-line error that names the first difference."""
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [k for k in expected if k in state and state[k].shape != expected[k].shape]
     if missing or unexpected or wrong:
         what = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
                 else f"{wrong[0]} has shape {tuple(state[wrong[0]].shape)}, "
-                     f"the architecture needs {tuple(expected[wrong[0]].shape)}")
-        raise DsnasError(f"weights file {weights} does not match the architecture ({what})")
-    _check_values(state, expected, weights)
-    child.load_state_dict(state)
-    return child
+                     f"{target} needs {tuple(expected[wrong[0]].shape)}")
+        raise DsnasError(f"{source} does not match {target} ({what})")
+    _check_values(state, expected, source)
+    module.load_state_dict(state)
 
 
 def recorded_convention(arch: Architecture, weights: str | Path) -> str | None:
@@ -66,7 +72,7 @@ def recorded_convention(arch: Architecture, weights: str | Path) -> str | None:
     return name
 
 
-def _check_values(state: dict, expected: dict, weights) -> None:
+def _check_values(state: dict, expected: dict, source: str) -> None:
     """Every tensor has the child's kind of dtype and, cast to the child's dtype (as loading will
     cast it), finite values: 1e300 in float64 is inf in float32. Replaces ``state``'s tensors by
     their casts; shapes are checked by the caller."""
@@ -74,15 +80,15 @@ def _check_values(state: dict, expected: dict, weights) -> None:
         got = state[k]
         same_kind = got.is_floating_point() if want.is_floating_point() else got.dtype == want.dtype
         if not same_kind:
-            raise DsnasError(f"weights file {weights}: {k} is {_name(got.dtype)}, the architecture needs "
+            raise DsnasError(f"{source}: {k} is {_name(got.dtype)}, the architecture needs "
                              f"{_name(want.dtype)}")
         try:
             state[k] = got.to(want.dtype)
         except (RuntimeError, TypeError) as e:  # a float type this torch cannot convert
-            raise DsnasError(f"weights file {weights}: {k} is {_name(got.dtype)}, which cannot be cast to "
+            raise DsnasError(f"{source}: {k} is {_name(got.dtype)}, which cannot be cast to "
                              f"{_name(want.dtype)} ({str(e).splitlines()[0][:80]})") from None
         if state[k].is_floating_point() and not bool(torch.isfinite(state[k]).all()):
-            raise DsnasError(f"weights file {weights}: {k} holds NaN or infinite values"
+            raise DsnasError(f"{source}: {k} holds NaN or infinite values"
                              + ("" if got.dtype == want.dtype else f" as {_name(want.dtype)}"))
 
 
