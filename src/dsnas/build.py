@@ -26,6 +26,7 @@ from .methods import Method, method_of
 from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, precision_label, setup_runtime
 from .search import DSNAS
+from .warm_start import start_from
 from . import spaces
 
 
@@ -81,6 +82,9 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     torch.manual_seed(cfg.seed)
     space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init,
                          cfg.max_model_gb)
+    started_from = None
+    if cfg.init_from and not resume:  # on resume the checkpoint holds the weights the run has trained since
+        started_from = start_from(space, cfg.init_from)
     given = None if method.searches else _given_arch(cfg, space)
     costs = _cost_table(cfg, space)
     _check_budget(cfg, method, costs, space)
@@ -105,6 +109,8 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
                      f"{data.num_classes} classes, {data.input_size} px; method {run.method.name}; space "
                      f"{space.costs.num_blocks} blocks x {max(map(len, space.costs.names))} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; "
                      f"{rt.world} x {rt.device.type}, {run.precision}; run dir {out}")
+    if started_from is not None:
+        run.log.line(f"supernet weights from {started_from}")
     return run
 
 

@@ -79,7 +79,8 @@ def _check_members(path: Path, limits: tuple[int, int]) -> None:
                          f"{total_max} a checkpoint of this run can take")
 
 
-def _read(path: Path, settings: dict, required: tuple, space: str, limits: tuple[int, int] | None = None) -> dict:
+def _read(path: Path, settings: dict | None, required: tuple, space: str | None,
+          limits: tuple[int, int] | None = None) -> dict:
     if limits is not None:
         _check_members(path, limits)
     try:
@@ -95,9 +96,9 @@ def _read(path: Path, settings: dict, required: tuple, space: str, limits: tuple
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise DsnasError(f"checkpoint {path} has format {quote(found)}; this version reads "
                          f"{' and '.join(map(repr, READS))}")
-    if ckpt.get("space", DEFAULT_SPACE) != space:
+    if space is not None and ckpt.get("space", DEFAULT_SPACE) != space:
         raise DsnasError(f"checkpoint {path} is for the {quote(ckpt.get('space'))} space, this run uses {space}")
-    if ckpt.get("settings") != settings:
+    if settings is not None and ckpt.get("settings") != settings:
         raise DsnasError(f"checkpoint {path} is for space settings {quote(ckpt.get('settings'))}, this run uses {settings}")
     lacking = [k for k in required if k not in ckpt]
     if lacking:
@@ -117,12 +118,13 @@ def _warn(text: str) -> None:
     print(one_line(text), file=sys.stderr)
 
 
-def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = (), space: str = DEFAULT_SPACE,
-                    limits: tuple[int, int] | None = None, check=None) -> dict:
+def load_checkpoint(folder: Path, settings: dict | None, warn=_warn, required: tuple = (),
+                    space: str | None = DEFAULT_SPACE, limits: tuple[int, int] | None = None, check=None) -> dict:
     """The newest loadable checkpoint in ``folder`` (``last.pt``, else ``prev.pt``) that holds
     every key of ``required``, with ``limits`` (`checkpoint_limits`) no member that would
-    inflate past them, and that ``check(ckpt)`` (e.g. `check_run_payload`) finds fits the run:
-    it raises `BadPayload` otherwise."""
+    inflate past them, of ``space`` with ``settings`` unless they are None (the caller compares),
+    and that ``check(ckpt)`` (e.g. `check_run_payload`) finds fits the run: it raises `BadPayload`
+    otherwise."""
     errors = []
     for name in (LAST, PREV):
         path = folder / name

@@ -178,9 +178,11 @@ def _info_space(args, space, table) -> None:
 
 
 def _load_run_child(args):
-    """(arch, child) from --run DIR or --arch FILE --weights FILE."""
+    """(arch, child, input convention) from --run DIR or --arch FILE --weights FILE; the input
+    convention is --input-convention's where the command has it, else the one recorded with the
+    child (None: the data's own normalisation)."""
     from .arch import load_arch
-    from .export import load_child
+    from .export import load_child, recorded_convention
 
     if args.run:
         run = Path(args.run)
@@ -194,7 +196,14 @@ def _load_run_child(args):
             raise DsnasError("give --run DIR, or both --arch FILE and --weights FILE")
         arch_path, weights = Path(args.arch), Path(args.weights)
     arch = load_arch(arch_path)
-    return arch, load_child(arch, weights, args.max_model_gb)
+    child = load_child(arch, weights, args.max_model_gb)
+    asked = getattr(args, "input_convention", None)
+    if asked is not None:
+        return arch, child, None if asked == DATA_NORMALISATION else asked
+    return arch, child, recorded_convention(arch, weights)
+
+
+DATA_NORMALISATION = "data"  # --input-convention: normalise by the data's own statistics, as dsnas trains
 
 
 def _check_outputs(paths: list, force: bool) -> None:
@@ -215,22 +224,23 @@ def _check_outputs(paths: list, force: bool) -> None:
 
 def cmd_export(args) -> int:
     from .arch import save_arch
-    from .export import export_onnx
+    from .export import convention_metadata, export_onnx
 
     if not (args.onnx or args.mmrazor):
         raise DsnasError("nothing to export: give --onnx FILE and/or --mmrazor FILE")
     if args.onnx == "-":
         raise DsnasError("--onnx needs a file (ONNX is binary and is checked from the file)")
     _check_outputs([args.onnx, args.mmrazor], args.force)
-    arch, child = _load_run_child(args)
+    arch, child, convention = _load_run_child(args)
     if args.mmrazor:
         save_arch(arch, args.mmrazor, mmrazor=True, replace=args.force)
         if args.mmrazor != "-":
             print(f"wrote {args.mmrazor} (MMRazor subnet YAML)")
     if args.onnx:
         diff = export_onnx(child, args.onnx, arch.settings["input_size"], arch.settings["in_channels"],
-                           check=not args.no_check, replace=args.force)
+                           check=not args.no_check, replace=args.force, metadata=convention_metadata(convention))
         checked = "" if diff is None else f"; onnxruntime matches PyTorch within {diff:.1e}"
+        checked += f"; input convention {convention} in its metadata" if convention else ""
         print(f"wrote {args.onnx}{checked}")
     return 0
 
@@ -267,10 +277,11 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_child
     from .files import write_text
 
-    arch, child = _load_run_child(args)
-    out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate)
+    arch, child, convention = _load_run_child(args)
+    out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate, convention)
     print(json_text(out) if args.json else
           f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {out['data']} test images"
+          + (f", input as {convention}" if convention else "")
           + (f" (BN re-estimated on {out['bn_recalibrate']} training images)" if out["bn_recalibrate"] else ""))
     if args.run:
         write_text(Path(args.run) / "eval.json", json_text(out, indent=2) + "\n")
@@ -378,6 +389,7 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .data import INPUT_CONVENTIONS
     from .published import FORMATS as PUBLISHED_FORMATS
 
     parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
@@ -402,6 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset (default: the run's, else the embedded set)")
     p.add_argument("--bn-recalibrate", type=_count, default=0, metavar="N",
                    help="re-estimate BN statistics on N training images first")
+    p.add_argument("--input-convention", choices=(*INPUT_CONVENTIONS, DATA_NORMALISATION),
+                   help="how images are fed: a published network's channel order and mean/std (dsnas: RGB, "
+                   "ImageNet mean/std; spos: BGR 0-255; mmrazor: RGB 0-255 mean/std), or data (the data's own "
+                   "statistics); default: the one the child was imported with, else data")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 

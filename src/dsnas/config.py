@@ -47,6 +47,8 @@ class Config:
     channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)
     cells_per_stage: int = 5           # nb201 space: N, cells in each of its three stages
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
+    init_from: str = ""                # start the supernet from this folder's weights instead (dsnas import
+                                       # of a published supernet, or a dsnas run); warm-up may then be 0
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
     arch: str = ""                     # method fixed: the architecture file to train
     # schedule (epochs are counted from 0; finetune runs from search_epochs to epochs)

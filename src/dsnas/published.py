@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .arch import Architecture, load_arch, save_arch
+from .data import to_input  # noqa: F401  (re-exported; the input conventions live in data.py)
 from .errors import DsnasError
 from .export import save_weights
 from .files import check_readable
@@ -34,29 +35,11 @@ SPACE = ShuffleNetSpace.name  # every published model here is a ShuffleNet
 FORMATS = ("dsnas-supernet", "dsnas-child", "spos-supernet", "spos-child", "mmrazor")
 PREFIXES = ("module.", "architecture.")  # DataParallel's and MMRazor's subnet wrapper's
 
-# Input conventions: the channel order the network expects, and mean/std on images in [0, 1]
-# (an RGB 0-255 image x is fed as (x[order] / 255 - mean) / std).
-CONVENTIONS = {
-    "dsnas": {"channels": "rgb", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
-    "spos": {"channels": "bgr", "mean": (0.0, 0.0, 0.0), "std": (1 / 255,) * 3},  # BGR float 0-255
-    "mmrazor": {"channels": "rgb", "mean": tuple(m / 255 for m in (123.675, 116.28, 103.53)),
-                "std": tuple(s / 255 for s in (58.395, 57.12, 57.375))},
-}
-
 # Files recognised by md5: what their own config says (SNAS-Series DSNAS/configs).
 KNOWN = {
     "c10b463274a0eac5a5ee47418ff15d34": ("DSNASsearch240.pth", {"bn_eps": 0.01}),
     "459098b27704524927fbd8ed34570103": ("DSNASretrain240.pth", {"bn_eps": 1e-5}),
 }
-
-
-def to_input(images: torch.Tensor, convention: str) -> torch.Tensor:
-    """RGB images in [0, 1] (N x 3 x H x W) as a network of ``convention`` expects them."""
-    c = CONVENTIONS[convention]
-    x = images.flip(1) if c["channels"] == "bgr" else images
-    mean = torch.tensor(c["mean"], dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(c["std"], dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def read_checkpoint(path: str | Path) -> dict:
