@@ -16,7 +16,7 @@ import statistics
 
 import torch
 from _report import machine, write_section
-from quality import kendall_tau
+from dsnas.agreement import kendall_tau
 
 from dsnas import spaces
 from dsnas.latency import measure_latency, measure_networks
