@@ -223,8 +223,8 @@ class _Timer:
     def _torch(self, module: nn.Module, x: torch.Tensor):
         dtype = torch.bfloat16 if self.precision == "bf16" else None
 
-        def run():
-            with torch.no_grad(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
+        def run():  # as a user runs a child for inference
+            with torch.inference_mode(), torch.autocast(x.device.type, dtype=dtype, enabled=dtype is not None):
                 module(x)
         return run
 
