@@ -402,7 +402,7 @@ def _fitted(table: LatencyTable, space, archs: list[list[int]], children: list[f
     fit_archs, fit_ms = archs[:n_fit], children[:n_fit]
     scale = statistics.median(m / latency_fit.predict(rows, base, a) for a, m in zip(fit_archs, fit_ms)) \
         if fit_archs else 1.0
-    scale = min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1])
+    scale = float(min(max(scale, SCALE_RANGE[0]), SCALE_RANGE[1]))
     prior, prior_fixed = [[scale * v for v in row] for row in rows], scale * base
     if ridge is None:
         ridge = latency_fit.choose_ridge(fit_archs, fit_ms, prior, prior_fixed)
@@ -429,7 +429,7 @@ def _validation(table: LatencyTable, names, labels, archs: list[list[int]], meas
     def agrees(fitted: bool) -> dict:
         rows, base = table.entries(names, labels, fitted)
         found = agreement([latency_fit.predict(rows, base, a) for a in archs], measured)
-        return {k: (None if v != v else round(v, 4)) for k, v in found.items()}  # no tau when all timings tie
+        return {k: (None if v != v else round(float(v), 4)) for k, v in found.items()}  # no tau when all tie
     return {"children": len(archs), "seed": seed, **agrees(True), "lookup": agrees(False)}
 
 
