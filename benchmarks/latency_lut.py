@@ -121,8 +121,8 @@ def main() -> None:
     space = spaces.build(space_args["space"], space_args["settings"], init="torch").eval()
     archs = architectures(space, args.archs, args.seed)
     cuda = args.device.startswith("cuda")
-    lines = [f"## Latency table against what a user measures, {'CUDA' if cuda else 'CPU'} (`benchmarks/latency_lut.py`)",
-             "", f"Machine: {machine()}.",
+    title = f"## Latency table against what a user measures, {'CUDA' if cuda else 'CPU'} (`benchmarks/latency_lut.py`)"
+    lines = [title, "", f"Machine: {machine()}.",
              f"Command: `python benchmarks/latency_lut.py --device {args.device} --archs {args.archs} --batches "
              f"{' '.join(map(str, args.batches))} --backends {' '.join(args.backends)} --threads "
              f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --fit-children {args.fit_children} "

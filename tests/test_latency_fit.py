@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from conftest import assert_one_line_error, dsnas_error
