@@ -340,14 +340,31 @@ def cmd_latency(args) -> int:
         bar.total = total
         bar.update(done - bar.n)
     table = measure_latency(space, args.device, args.backend, args.batch, args.threads, args.precision,
-                            args.warmup, args.repeats, progress=progress)
+                            args.warmup, args.repeats, progress=progress, fit_children=args.fit_children,
+                            holdout=args.holdout, ridge=args.ridge)
     bar.close()
     save_latency(table, args.out, replace=args.force)
     rows, base = table.entries([c.names for c in space.choices], space.labels)
     low, high = base + sum(min(r) for r in rows), base + sum(max(r) for r in rows)
     print(f"wrote {args.out}: {table.measured['device_name']}, {args.backend}, batch {args.batch}, "
           f"{args.threads} thread(s); architectures predicted at {low:.3f}-{high:.3f} ms")
+    fit = table.fit
+    print(f"fitted to {fit['children']} children timed end to end (ridge {fit['ridge']:g}, lookup scale "
+          f"{fit['scale']:.3f})")
+    print(_held_out_line(table.validation))
     return 0
+
+
+def _held_out_line(validation: dict | None) -> str:
+    """What the held-out children say of the table, and of the lookup it was fitted from."""
+    if validation is None:
+        return "no children held out: the table is not checked (--holdout)"
+
+    def said(v: dict) -> str:
+        tau = "no tau (the timings tie)" if v["tau"] is None else f"tau {v['tau']:.3f}"
+        return f"{tau}, median error {v['median_error_pct']:.1f}% (max {v['max_error_pct']:.1f}%)"
+    return (f"on {validation['children']} held-out children: {said(validation)}; "
+            f"the lookup alone: {said(validation['lookup'])}")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -365,6 +382,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def _latency_args(p: argparse.ArgumentParser) -> None:
     """The options of `latency`: the space, and how and where it is timed."""
+    from .latency import FIT_CHILDREN, HOLDOUT
+
     p.add_argument("--out", required=True, help="the table to write (YAML)")
     p.add_argument("--config", help="YAML config file or preset name (the space: width, data); default demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -382,6 +401,15 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--repeats", type=_positive_int, default=50, help="timed calls per entry (median; default 50)")
     p.add_argument("--warmup", type=_count, default=10, help="untimed calls first (default 10)")
+    p.add_argument("--fit-children", type=_count, default=FIT_CHILDREN, metavar="N",
+                   help=f"random children timed end to end that the entries are fitted to (default {FIT_CHILDREN}; "
+                   "0: the lookup as timed)")
+    p.add_argument("--holdout", type=_count, default=HOLDOUT, metavar="N",
+                   help=f"more children, never fitted, that check the table: tau and median error (default "
+                   f"{HOLDOUT}; 0: none)")
+    p.add_argument("--ridge", type=float, metavar="R",
+                   help="pull toward the lookup, in children's worth of evidence (default: chosen by "
+                   "cross-validation on the fitted children)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_latency)
