@@ -23,7 +23,7 @@
 # time). Each step runs under its own limit, sized from the estimate written beside it for an
 # H100-class GPU with 16 CPU cores (each step spends ~8 s starting Python and importing torch),
 # and never past the deadline; a step that would start with under 20 s left is skipped. The
-# estimates add up to about 440 s.
+# estimates add up to about 455 s.
 #
 # The CPU rehearsal runs every step at toy sizes under limits of its own, two to four times what
 # each took on a shared 2-core machine (620 s in all, at a load average of 9), and a deadline of
@@ -77,12 +77,15 @@ if [ "$REHEARSE" = 1 ]; then  # every step on the CPU at toy sizes, results kept
     THROUGHPUT=(--batch 2 --reps 2) PRECISION=(--epochs 0 --batches 2 --batch 8) CLAST=(--batch 2 --reps 1)
     PIPELINE=(--images 32 --batch 4 --steps 1 --workers 2) DETERMINISM=(--batch 2 --reps 1 --steps 1)
     DEMO=(--set epochs=2 --set warmup_epochs=0 --set search_epochs=1 --set train_limit=512 --set test_limit=256)
-    OVERHEAD=(--reps 2 --batch 2) LUT=(--archs 2 --batches 1 --backends torch --repeats 3 --warmup 1)
+    OVERHEAD=(--reps 2 --batch 2)
+    LUT=(--archs 2 --batches 1 --backends torch --threads 1 --repeats 3 --warmup 1 --fit-children 4 --holdout 2
+         --user-repeats 3 --user-warmup 1)
 else
     DEV=cuda NW=
     THROUGHPUT=(--compile --reps 20) PRECISION=(--epochs 0 1 3) CLAST=(--reps 20)
     PIPELINE=(--images 4096 --steps 12) DETERMINISM=() DEMO=() OVERHEAD=(--reps 20 --json)
-    LUT=(--archs 16 --batches 1 32 --backends torch --repeats 30 --warmup 5)
+    LUT=(--archs 12 --batches 1 32 --backends torch --repeats 30 --warmup 5 --fit-children 24 --holdout 8
+         --user-repeats 30 --user-warmup 5)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>&1 | sed 's/^/gpu: /' | tee -a "$SUMMARY"
 fi
 "$PY" -c "import sys, torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
@@ -114,10 +117,10 @@ step demo 75 180 "$PY" -m dsnas search --quiet --out "$WORK/demo/run" --set devi
 # step_overhead: start 8 + a 28 px and a 224 px supernet 6 + 2 x 23 step pairs (launch-bound at
 # these batches, ~25 ms a step) 3 + peak memory 1 = 18.
 step step_overhead 50 150 "$PY" benchmarks/step_overhead.py --device $DEV ${OVERHEAD[@]+"${OVERHEAD[@]}"} $NW
-# latency_lut: start 8 + per batch size (1, 32) 83 parts, 24 calibration and 2 x 18 measured
-# children, 35 calls each: 5,005 calls per batch size at ~1-5 ms (a part at batch 1 takes well
-# under 1 ms, a child a few) = 10-50 s for both + building 84 children 4 = 22-62.
-step latency_lut 75 120 "$PY" benchmarks/latency_lut.py --device $DEV ${LUT[@]+"${LUT[@]}"} $NW
+# latency_lut: start 8 + per batch size (1, 32) 83 parts and 32 fitted and held-out children, 35
+# calls each, at ~0.1-1 ms a part and ~2-5 ms a child 3-8 + building 32 children 3 + two separate
+# processes timing 14 children, 35 calls each 2 x (start 8 + 2) = 26-31 per batch size = 60-70.
+step latency_lut 90 240 "$PY" benchmarks/latency_lut.py --device $DEV ${LUT[@]+"${LUT[@]}"} $NW
 # demo_compile: the demo 33 + compiling the finetune child's training step 50 = 83 (last: its
 # figure matters least, and it may find the deadline near).
 step demo_compile 110 180 "$PY" -m dsnas search --quiet --out "$WORK/demo_compile/run" --set device=$DEV --set compile=true ${DEMO[@]+"${DEMO[@]}"}

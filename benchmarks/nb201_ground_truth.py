@@ -35,7 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from quality import kendall_tau  # noqa: E402
+from dsnas.agreement import kendall_tau  # noqa: E402
 from dsnas.config import load_config, load_run_config  # noqa: E402
 from dsnas.spaces.nb201 import OPS, EDGES, to_string  # noqa: E402
 from dsnas.train import run_search  # noqa: E402

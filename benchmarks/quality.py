@@ -30,31 +30,13 @@ from pathlib import Path
 from _report import ROOT, machine, write_section
 from _runs import overrides, run_dsnas, uniform_architecture
 
+from dsnas.agreement import kendall_tau
+
 DATA = "/usr/share/datasets/fashion-mnist"
 METHODS = ("dsnas", "scratch", "random", "spos", "uniform")
 LABELS = {"dsnas": "DSNAS child, no retraining", "scratch": "same architecture, retrained from scratch",
           "random": "random search (uniform supernet)", "spos": "SPOS-style evolution (uniform supernet)",
           "uniform": "a uniform architecture within the budget, from scratch"}
-
-
-def kendall_tau(a: list[float], b: list[float]) -> float:
-    """Kendall's tau-b (ties counted in neither concordant nor discordant pairs)."""
-    conc = disc = ties_a = ties_b = 0
-    for i in range(len(a)):
-        for j in range(i + 1, len(a)):
-            da, db = a[i] - a[j], b[i] - b[j]
-            if da == 0 and db == 0:
-                continue
-            if da == 0:
-                ties_a += 1
-            elif db == 0:
-                ties_b += 1
-            elif (da > 0) == (db > 0):
-                conc += 1
-            else:
-                disc += 1
-    denom = ((conc + disc + ties_a) * (conc + disc + ties_b)) ** 0.5
-    return (conc - disc) / denom if denom else float("nan")
 
 
 def bootstrap_tau(pairs: list[dict], a: str = "inherited", b: str = "alone", resamples: int = 2000,

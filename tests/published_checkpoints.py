@@ -44,3 +44,29 @@ def checkpoint(fx: dict) -> dict:
     state = {key: value(key, shape) for key, shape in fx["keys"]}
     outer = fx.get("outer")
     return {**outer, "state_dict": state} if outer is not None else state
+
+
+def with_classes(fx: dict, num_classes: int) -> dict:
+    """The fixture with a classifier for ``num_classes`` classes (the layout is the same for any
+    count), so that a small image set fits the imported network."""
+    def resized(key, shape):
+        return [num_classes, *shape[1:]] if key.endswith(("classifier.0.weight", "classifier.0.bias")) else shape
+    return {**fx, "keys": [[key, resized(key, shape)] for key, shape in fx["keys"]], "logits": None}
+
+
+def image_tree(root: Path, num_classes: int) -> torch.Tensor:
+    """An ImageFolder tree (train/ and val/, one image per class each) whose val images, after
+    the evaluation crop (resize 256, centre crop 224), are ``images`` exactly: 256 px PNGs with
+    them in the centre. Returns those images (class i's is row i)."""
+    import numpy as np
+    from PIL import Image
+
+    shown = torch.cat([images(seed) for seed in range((num_classes + 1) // 2)])[:num_classes]
+    for split in ("train", "val"):
+        for i, x in enumerate(shown if split == "val" else shown.flip(0)):
+            folder = root / split / f"class{i:02d}"
+            folder.mkdir(parents=True, exist_ok=True)
+            canvas = np.full((256, 256, 3), 77, np.uint8)
+            canvas[16:240, 16:240] = (x * 255).round().byte().permute(1, 2, 0).numpy()
+            Image.fromarray(canvas).save(folder / "0.png")
+    return shown

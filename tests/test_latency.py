@@ -19,7 +19,7 @@ SPACE = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}  
 @pytest.fixture(scope="module")
 def lut(tmp_path_factory):
     path = tmp_path_factory.mktemp("lut") / "lut.yaml"
-    table = measure_latency(ShuffleNetSpace(**SPACE, init="torch"), warmup=1, repeats=3)
+    table = measure_latency(ShuffleNetSpace(**SPACE, init="torch"), warmup=1, repeats=3, fit_children=6, holdout=3)
     save_latency(table, path)
     return path, table
 
@@ -31,23 +31,26 @@ def test_table_round_trip(lut):
     assert again == table
     assert again.measured["backend"] == "torch" and again.measured["batch"] == 1
     assert len(again.blocks) == 20 and set(again.fixed) == {"stem", "head", "call"}
-    assert all(e["ms"] > 0 and e["spread"] >= 0 for b in again.blocks.values() for e in b.values())
+    assert all(e["ms"] >= 0 and e["lookup"] > 0 and e["spread"] >= 0 for b in again.blocks.values()
+               for e in b.values())
+    assert again.fit["children"] == 6 and again.validation["children"] == 3
 
 
 @pytest.mark.slow
-def test_calibration_scales_every_entry(lut):
-    """The table's calibration (a median ratio over children timed end to end) multiplies every
-    entry and the fixed parts; uncalibrated entries are the timings as measured."""
+def test_a_search_reads_the_fitted_entries_and_the_lookup_is_kept(lut):
+    """A search adds up the fitted entries (``ms``); the lookup they were fitted from is the parts
+    timed alone times the fit's calibration scale."""
     _, table = lut
     labels = list(table.blocks)
     names = [list(table.blocks[label]) for label in labels]
-    k = table.measured["scale"]
+    k = table.fit["scale"]
     assert k > 0
     rows, base = table.entries(names, labels)
-    raw, raw_base = table.entries(names, labels, calibrated=False)
-    assert raw[3][1] == table.blocks[labels[3]][names[3][1]]["ms"] and raw_base == pytest.approx(sum(
-        v["ms"] for v in table.fixed.values()))
-    assert rows[3][1] == pytest.approx(k * raw[3][1]) and base == pytest.approx(k * raw_base)
+    lookup, lookup_base = table.entries(names, labels, fitted=False)
+    entry = table.blocks[labels[3]][names[3][1]]
+    assert rows[3][1] == entry["ms"] and base == pytest.approx(sum(v["ms"] for v in table.fixed.values()))
+    assert lookup[3][1] == pytest.approx(k * entry["lookup"])
+    assert lookup_base == pytest.approx(k * sum(v["lookup"] for v in table.fixed.values()))
 
 
 @pytest.mark.slow

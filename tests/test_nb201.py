@@ -139,7 +139,7 @@ def test_latency_table_times_edges_over_all_cells_and_the_reductions(space):
     from dsnas.latency import measure_latency
 
     table = measure_latency(spaces.build("nb201", {**SMALL, "cells_per_stage": 1}, init="torch"), repeats=3,
-                            warmup=1, calibrate=2)
+                            warmup=1, fit_children=2, holdout=2)
     assert list(table.blocks) == EDGE_LABELS and all(list(b) == list(OPS) for b in table.blocks.values())
     assert {"stem", "reduction.1", "reduction.2", "head", "call"} == set(table.fixed)
     rows, base = table.entries([list(OPS)] * 6, EDGE_LABELS)

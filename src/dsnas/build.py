@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from torch import nn
 
 from . import __version__
 from .arch import load_arch
-from .checkpoint import RUN_KEYS, RunState, checkpoint_limits, load_checkpoint, restore_run
+from .checkpoint import RUN_KEYS, RunState, check_run_payload, checkpoint_limits, load_checkpoint, restore_run
 from .config import COSTS, Config
 from .cost import UNITS, CostTable
 from .data import Data, Loader, Split, hold_out, load_data
@@ -25,6 +26,7 @@ from .methods import Method, method_of
 from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, precision_label, setup_runtime
 from .search import DSNAS
+from .warm_start import start_from
 from . import spaces
 
 
@@ -78,7 +80,11 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     data, held = _run_data(cfg, method, rt)
     out = Path(out) if out is not None else new_run_dir(data.name)
     torch.manual_seed(cfg.seed)
-    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init)
+    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init,
+                         cfg.max_model_gb)
+    started_from = None
+    if cfg.init_from and not resume:  # on resume the checkpoint holds the weights the run has trained since
+        started_from = start_from(space, cfg.init_from)
     given = None if method.searches else _given_arch(cfg, space)
     costs = _cost_table(cfg, space)
     _check_budget(cfg, method, costs, space)
@@ -88,8 +94,9 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
         run.lock = RunLock(out).acquire()
         check_run_dir(out, resume)  # under the lock: another writer may have used the folder since the first check
     if resume:
+        fits = partial(check_run_payload, parts=run.parts, epochs=cfg.epochs, steps_per_epoch=len(run.train_loader))
         ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS, space=space.name,
-                               limits=checkpoint_limits(space))
+                               limits=checkpoint_limits(space), check=fits)
         run.state = restore_run(ckpt, run.parts, rt.rank)
         run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
     else:
@@ -102,6 +109,8 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
                      f"{data.num_classes} classes, {data.input_size} px; method {run.method.name}; space "
                      f"{space.costs.num_blocks} blocks x {max(map(len, space.costs.names))} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; "
                      f"{rt.world} x {rt.device.type}, {run.precision}; run dir {out}")
+    if started_from is not None:
+        run.log.line(f"supernet weights from {started_from}")
     return run
 
 

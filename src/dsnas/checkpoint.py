@@ -8,6 +8,7 @@ it had never stopped."""
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import pickle
 import random
@@ -78,7 +79,8 @@ def _check_members(path: Path, limits: tuple[int, int]) -> None:
                          f"{total_max} a checkpoint of this run can take")
 
 
-def _read(path: Path, settings: dict, required: tuple, space: str, limits: tuple[int, int] | None = None) -> dict:
+def _read(path: Path, settings: dict | None, required: tuple, space: str | None,
+          limits: tuple[int, int] | None = None) -> dict:
     if limits is not None:
         _check_members(path, limits)
     try:
@@ -94,9 +96,9 @@ def _read(path: Path, settings: dict, required: tuple, space: str, limits: tuple
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise DsnasError(f"checkpoint {path} has format {quote(found)}; this version reads "
                          f"{' and '.join(map(repr, READS))}")
-    if ckpt.get("space", DEFAULT_SPACE) != space:
+    if space is not None and ckpt.get("space", DEFAULT_SPACE) != space:
         raise DsnasError(f"checkpoint {path} is for the {quote(ckpt.get('space'))} space, this run uses {space}")
-    if ckpt.get("settings") != settings:
+    if settings is not None and ckpt.get("settings") != settings:
         raise DsnasError(f"checkpoint {path} is for space settings {quote(ckpt.get('settings'))}, this run uses {settings}")
     lacking = [k for k in required if k not in ckpt]
     if lacking:
@@ -116,11 +118,13 @@ def _warn(text: str) -> None:
     print(one_line(text), file=sys.stderr)
 
 
-def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = (), space: str = DEFAULT_SPACE,
-                    limits: tuple[int, int] | None = None) -> dict:
+def load_checkpoint(folder: Path, settings: dict | None, warn=_warn, required: tuple = (),
+                    space: str | None = DEFAULT_SPACE, limits: tuple[int, int] | None = None, check=None) -> dict:
     """The newest loadable checkpoint in ``folder`` (``last.pt``, else ``prev.pt``) that holds
-    every key of ``required`` and, with ``limits`` (`checkpoint_limits`), no member that would
-    inflate past them."""
+    every key of ``required``, with ``limits`` (`checkpoint_limits`) no member that would
+    inflate past them, of ``space`` with ``settings`` unless they are None (the caller compares),
+    and that ``check(ckpt)`` (e.g. `check_run_payload`) finds fits the run: it raises `BadPayload`
+    otherwise."""
     errors = []
     for name in (LAST, PREV):
         path = folder / name
@@ -128,6 +132,8 @@ def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = 
             continue
         try:
             ckpt = _read(path, settings, required, space, limits)
+            if check is not None:
+                _checked(path, ckpt, check)
         except DsnasError as e:
             errors.append(str(e))
             continue
@@ -137,6 +143,13 @@ def load_checkpoint(folder: Path, settings: dict, warn=_warn, required: tuple = 
     if errors:
         raise DsnasError(errors[-1] if len(errors) == 1 else f"{errors[0]}; and {errors[1]}")
     raise DsnasError(f"no checkpoint to resume in {folder}")
+
+
+def _checked(path: Path, ckpt: dict, check) -> None:
+    try:
+        check(ckpt)
+    except BadPayload as e:
+        raise DsnasError(f"checkpoint {path} does not fit this run: {e}") from None
 
 
 # --- a run's checkpoint -------------------------------------------------------------------------
@@ -171,6 +184,170 @@ def run_payload(parts: dict, state: RunState, sampler_rngs: list, rank_bn: list 
     ``sampler_rngs`` and ``rank_bn`` hold the per-rank path sampler states and BN statistics."""
     return {**{k: parts[k].state_dict() for k in STATEFUL}, "sampler_rng": sampler_rngs, "rank_bn": rank_bn,
             **global_rng_states(), "progress": state.to_dict(), "config": config}
+
+
+class BadPayload(ValueError):
+    """A part of a checkpoint that does not fit the run it would restore."""
+
+
+def check_run_payload(ckpt: dict, parts: dict, epochs: int, steps_per_epoch: int) -> None:
+    """Refuse (`BadPayload`) a `run_payload` that would not restore ``parts`` whole: every part is
+    checked against the run's own state (keys, shapes, dtypes, finite values, types, ranges)
+    before any of it is applied, so that a tampered ``last.pt`` gives way to ``prev.pt``."""
+    _fits(ckpt["model"], parts["model"].state_dict(), "model")
+    _check_search(ckpt["search"], parts["search"])
+    for key in ("optimizer", "arch_optimizer"):
+        _check_optimizer(ckpt[key], parts[key], key)
+    for key in ("scheduler", "scaler"):
+        _fits(ckpt[key], parts[key].state_dict(), key)
+    _check_rank_bn(ckpt.get("rank_bn"), parts["model"].state_dict())
+    _check_generators(ckpt, parts["search"].generator)
+    _check_progress(ckpt["progress"], epochs, steps_per_epoch)
+
+
+def _fits(saved, live, where: str) -> None:
+    """``saved`` has the structure of ``live``: the same keys, lengths, tensor shapes and dtypes,
+    and the same types of plain values; floats finite."""
+    if isinstance(live, dict):
+        if not isinstance(saved, dict) or set(saved) != set(live):
+            missing = sorted(map(str, set(live) - set(saved))) if isinstance(saved, dict) else []
+            raise BadPayload(f"{where} " + (f"lacks {quote(missing[0])}" if missing else
+                             f"holds {quote(saved)}, not the {len(live)} entries of this run's"))
+        for k, v in live.items():
+            _fits(saved[k], v, f"{where}.{k}")
+    elif isinstance(live, (list, tuple)):
+        if not isinstance(saved, (list, tuple)) or len(saved) != len(live):
+            raise BadPayload(f"{where} holds {quote(saved)}, not a list of {len(live)}")
+        for i, (s, v) in enumerate(zip(saved, live)):
+            _fits(s, v, f"{where}[{i}]")
+    elif isinstance(live, torch.Tensor):
+        _tensor_fits(saved, live.shape, live.dtype, where)
+    elif not _same_kind(saved, live):
+        raise BadPayload(f"{where} is {quote(saved)}, this run's is a {type(live).__name__}")
+
+
+def _same_kind(saved, live) -> bool:
+    if isinstance(live, (list, dict)):
+        return isinstance(saved, type(live))
+    if isinstance(live, bool) or live is None or isinstance(live, str):
+        return type(saved) is type(live)
+    if isinstance(live, int):
+        return isinstance(saved, int) and not isinstance(saved, bool)
+    if isinstance(live, float):
+        return isinstance(saved, (int, float)) and not isinstance(saved, bool) and math.isfinite(saved)
+    return True
+
+
+def _tensor_fits(saved, shape, dtype, where: str) -> None:
+    if not isinstance(saved, torch.Tensor) or saved.shape != shape or saved.dtype != dtype:
+        got = f"{saved.dtype} {tuple(saved.shape)}" if isinstance(saved, torch.Tensor) else quote(saved)
+        raise BadPayload(f"{where} is {got}, this run's is {dtype} {tuple(shape)}")
+    if saved.is_floating_point() and not bool(torch.isfinite(saved).all()):
+        raise BadPayload(f"{where} holds NaN or infinite values")
+
+
+def _check_search(saved, search) -> None:
+    """alpha of each block's length, and a fixed candidate that exists (-1: none); the
+    architecture state of format /1 is a list per block."""
+    if not isinstance(saved, dict) or not isinstance(saved.get("alphas"), (dict, list)):
+        raise BadPayload(f"search holds {quote(saved)}, not an architecture state")
+    live = search.state_dict()
+    if "candidates" not in saved:  # written before the candidates were recorded
+        del live["candidates"]
+    elif saved["candidates"] != live["candidates"]:
+        raise BadPayload("search names other candidates than this run's blocks")
+    in_order = isinstance(saved["alphas"], list)  # format /1: a list per block, in block order
+    if in_order:
+        live = {k: list(v.values()) for k, v in live.items()}
+    _fits(saved, live, "search")
+    for i, (label, choice) in enumerate(zip(search.labels, search.choices)):
+        f = saved["fixed"][i if in_order else label]
+        if not -1 <= f < len(choice):
+            raise BadPayload(f"search.fixed[{quote(label)}] is {f}, not -1 or a candidate 0..{len(choice) - 1}")
+
+
+def _check_optimizer(saved, optimizer, where: str) -> None:
+    """The run's parameter groups, and per-parameter state of its parameters' shapes."""
+    live = optimizer.state_dict()
+    if not isinstance(saved, dict) or set(saved) != {"state", "param_groups"}:
+        raise BadPayload(f"{where} holds {quote(saved)}, not an optimizer state")
+    _fits(saved["param_groups"], live["param_groups"], f"{where}.param_groups")
+    for s, v in zip(saved["param_groups"], live["param_groups"]):
+        if s["params"] != v["params"]:
+            raise BadPayload(f"{where}.param_groups name other parameters than this run's")
+    shapes = {i: p.shape for i, p in enumerate(p for g in optimizer.param_groups for p in g["params"])}
+    if not isinstance(saved["state"], dict):
+        raise BadPayload(f"{where}.state holds {quote(saved['state'])}, not a mapping")
+    for i, state in saved["state"].items():
+        if i not in shapes or not isinstance(state, dict):
+            raise BadPayload(f"{where}.state has an entry {quote(i)} for no parameter of this run")
+        for k, value in state.items():  # momentum, Adam's moments: the parameter's shape; Adam's step: a scalar
+            shape = shapes[i] if isinstance(value, torch.Tensor) and value.ndim else torch.Size()
+            dtype = value.dtype if isinstance(value, torch.Tensor) and value.is_floating_point() else torch.float32
+            _tensor_fits(value, shape, dtype, f"{where}.state[{i}].{k}")
+
+
+def _check_rank_bn(saved, model_state: dict) -> None:
+    """Every rank's BN statistics: a subset of the model's, each of its shape and dtype."""
+    if saved is None:
+        return
+    if not isinstance(saved, list) or not all(isinstance(s, dict) and set(s) <= set(model_state) for s in saved):
+        raise BadPayload(f"rank_bn holds {quote(saved)}, not each rank's BN statistics of this model")
+    for r, stats in enumerate(saved):
+        for k, v in stats.items():
+            _tensor_fits(v, model_state[k].shape, model_state[k].dtype, f"rank_bn[{r}].{k}")
+
+
+def _check_generators(ckpt: dict, sampler: torch.Generator) -> None:
+    """Every generator state loads: each is tried on a new generator, never on the run's."""
+    rngs = ckpt["sampler_rng"]
+    if not isinstance(rngs, list) or not rngs:
+        raise BadPayload(f"sampler_rng holds {quote(rngs)}, not one state per rank")
+    for r, state in enumerate(rngs):
+        _tensor_fits(state, sampler.get_state().shape, torch.uint8, f"sampler_rng[{r}]")
+    try:
+        torch.Generator().set_state(ckpt["torch_rng"])
+        n, p = ckpt["numpy_rng"], ckpt["python_rng"]
+        _fits(n, global_rng_states()["numpy_rng"], "numpy_rng")
+        _fits(p["internal"], global_rng_states()["python_rng"]["internal"], "python_rng.internal")
+        keys = n["keys"]
+        if not bool(((keys >= 0) & (keys < 1 << 32)).all()) or not 0 <= n["pos"] <= len(keys):
+            raise ValueError("numpy's keys must be 32-bit and its position within them")
+        np.random.RandomState().set_state(("MT19937", keys.numpy().astype(np.uint32), n["pos"], n["has_gauss"],
+                                           n["gauss"]))
+        random.Random().setstate((p["version"], tuple(int(v) for v in p["internal"]), p["gauss_next"]))
+    except BadPayload:
+        raise
+    except (TypeError, ValueError, KeyError, RuntimeError, OverflowError) as e:
+        raise BadPayload(f"a random generator state does not load ({quote(str(e))})") from None
+
+
+PROGRESS_KINDS = {"epoch": 0, "step": 0, "global_step": 0, "alpha_rows": [], "history": [], "epoch_seen": 0,
+                  "elapsed": 0.0}  # a value of each field's kind
+
+
+def _check_progress(progress, epochs: int, steps_per_epoch: int) -> None:
+    """`RunState` fields of their types, at a place this run's schedule has: epoch 0..epochs
+    (epochs: finished), a step within the epoch."""
+    if not isinstance(progress, dict) or "epoch" not in progress:
+        raise BadPayload(f"progress holds {quote(progress)}, not a run's progress")
+    for key, kind in PROGRESS_KINDS.items():
+        if key in progress and not _same_kind(progress[key], kind):
+            raise BadPayload(f"progress.{key} is {quote(progress[key])}, not a {type(kind).__name__}")
+    for key in ("step", "global_step", "epoch_seen", "elapsed"):
+        if progress.get(key, 0) < 0:
+            raise BadPayload(f"progress.{key} is {progress[key]}, below 0")
+    epoch, step = progress["epoch"], progress.get("step", 0)
+    if not 0 <= epoch <= epochs:
+        raise BadPayload(f"progress.epoch is {epoch}, outside this run's 0..{epochs}")
+    if step >= steps_per_epoch or (epoch == epochs and step):
+        raise BadPayload(f"progress.step is {step}, past the {steps_per_epoch} steps of an epoch")
+    loss = progress.get("epoch_loss", torch.zeros(()))
+    if not isinstance(loss, torch.Tensor) or not loss.is_floating_point():
+        raise BadPayload(f"progress.epoch_loss is {quote(loss)}, not a number")
+    _tensor_fits(loss, torch.Size(), loss.dtype, "progress.epoch_loss")
+    if not isinstance(progress.get("selection") or {}, dict):
+        raise BadPayload(f"progress.selection is {quote(progress['selection'])}, not a mapping")
 
 
 def restore_run(ckpt: dict, parts: dict, rank: int) -> RunState:

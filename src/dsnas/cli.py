@@ -56,6 +56,17 @@ def _child_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", help="run directory (holds arch.yaml and child.safetensors)")
     p.add_argument("--arch", help="architecture file (instead of --run)")
     p.add_argument("--weights", help="child weights, safetensors (instead of --run)")
+    _model_limit_arg(p)
+
+
+def _model_limit_arg(p: argparse.ArgumentParser) -> None:
+    """--max-model-gb: the commands without a config (runs and `latency` take max_model_gb from theirs)."""
+    from .config import MODEL_GB
+    from .spaces import MAX_MODEL_GB
+
+    p.add_argument("--max-model-gb", type=_number(float, lambda v: v in MODEL_GB, f"a number {MODEL_GB}"),
+                   default=MAX_MODEL_GB, metavar="GB", help="refuse a network that would take more than GB for one "
+                   f"image, parameters and feature maps (default {MAX_MODEL_GB:g})")
 
 
 def _resolve_settings(args, source=None) -> tuple[str, dict]:
@@ -98,7 +109,7 @@ def cmd_info(args) -> int:
     # the space is the architecture's, else (no arch, or an MMRazor file, which names none) the
     # table's, else the default one; flags override it
     name, settings = _resolve_settings(args, arch if (arch is not None and arch.names_space) or lut is None else lut)
-    space = spaces.build(name, settings)
+    space = spaces.build(name, settings, max_model_gb=args.max_model_gb)
     table = space.costs
     if lut is not None:
         lut.check_settings(settings, args.latency, name)
@@ -167,9 +178,11 @@ def _info_space(args, space, table) -> None:
 
 
 def _load_run_child(args):
-    """(arch, child) from --run DIR or --arch FILE --weights FILE."""
+    """(arch, child, input convention) from --run DIR or --arch FILE --weights FILE; the input
+    convention is --input-convention's where the command has it, else the one recorded with the
+    child (None: the data's own normalisation)."""
     from .arch import load_arch
-    from .export import load_child
+    from .export import load_child, recorded_convention
 
     if args.run:
         run = Path(args.run)
@@ -183,7 +196,14 @@ def _load_run_child(args):
             raise DsnasError("give --run DIR, or both --arch FILE and --weights FILE")
         arch_path, weights = Path(args.arch), Path(args.weights)
     arch = load_arch(arch_path)
-    return arch, load_child(arch, weights)
+    child = load_child(arch, weights, args.max_model_gb)
+    asked = getattr(args, "input_convention", None)
+    if asked is not None:
+        return arch, child, None if asked == DATA_NORMALISATION else asked
+    return arch, child, recorded_convention(arch, weights)
+
+
+DATA_NORMALISATION = "data"  # --input-convention: normalise by the data's own statistics, as dsnas trains
 
 
 def _check_outputs(paths: list, force: bool) -> None:
@@ -204,22 +224,23 @@ def _check_outputs(paths: list, force: bool) -> None:
 
 def cmd_export(args) -> int:
     from .arch import save_arch
-    from .export import export_onnx
+    from .export import convention_metadata, export_onnx
 
     if not (args.onnx or args.mmrazor):
         raise DsnasError("nothing to export: give --onnx FILE and/or --mmrazor FILE")
     if args.onnx == "-":
         raise DsnasError("--onnx needs a file (ONNX is binary and is checked from the file)")
     _check_outputs([args.onnx, args.mmrazor], args.force)
-    arch, child = _load_run_child(args)
+    arch, child, convention = _load_run_child(args)
     if args.mmrazor:
         save_arch(arch, args.mmrazor, mmrazor=True, replace=args.force)
         if args.mmrazor != "-":
             print(f"wrote {args.mmrazor} (MMRazor subnet YAML)")
     if args.onnx:
         diff = export_onnx(child, args.onnx, arch.settings["input_size"], arch.settings["in_channels"],
-                           check=not args.no_check, replace=args.force)
+                           check=not args.no_check, replace=args.force, metadata=convention_metadata(convention))
         checked = "" if diff is None else f"; onnxruntime matches PyTorch within {diff:.1e}"
+        checked += f"; input convention {convention} in its metadata" if convention else ""
         print(f"wrote {args.onnx}{checked}")
     return 0
 
@@ -256,10 +277,11 @@ def cmd_eval(args) -> int:
     from .evaluate import evaluate_child
     from .files import write_text
 
-    arch, child = _load_run_child(args)
-    out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate)
+    arch, child, convention = _load_run_child(args)
+    out = evaluate_child(arch, child, _eval_data_spec(args), args.bn_recalibrate, convention)
     print(json_text(out) if args.json else
           f"top1 {out['top1']:.2f}%  top5 {out['top5']:.2f}%  on {out['images']} {out['data']} test images"
+          + (f", input as {convention}" if convention else "")
           + (f" (BN re-estimated on {out['bn_recalibrate']} training images)" if out["bn_recalibrate"] else ""))
     if args.run:
         write_text(Path(args.run) / "eval.json", json_text(out, indent=2) + "\n")
@@ -288,7 +310,7 @@ def cmd_import(args) -> int:
     out = Path(args.out)
     if out.exists() and any(out.iterdir()) and not args.force:
         raise DsnasError(f"--out {out} exists and is not empty (use --force to write into it)")
-    res = import_checkpoint(args.checkpoint, out, args.arch, args.bn_eps, args.format)
+    res = import_checkpoint(args.checkpoint, out, args.arch, args.bn_eps, args.format, args.max_model_gb)
     for note in res["notes"]:
         print(f"note: {note}")
     print(f"imported {args.checkpoint} ({res['format']}, {res['settings'].get('design', 'mmrazor')} design, "
@@ -311,21 +333,38 @@ def cmd_latency(args) -> int:
         data = load_data(args.data or cfg.data, shape[2])
         shape = tuple(given or found for given, found in zip(shape, (data.num_classes, data.in_channels,
                                                                      data.input_size)))
-    space = spaces.build(cfg.space, cfg.space_settings(*shape), init="torch")
+    space = spaces.build(cfg.space, cfg.space_settings(*shape), init="torch", max_model_gb=cfg.max_model_gb)
     bar = tqdm(desc=f"timing {space.num_blocks} blocks, rounds", disable=args.quiet or None)
 
     def progress(done: int, total: int) -> None:
         bar.total = total
         bar.update(done - bar.n)
     table = measure_latency(space, args.device, args.backend, args.batch, args.threads, args.precision,
-                            args.warmup, args.repeats, progress=progress)
+                            args.warmup, args.repeats, progress=progress, fit_children=args.fit_children,
+                            holdout=args.holdout, ridge=args.ridge)
     bar.close()
     save_latency(table, args.out, replace=args.force)
     rows, base = table.entries([c.names for c in space.choices], space.labels)
     low, high = base + sum(min(r) for r in rows), base + sum(max(r) for r in rows)
     print(f"wrote {args.out}: {table.measured['device_name']}, {args.backend}, batch {args.batch}, "
           f"{args.threads} thread(s); architectures predicted at {low:.3f}-{high:.3f} ms")
+    fit = table.fit
+    print(f"fitted to {fit['children']} children timed end to end (ridge {fit['ridge']:g}, lookup scale "
+          f"{fit['scale']:.3f})")
+    print(_held_out_line(table.validation))
     return 0
+
+
+def _held_out_line(validation: dict | None) -> str:
+    """What the held-out children say of the table, and of the lookup it was fitted from."""
+    if validation is None:
+        return "no children held out: the table is not checked (--holdout)"
+
+    def said(v: dict) -> str:
+        tau = "no tau (the timings tie)" if v["tau"] is None else f"tau {v['tau']:.3f}"
+        return f"{tau}, median error {v['median_error_pct']:.1f}% (max {v['max_error_pct']:.1f}%)"
+    return (f"on {validation['children']} held-out children: {said(validation)}; "
+            f"the lookup alone: {said(validation['lookup'])}")
 
 
 def _run_args(p: argparse.ArgumentParser) -> None:
@@ -343,6 +382,8 @@ def _run_args(p: argparse.ArgumentParser) -> None:
 
 def _latency_args(p: argparse.ArgumentParser) -> None:
     """The options of `latency`: the space, and how and where it is timed."""
+    from .latency import FIT_CHILDREN, HOLDOUT
+
     p.add_argument("--out", required=True, help="the table to write (YAML)")
     p.add_argument("--config", help="YAML config file or preset name (the space: width, data); default demo")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key")
@@ -360,6 +401,15 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", choices=("fp32", "bf16"), default="fp32")
     p.add_argument("--repeats", type=_positive_int, default=50, help="timed calls per entry (median; default 50)")
     p.add_argument("--warmup", type=_count, default=10, help="untimed calls first (default 10)")
+    p.add_argument("--fit-children", type=_count, default=FIT_CHILDREN, metavar="N",
+                   help=f"random children timed end to end that the entries are fitted to (default {FIT_CHILDREN}; "
+                   "0: the lookup as timed)")
+    p.add_argument("--holdout", type=_count, default=HOLDOUT, metavar="N",
+                   help=f"more children, never fitted, that check the table: tau and median error (default "
+                   f"{HOLDOUT}; 0: none)")
+    p.add_argument("--ridge", type=float, metavar="R",
+                   help="pull toward the lookup, in children's worth of evidence (default: chosen by "
+                   "cross-validation on the fitted children)")
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_latency)
@@ -367,6 +417,7 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
+    from .data import INPUT_CONVENTIONS
     from .published import FORMATS as PUBLISHED_FORMATS
 
     parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
@@ -391,6 +442,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset (default: the run's, else the embedded set)")
     p.add_argument("--bn-recalibrate", type=_count, default=0, metavar="N",
                    help="re-estimate BN statistics on N training images first")
+    p.add_argument("--input-convention", choices=(*INPUT_CONVENTIONS, DATA_NORMALISATION),
+                   help="how images are fed: a published network's channel order and mean/std (dsnas: RGB, "
+                   "ImageNet mean/std; spos: BGR 0-255; mmrazor: RGB 0-255 mean/std), or data (the data's own "
+                   "statistics); default: the one the child was imported with, else data")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
 
@@ -399,6 +454,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "NAS-Bench-201 string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'")
     p.add_argument("--space", help="the space to describe (default shufflenet; an --arch names its own)")
     _settings_args(p)
+    _model_limit_arg(p)
     p.add_argument("--latency", metavar="FILE", help="latency table (dsnas latency): add the predicted latency")
     p.add_argument("--measure", action="store_true", help="with --arch and --latency: also time the real child "
                    "end to end, as the table was measured")
@@ -416,6 +472,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bn-eps", type=_eps, help="BN eps of the network (DSNAS files do not record it)")
     p.add_argument("--format", default="auto", choices=("auto", *PUBLISHED_FORMATS), help="layout (default: detected)")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
+    _model_limit_arg(p)
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export a child: ONNX (checked with onnxruntime), MMRazor YAML")

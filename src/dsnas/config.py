@@ -18,7 +18,7 @@ from .errors import DsnasError, quote
 from .files import parse_yaml, read_yaml
 from .images import DECODERS
 from .methods import get_method
-from .spaces import DATA_SETTINGS, DEFAULT_SPACE, SPACES, space_class
+from .spaces import DATA_SETTINGS, DEFAULT_SPACE, MAX_MODEL_GB, SPACES, space_class
 from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
 
 
@@ -47,6 +47,8 @@ class Config:
     channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)
     cells_per_stage: int = 5           # nb201 space: N, cells in each of its three stages
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
+    init_from: str = ""                # start the supernet from this folder's weights instead (dsnas import
+                                       # of a published supernet, or a dsnas run); warm-up may then be 0
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
     arch: str = ""                     # method fixed: the architecture file to train
     # schedule (epochs are counted from 0; finetune runs from search_epochs to epochs)
@@ -81,6 +83,7 @@ class Config:
     eval_bn_recalibrate: int = 0       # training images used to re-estimate BN stats before each search-stage eval
     checkpoint_every: int = 0          # also checkpoint every N steps (0 = at epoch ends only)
     seed: int = 0
+    max_model_gb: float = MAX_MODEL_GB  # refuse a network past this for one image (spaces.Footprint): raise it for big ones
     # hardware (ignored on CPU where noted)
     device: str = "auto"               # auto | cpu | cuda
     amp: str = "auto"                  # auto (bf16 on CUDA when supported, else off) | off | bf16 | fp16 (scaled)
@@ -169,6 +172,7 @@ def _number(v: float) -> str:
 COUNT = Range(0, 2**31 - 1)      # image and step counts: any that fits in 32 bits
 EPOCHS = Range(0, 100_000)
 FRACTION = Range(0, 1, open_high=True)
+MODEL_GB = Range(0, 1e6, open_low=True)  # max_model_gb; also the range of the --max-model-gb flag
 RANGES = {  # every int and float key of Config (a key missing here fails every validate)
     "input_size": Range(0, SETTING_MAX["input_size"]), "train_limit": COUNT, "test_limit": COUNT,
     "workers": Range(0, 128), "width": Range(0, SETTING_MAX["width"], open_low=True),
@@ -181,6 +185,7 @@ RANGES = {  # every int and float key of Config (a key missing here fails every 
     "channels": Range(1, 4096), "cells_per_stage": Range(1, 1000),
     "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
     "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
+    "max_model_gb": MODEL_GB,
 }
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
          "latency": ("latency_ms", "budget_ms")}  # cost -> (cost-table metric, budget key)

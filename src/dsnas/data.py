@@ -34,6 +34,14 @@ EMBEDDED = "embedded"
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot"]
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+# How published networks expect their input: the channel order, and mean/std on images in [0, 1]
+# (an RGB 0-255 image x is fed as (x[order] / 255 - mean) / std, mean and std in the fed order).
+INPUT_CONVENTIONS = {
+    "dsnas": {"channels": "rgb", "mean": IMAGENET_MEAN, "std": IMAGENET_STD},  # ToTensor + Normalize
+    "spos": {"channels": "bgr", "mean": (0.0, 0.0, 0.0), "std": (1 / 255,) * 3},  # BGR float 0-255
+    "mmrazor": {"channels": "rgb", "mean": tuple(m / 255 for m in (123.675, 116.28, 103.53)),
+                "std": tuple(s / 255 for s in (58.395, 57.12, 57.375))},
+}
 SMALL_IMAGE_MAX = 64  # ImageFolder images up to this size are loaded into memory
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
@@ -69,10 +77,37 @@ class Data:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     classes: list[str] = field(default_factory=list)
+    channel_order: str = "rgb"         # the order the network is fed (the images themselves are RGB)
 
     @property
     def in_memory(self) -> bool:
         return isinstance(self.train, Split)
+
+    def with_convention(self, convention: str) -> "Data":
+        """The same images, fed as a network of input convention ``convention`` (INPUT_CONVENTIONS)
+        expects them instead of normalised by the data's own statistics."""
+        if convention not in INPUT_CONVENTIONS:
+            raise DsnasError(f"unknown input convention {quote(convention)} (known: {', '.join(INPUT_CONVENTIONS)})")
+        if self.in_channels != 3:
+            raise DsnasError(f"input convention {convention} is for RGB images; {self.name} has {self.in_channels} "
+                             "channel(s)")
+        c = INPUT_CONVENTIONS[convention]
+        return dataclasses.replace(self, mean=tuple(c["mean"]), std=tuple(c["std"]), channel_order=c["channels"])
+
+
+def to_input(images: torch.Tensor, convention: str) -> torch.Tensor:
+    """RGB images in [0, 1] (N x 3 x H x W) as a network of input convention ``convention`` expects them."""
+    c = INPUT_CONVENTIONS[convention]
+    mean = torch.tensor(c["mean"], dtype=images.dtype).view(1, 3, 1, 1)
+    std = torch.tensor(c["std"], dtype=images.dtype).view(1, 3, 1, 1)
+    return normalise(images, mean, std, c["channels"])
+
+
+def normalise(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, channel_order: str = "rgb") -> torch.Tensor:
+    """Images in [0, 1], in the data's channel order (RGB), as a network fed in ``channel_order``
+    with ``mean`` and ``std`` (in that order) expects them."""
+    x = images.flip(1) if channel_order == "bgr" else images
+    return (x - mean) / std
 
 
 # ---------------------------------------------------------------------------------------------
@@ -529,4 +564,4 @@ class Loader:
             yield self._normalised(x), y.to(self.device, non_blocking=True)
 
     def _normalised(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+        return normalise(x, self.mean, self.std, self.data.channel_order)

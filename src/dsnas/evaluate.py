@@ -89,14 +89,19 @@ def recalibrate_bn(model: nn.Module, loader, images: int) -> int:
     return seen
 
 
-def evaluate_child(arch, child: nn.Module, data_spec: str, bn_recalibrate: int = 0) -> dict:
+def evaluate_child(arch, child: nn.Module, data_spec: str, bn_recalibrate: int = 0,
+                   input_convention: str | None = None) -> dict:
     """Top-1/top-5 of a deployed child (``dsnas eval``) on the test split of ``data_spec``, on the
-    GPU when there is one; BN statistics first re-estimated on ``bn_recalibrate`` training images."""
+    GPU when there is one; BN statistics first re-estimated on ``bn_recalibrate`` training images.
+    Images are fed as ``input_convention`` prescribes (a published network's channel order and
+    mean/std), else normalised by the data's own statistics, as dsnas trains."""
     from .data import Loader, load_data
     from .errors import DsnasError
 
     s = arch.settings
     data = load_data(data_spec, s["input_size"] if s["input_size"] > 64 else None)
+    if input_convention is not None:
+        data = data.with_convention(input_convention)
     if (data.num_classes, data.in_channels, data.input_size) != (s["num_classes"], s["in_channels"], s["input_size"]):
         raise DsnasError(f"data {data.name} has {data.num_classes} classes, {data.in_channels} channels, "
                          f"{data.input_size} px; the architecture expects {s['num_classes']}, {s['in_channels']}, "
@@ -111,4 +116,5 @@ def evaluate_child(arch, child: nn.Module, data_spec: str, bn_recalibrate: int =
         raise DsnasError(f"the child's outputs on {data.name} are NaN or infinite: its weights are finite but "
                          "overflow in the network")
     return {"top1": round(metrics["top1"], 2), "top5": round(metrics["top5"], 2), "loss": round(metrics["loss"], 4),
-            "images": metrics["images"], "bn_recalibrate": bn_recalibrate, "data": data.name}
+            "images": metrics["images"], "bn_recalibrate": bn_recalibrate, "data": data.name,
+            "input_convention": input_convention}

@@ -140,6 +140,8 @@ class FixedMethod(Method):
 
     def check(self, cfg: Config) -> None:
         _need(bool(cfg.arch), "method fixed needs arch (an architecture file)")
+        _need(not cfg.init_from, "init_from starts a supernet (methods dsnas, spos, random); method fixed trains "
+              "its architecture from scratch")
 
     def choose(self, run: Run) -> list[int]:
         return run.given

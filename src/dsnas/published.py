@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 from .arch import Architecture, load_arch, save_arch
+from .data import to_input  # noqa: F401  (re-exported; the input conventions live in data.py)
 from .errors import DsnasError
 from .export import save_weights
 from .files import check_readable
-from .spaces import build, settings_of
+from .spaces import MAX_MODEL_GB, build, settings_of
 from .spaces.shufflenet import OPS, ShuffleNetSpace
 
 SPACE = ShuffleNetSpace.name  # every published model here is a ShuffleNet
@@ -34,29 +35,11 @@ SPACE = ShuffleNetSpace.name  # every published model here is a ShuffleNet
 FORMATS = ("dsnas-supernet", "dsnas-child", "spos-supernet", "spos-child", "mmrazor")
 PREFIXES = ("module.", "architecture.")  # DataParallel's and MMRazor's subnet wrapper's
 
-# Input conventions: the channel order the network expects, and mean/std on images in [0, 1]
-# (an RGB 0-255 image x is fed as (x[order] / 255 - mean) / std).
-CONVENTIONS = {
-    "dsnas": {"channels": "rgb", "mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)},
-    "spos": {"channels": "bgr", "mean": (0.0, 0.0, 0.0), "std": (1 / 255,) * 3},  # BGR float 0-255
-    "mmrazor": {"channels": "rgb", "mean": tuple(m / 255 for m in (123.675, 116.28, 103.53)),
-                "std": tuple(s / 255 for s in (58.395, 57.12, 57.375))},
-}
-
 # Files recognised by md5: what their own config says (SNAS-Series DSNAS/configs).
 KNOWN = {
     "c10b463274a0eac5a5ee47418ff15d34": ("DSNASsearch240.pth", {"bn_eps": 0.01}),
     "459098b27704524927fbd8ed34570103": ("DSNASretrain240.pth", {"bn_eps": 1e-5}),
 }
-
-
-def to_input(images: torch.Tensor, convention: str) -> torch.Tensor:
-    """RGB images in [0, 1] (N x 3 x H x W) as a network of ``convention`` expects them."""
-    c = CONVENTIONS[convention]
-    x = images.flip(1) if c["channels"] == "bgr" else images
-    mean = torch.tensor(c["mean"], dtype=x.dtype).view(1, 3, 1, 1)
-    std = torch.tensor(c["std"], dtype=x.dtype).view(1, 3, 1, 1)
-    return (x - mean) / std
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -275,8 +258,9 @@ def md5_of(path) -> str:
 
 
 def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None = None,
-                      layout: str = "auto") -> dict:
-    """Read a published checkpoint and write the run folder ``out``; returns what was imported."""
+                      layout: str = "auto", max_model_gb: float = MAX_MODEL_GB) -> dict:
+    """Read a published checkpoint and write the run folder ``out`` (a network past
+    ``max_model_gb`` is refused before it is built); returns what was imported."""
     state, cfg = state_dict_of(read_checkpoint(path), path)
     found = detect(state)
     if layout != "auto" and layout != found:
@@ -289,14 +273,14 @@ def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None =
     used: set = set()
     supernet = None
     if found.endswith("supernet"):
-        supernet = build(SPACE, space_settings, init="torch")
+        supernet = build(SPACE, space_settings, "torch", max_model_gb)
         with torch.no_grad():
             _fill(supernet, state, lambda k: _supernet_key(k, found, supernet), used, path)
         child = supernet.child(choices)
     else:
         from .spaces import build_child
 
-        child = build_child(SPACE, choices, space_settings, init="torch")
+        child = build_child(SPACE, choices, space_settings, "torch", max_model_gb)
         with torch.no_grad():
             _fill(child, state, lambda k: _child_key(k, found, child, choices), used, path)
     _leftover(state, used, found, path)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from ..choice import Choice
-from .registry import SpaceMixin, kaiming_init, register_space
+from .registry import Footprint, SpaceMixin, kaiming_init, register_space
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # the benchmark's order
 NODES = 4
@@ -195,6 +195,47 @@ def init_weights(model: nn.Module, scheme: str = "aligned") -> None:
                 three[:, :, 1:2, 1:2] = one
 
 
+def _op_footprint(name: str, channels: int, size: int) -> Footprint:
+    """One edge's op on ``size`` px: a ReLU-conv-BN writes three maps, the others one."""
+    if name in ("nor_conv_1x1", "nor_conv_3x3"):
+        return Footprint.conv(channels, channels, int(name[-1]), size, maps=3)[0]
+    return Footprint(0, channels * size * size)
+
+
+def _cell_footprint(channels: int, size: int, choices=None) -> Footprint:
+    """A cell: every candidate's weights (or the chosen op's), the largest candidate's maps, and
+    the node sums."""
+    total = Footprint(0, (NODES - 1) * channels * size * size)
+    for i in range(len(EDGES)):
+        ops = OPS if choices is None else [OPS[choices[i]] if isinstance(choices[i], int) else choices[i]]
+        parts = [_op_footprint(op, channels, size) for op in ops]
+        total += Footprint(sum(p.params for p in parts), max(p.activations for p in parts))
+    return total
+
+
+def _reduction_footprint(cin: int, cout: int, size: int) -> tuple[Footprint, int]:
+    """The residual block between stages (`Reduction`), and its output size."""
+    a, out = Footprint.conv(cin, cout, 3, size, stride=2, maps=3)
+    b, _ = Footprint.conv(cout, cout, 3, out, maps=3)
+    shortcut = Footprint(cin * cout, (cin + cout) * out * out)
+    return a + b + shortcut + Footprint(0, cout * out * out), out
+
+
+def nb201_footprint(s: NB201Settings, choices=None) -> Footprint:
+    """The supernet's footprint (every candidate's weights, the largest candidate's maps) or,
+    with ``choices`` (the 6 edges' ops, names or indices), that child's."""
+    widths, size = s.stage_channels(), s.input_size
+    total, size = Footprint.conv(s.in_channels, s.channels, 3, size)
+    for stage, channels in enumerate(widths):
+        if stage:
+            reduction, size = _reduction_footprint(widths[stage - 1], channels, size)
+            total += reduction
+        total += _cell_footprint(channels, size, choices) * s.cells_per_stage
+    head = Footprint(2 * widths[-1] + widths[-1] * s.num_classes + s.num_classes,
+                     2 * widths[-1] * size * size + widths[-1] + s.num_classes)
+    return total + head
+
+
 class _CellNet(nn.Module):
     """Stem, the 3N cells with the two reductions among them (``cells``), and the head; with
     ``shared``, its stem, reductions and head are reused instead of new ones."""
@@ -286,6 +327,7 @@ class NB201Space(SpaceMixin, _CellNet):
     def child_from(choices, settings: NB201Settings, init: str = "aligned") -> NB201Child:
         return NB201Child(list(choices), settings, init=init)
 
+    footprint = staticmethod(nb201_footprint)
     to_string = staticmethod(to_string)
     from_string = staticmethod(from_string)
 

@@ -16,6 +16,9 @@ dsnas relies on (arch files, checkpoints, cost and latency tables, the CLI):
 - ``forward_features(x)`` / ``forward_head(features)``, and a ``stem`` module: the parts outside
   the choices that a latency table times (``fixed_parts()`` names more of them, e.g. the
   reductions between a cell space's stages);
+- ``footprint(settings, choices=None)`` (static method): the `Footprint` of the supernet (or of
+  the child of ``choices``), counted from the settings alone: `build` and `build_child` refuse,
+  before building anything, a network past ``max_model_gb``;
 - ``describe()``: optional facts for ``dsnas info`` (cells, edges, ...);
 - ``costs``: the per-candidate `CostTable` at the space's input size (`SpaceMixin` gives it).
 
@@ -25,15 +28,21 @@ and one import line in ``spaces/__init__.py``.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from ..choice import labelled_choices
-from ..errors import DsnasError
+from ..errors import DsnasError, quote
 
 SPACES: dict[str, type] = {}
 DATA_SETTINGS = ("num_classes", "in_channels", "input_size")  # what a dataset fixes in every space
+
+# Settings that are each in range can still describe a network of hundreds of gigabytes (100,000
+# classes x 8 times the width x 4096 px): `check_footprint` bounds the product, from the settings alone.
+MAX_MODEL_GB = 2.0   # default limit on `Footprint.gigabytes`; a config's max_model_gb, a flag's --max-model-gb
+BYTES_PER_ELEMENT = 4  # float32, the dtype every network is built in
 
 
 def register_space(name: str):
@@ -62,20 +71,68 @@ def settings_of(name: str, mapping: dict | None = None):
         raise DsnasError(f"bad space settings: {e}") from None
 
 
-def build(name: str, settings=None, init: str = "aligned"):
-    """The supernet of space ``name``: ``settings`` is its settings type, a mapping, or None (defaults)."""
+def build(name: str, settings=None, init: str = "aligned", max_model_gb: float = MAX_MODEL_GB):
+    """The supernet of space ``name``: ``settings`` is its settings type, a mapping, or None
+    (defaults); refused if its `Footprint` is past ``max_model_gb``."""
     cls = space_class(name)
     if not isinstance(settings, cls.Settings):
         settings = settings_of(name, settings)
+    check_footprint(name, settings, max_model_gb)
     return cls.from_settings(settings, init)
 
 
-def build_child(name: str, choices, settings=None, init: str = "aligned"):
-    """The plain network of one architecture of space ``name``, with fresh weights."""
+def build_child(name: str, choices, settings=None, init: str = "aligned", max_model_gb: float = MAX_MODEL_GB):
+    """The plain network of one architecture of space ``name``, with fresh weights; refused if
+    its `Footprint` is past ``max_model_gb``."""
     cls = space_class(name)
     if not isinstance(settings, cls.Settings):
         settings = settings_of(name, settings)
+    check_footprint(name, settings, max_model_gb, choices)
     return cls.child_from(choices, settings, init)
+
+
+# --- how much memory the network of some settings takes -----------------------------------------
+
+@dataclass(frozen=True)
+class Footprint:
+    """What a network holds for one image: its parameters, and the elements of the feature maps
+    its layers write along its largest path (what a forward keeps for the backward). A training
+    step holds more: gradients, momentum, and the feature maps of every image of its batch."""
+
+    params: int = 0
+    activations: int = 0
+
+    def __add__(self, other: "Footprint") -> "Footprint":
+        return Footprint(self.params + other.params, self.activations + other.activations)
+
+    def __mul__(self, times: int) -> "Footprint":
+        return Footprint(self.params * times, self.activations * times)
+
+    @property
+    def gigabytes(self) -> float:
+        return BYTES_PER_ELEMENT * (self.params + self.activations) / 1e9
+
+    @staticmethod
+    def conv(cin: int, cout: int, kernel: int, size: int, stride: int = 1, depthwise: bool = False,
+             affine: bool = True, maps: int = 2) -> tuple["Footprint", int]:
+        """A bias-free conv + BN on ``size`` px: its weights, ``maps`` feature maps of its output
+        (conv and BN; 3 with a ReLU) and the output's size (padding ``kernel // 2``)."""
+        out = -(-size // stride)
+        weights = (cin if depthwise else cin * cout) * kernel * kernel + (2 * cout if affine else 0)
+        return Footprint(weights, maps * cout * out * out), out
+
+
+def check_footprint(name: str, settings, max_model_gb: float = MAX_MODEL_GB, choices=None) -> None:
+    """Refuse settings whose network (the supernet, or the child of ``choices``) would take more
+    than ``max_model_gb`` for one image, before any of it is allocated."""
+    footprint = space_class(name).footprint(settings, choices)
+    if footprint.gigabytes > max_model_gb:
+        shown = ", ".join(f"{k} {quote(v)}" for k, v in settings.as_dict().items())
+        raise DsnasError(
+            f"the {name} network of these settings ({shown}) would take about {footprint.gigabytes:.1f} GB for "
+            f"one image ({footprint.params / 1e6:.1f} M parameters, {footprint.activations / 1e6:.1f} M "
+            f"feature-map values), over the {max_model_gb:g} GB limit; if this machine has the memory, raise "
+            "it: --max-model-gb GB, or max_model_gb in a run's config")
 
 
 CLASSIFIER_STD = 0.01
@@ -123,6 +180,23 @@ class SpaceMixin:
     def fixed_parts(self) -> dict:
         """The modules outside the choices and the head, by name, that a latency table times."""
         return {"stem": self.stem}
+
+    @classmethod
+    def footprint(cls, settings, choices=None) -> Footprint:
+        """The `Footprint` of the supernet (or the child of ``choices``), measured on the meta
+        device, where building and running allocate nothing: the fallback for a space that does
+        not count it from its settings (the registered ones do, in no time)."""
+        with torch.device("meta"):
+            model = cls.from_settings(settings, "torch") if choices is None else cls.child_from(choices, settings, "torch")
+        written = [0]
+        hooks = [m.register_forward_hook(lambda mod, i, out: written.__setitem__(0, written[0] + out.numel()))
+                 for m in model.modules() if not list(m.children())]
+        x = torch.zeros(1, settings.in_channels, settings.input_size, settings.input_size, device="meta")
+        with torch.no_grad():
+            model.eval()(x)  # each choice runs its active candidate, the first
+        for h in hooks:
+            h.remove()
+        return Footprint(sum(p.numel() for p in model.parameters()), written[0])
 
     @cached_property
     def costs(self):

@@ -27,7 +27,7 @@ from torch import nn
 
 from ..choice import Choice
 from ..errors import quote
-from .registry import SpaceMixin, kaiming_init, register_space
+from .registry import Footprint, SpaceMixin, kaiming_init, register_space
 
 OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 STEM_CHANNELS = 16
@@ -64,6 +64,38 @@ def channel_shuffle(x: torch.Tensor, groups: int = 2) -> torch.Tensor:
     return x.view(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)
 
 
+class Conv(NamedTuple):
+    """One conv + BN (+ ReLU) of a unit: what `_conv_bn` builds and what `footprint` counts."""
+
+    cin: int
+    cout: int
+    kernel: int = 1
+    stride: int = 1
+    depthwise: bool = False
+    relu: bool = True
+
+
+def unit_layers(cin: int, cout: int, stride: int, kernel: int = 3, xception: bool = False,
+                official: bool = False) -> tuple[list[Conv], list[Conv]]:
+    """The layers of a unit's two branches (module docstring; branch A is empty at stride 1)."""
+    half = cout // 2
+    # the official stride-2 unit projects onto all input channels; the main branch fills the rest
+    a_out = cin if official else half
+    b_out = cout - a_out if official and stride > 1 else half
+    branch_a = []
+    if stride > 1:
+        branch_a = [Conv(cin, cin, 3 if xception else kernel, stride, depthwise=True, relu=False), Conv(cin, a_out)]
+    b_in = cin if stride > 1 else half
+    if xception:
+        mid = cout // 2
+        branch_b = [Conv(b_in, b_in, 3, stride, depthwise=True, relu=False), Conv(b_in, mid),
+                    Conv(mid, mid, 3, 1, depthwise=True, relu=False), Conv(mid, mid),
+                    Conv(mid, mid, 3, 1, depthwise=True, relu=False), Conv(mid, b_out)]
+    else:
+        branch_b = [Conv(b_in, half), Conv(half, half, kernel, stride, depthwise=True, relu=False), Conv(half, b_out)]
+    return branch_a, branch_b
+
+
 class ShuffleUnit(nn.Module):
     """A ShuffleNetV2 unit; ``kernel`` in {3, 5, 7}, or ``xception=True`` for the Xception unit.
 
@@ -75,33 +107,11 @@ class ShuffleUnit(nn.Module):
         super().__init__()
         if stride == 1 and cin != cout:
             raise ValueError(f"a stride-1 unit needs cin == cout, got {cin} and {cout}")
-        half = cout // 2
         self.stride = stride
         self.official = official
-        conv_bn = partial(_conv_bn, norm=norm)
-        # the official stride-2 unit projects onto all input channels; the main branch fills the rest
-        a_out = cin if official else half
-        b_out = cout - a_out if official and stride > 1 else half
-        self.branch_a = None
-        if stride > 1:
-            k = 3 if xception else kernel
-            self.branch_a = nn.Sequential(
-                conv_bn(cin, cin, k, stride, depthwise=True, relu=False), conv_bn(cin, a_out, 1)
-            )
-        b_in = cin if stride > 1 else half
-        if xception:
-            mid = cout // 2
-            self.branch_b = nn.Sequential(
-                conv_bn(b_in, b_in, 3, stride, depthwise=True, relu=False), conv_bn(b_in, mid, 1),
-                conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), conv_bn(mid, mid, 1),
-                conv_bn(mid, mid, 3, 1, depthwise=True, relu=False), conv_bn(mid, b_out, 1),
-            )
-        else:
-            self.branch_b = nn.Sequential(
-                conv_bn(b_in, half, 1),
-                conv_bn(half, half, kernel, stride, depthwise=True, relu=False),
-                conv_bn(half, b_out, 1),
-            )
+        branch_a, branch_b = unit_layers(cin, cout, stride, kernel, xception, official)
+        self.branch_a = nn.Sequential(*(_conv_bn(*conv, norm=norm) for conv in branch_a)) if branch_a else None
+        self.branch_b = nn.Sequential(*(_conv_bn(*conv, norm=norm) for conv in branch_b))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.branch_a is not None:
@@ -287,6 +297,41 @@ class ShuffleNetSettings:
         return _round_channels(HEAD_CHANNELS * self.width)
 
 
+def _convs_footprint(convs: list[Conv], size: int, affine: bool) -> tuple[Footprint, int]:
+    """The footprint of a chain of `Conv` layers on ``size`` px, and its output size."""
+    total = Footprint()
+    for conv in convs:
+        part, size = Footprint.conv(conv.cin, conv.cout, conv.kernel, size, conv.stride, conv.depthwise, affine,
+                                    maps=3 if conv.relu else 2)
+        total += part
+    return total, size
+
+
+def _op_footprint(name: str, cin: int, cout: int, stride: int, size: int, s: ShuffleNetSettings) -> tuple[Footprint, int]:
+    """One candidate unit on ``size`` px (its two branches, their concatenation and shuffle)."""
+    xception = name == "shuffle_xception"
+    branch_a, branch_b = unit_layers(cin, cout, stride, 3 if xception else int(name[-1]), xception,
+                                     s.design == "official")
+    a, out = _convs_footprint(branch_a, size, s.bn_affine)
+    b, out = _convs_footprint(branch_b, size, s.bn_affine)
+    return a + b + Footprint(0, 2 * cout * out * out), out
+
+
+def shufflenet_footprint(s: ShuffleNetSettings, choices=None) -> Footprint:
+    """The supernet's footprint (every candidate's weights, the largest candidate's feature maps)
+    or, with ``choices`` (op names or indices), that child's, counted from `unit_layers`."""
+    total, size = _convs_footprint([Conv(s.in_channels, STEM_CHANNELS, 3, 1 if s.small_input else 2)],
+                                   s.input_size, s.bn_affine)
+    for i, (cin, cout, stride) in enumerate(s.layout()):
+        ops = OPS if choices is None else [OPS[choices[i]] if isinstance(choices[i], int) else choices[i]]
+        parts = [_op_footprint(op, cin, cout, stride, size, s) for op in ops]
+        total += Footprint(sum(p.params for p, _ in parts), max(p.activations for p, _ in parts))
+        size = parts[0][1]
+    head, size = _convs_footprint([Conv(s.layout()[-1][1], s.head_channels)], size, s.bn_affine)
+    classifier = s.head_channels * s.num_classes + (s.num_classes if s.classifier_bias else 0)
+    return total + head + Footprint(classifier, s.head_channels + s.num_classes)
+
+
 def block_keys() -> list[str]:
     """The label of each block, MMRazor's name for it: ``backbone.layers.<stage>.<block>``."""
     return [f"backbone.layers.{s}.{j}" for s, r in enumerate(STAGE_REPEATS) for j in range(r)]
@@ -383,6 +428,8 @@ class ShuffleNetSpace(SpaceMixin, _ShuffleNet):
     @staticmethod
     def child_from(choices, settings: ShuffleNetSettings, init: str = "aligned") -> ShuffleNetChild:
         return ShuffleNetChild(list(choices), settings, init=init)
+
+    footprint = staticmethod(shufflenet_footprint)
 
     def child(self, choices, share: bool = False) -> ShuffleNetChild:
         """The deployable child for ``choices`` (op names, indices or an `Architecture`), with

@@ -1,0 +1,76 @@
+"""Children timed as a user times them, in a process of their own (so nothing of the process
+that measured the table, its caches, threads or allocator, is shared): the child built from the
+space, ``child.eval()``, untimed warm-up calls, then the median of timed calls, one child after
+the other; under ``torch.inference_mode`` for torch, in an onnxruntime session of the exported
+child for onnxruntime. Used by latency_lut.py.
+
+Reads a JSON request on stdin (space, settings, seed, archs, backend, device, batch, threads,
+warmup, repeats) and writes the children's median latencies in ms, a JSON list, on stdout.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from dsnas import spaces
+
+
+def torch_call(child: torch.nn.Module, x: torch.Tensor):
+    child = child.to(x.device).eval()
+    sync = torch.cuda.synchronize if x.device.type == "cuda" else (lambda: None)
+
+    def call():
+        child(x)
+        sync()
+    return call
+
+
+def onnx_call(child: torch.nn.Module, x: torch.Tensor, threads: int):
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    torch.onnx.export(child.eval().cpu(), (x.cpu(),), buf, input_names=["images"], opset_version=17, dynamo=False)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    session = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    feed = {"images": x.cpu().numpy()}
+    return lambda: session.run(None, feed)
+
+
+def median_ms(call, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    req = json.load(sys.stdin)
+    torch.set_num_threads(req["threads"])
+    torch.manual_seed(req["seed"])
+    space = spaces.build(req["space"], req["settings"], init="torch").eval()
+    s = space.settings
+    x = torch.randn(req["batch"], s.in_channels, s.input_size, s.input_size, device=req["device"])
+    out = []
+    for arch in req["archs"]:
+        child = space.child(arch)
+        if req["backend"] == "onnxruntime":
+            out.append(median_ms(onnx_call(child, x, req["threads"]), req["warmup"], req["repeats"]))
+            continue
+        with torch.inference_mode():
+            out.append(median_ms(torch_call(child, x), req["warmup"], req["repeats"]))
+    json.dump(out, sys.stdout)
+
+
+if __name__ == "__main__":
+    main()
