@@ -69,7 +69,7 @@ def main() -> None:
             continue
         with torch.inference_mode():
             out.append(median_ms(torch_call(child, x), req["warmup"], req["repeats"]))
-    json.dump(out, sys.stdout)
+    json.dump(out, sys.stdout, allow_nan=False)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,7 @@ def architectures(space: torch.nn.Module, n: int, seed: int) -> list[list[int]]:
 
 def user_times(request: dict) -> list[float]:
     """The children of ``request`` timed by `_user_timing.py` in a fresh process."""
-    r = subprocess.run([sys.executable, str(USER_TIMING)], input=json.dumps(request), capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(USER_TIMING)], input=json.dumps(request, allow_nan=False), capture_output=True, text=True,
                        check=False)
     if r.returncode != 0:
         raise SystemExit(f"timing children in a separate process failed: {r.stderr.strip().splitlines()[-1:]}")
