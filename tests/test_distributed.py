@@ -26,14 +26,20 @@ def _env(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
-def _search_worker(rank, world, port, folder):
+# every space and design the search runs distributed: the default, the official ShuffleNet design
+# (BN without affine, as the SPOS supernet), and the nb201 cells (one decision shared by all cells)
+SPACES = {"shufflenet": [], "official": ["design=official", "bn_affine=false", "bn_eps=1e-5"],
+          "nb201": ["space=nb201", "channels=4", "cells_per_stage=1", "budget_mflops=0"]}
+
+
+def _search_worker(rank, world, port, folder, extra=()):
     _env(rank, world, port)
     from dsnas.config import load_config
     from dsnas.train import run_search
 
     cfg = load_config(None, ["width=0.25", "train_limit=256", "test_limit=128", "batch_size=64", "epochs=3",
                              "warmup_epochs=1", "search_epochs=2", "arch_lr=0.05", "eval_bn_recalibrate=0",
-                             "seed=5", "early_fix=0.05"])
+                             "seed=5", "early_fix=0.05", *extra])
     res = run_search(cfg, os.path.join(folder, "run"), quiet=True)
     torch.save({"alphas": [a.detach() for a in res.search.alphas], "fixed": res.search.fixed(),
                 "arch": res.search.derive(), "model": res.space.state_dict(), "paths": res.search.path,
@@ -42,8 +48,9 @@ def _search_worker(rank, world, port, folder):
     dist.destroy_process_group()
 
 
-def test_two_ranks_end_bitwise_identical(tmp_path):
-    mp.spawn(_search_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("space", SPACES)
+def test_two_ranks_end_bitwise_identical(tmp_path, space):
+    mp.spawn(_search_worker, args=(2, _free_port(), str(tmp_path), SPACES[space]), nprocs=2, join=True)
     r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     r1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     for a, b in zip(r0["alphas"], r1["alphas"]):
@@ -64,7 +71,7 @@ def test_two_ranks_end_bitwise_identical(tmp_path):
     from dsnas.arch import load_arch
     from dsnas.export import load_child
 
-    cfg = load_config(None, ["test_limit=128", "seed=5"])
+    cfg = load_config(None, ["test_limit=128", "seed=5", *SPACES[space]])
     data = load_data()
     data.test = data.test.limit(cfg.test_limit, cfg.seed)
     child = load_child(load_arch(tmp_path / "run" / "arch.yaml"), tmp_path / "run" / "child.safetensors")
