@@ -3,6 +3,8 @@
 Every method runs the ground truth's schedule (the same data, network and total epochs), over seeds:
 
 - dsnas:  `dsnas search` (search from the first step, then the argmax child is finetuned);
+- dsnas_warmup: the same after a warm-up of the weights alone and with a slower α, which tells
+  whether a warm-up keeps the search from collapsing to parameter-free ops;
 - random: `dsnas search --method random` (uniform supernet, random candidates ranked on held-out
   images, the best finetuned);
 - spos:   `dsnas search --method spos` (the same supernet, evolution).
@@ -37,7 +39,7 @@ import torch
 
 from _report import ROOT, machine, write_section
 from _runs import overrides, run_dsnas
-from nb201_ground_truth import SCHEDULE, append_result, architectures, read_results, summary, train_one
+from nb201_ground_truth import SCHEDULE, append_result, architectures, read_results, summary, train_one, uniform_records
 from quality import bootstrap_tau
 
 from dsnas.agreement import kendall_tau
@@ -184,7 +186,7 @@ def _ms(values: list[float], digits: int = 2) -> str:
 
 def ground_truth_section(args, gt: dict) -> str:
     pool = uniform(gt)
-    s = summary([r for r in read_results(args.ground_truth) if r["kind"] == "uniform"])
+    s = summary(uniform_records(read_results(args.ground_truth)))
     fixed = {k: a for k, a in gt.items() if a["kind"] in ("best_known", "all_none", "all_skip", "all_pool")}
     means = sorted(a["mean"] for a in pool.values())
     t0, t1 = [a["runs"][0] for a in pool.values()], [a["runs"][1] for a in pool.values()]
@@ -228,10 +230,13 @@ def quality_section(args, gt: dict, per_seed: dict, ranking: dict | None, k_equa
     lines = ["## Search quality in the nb201 space against its ground truth (`benchmarks/nb201_quality.py`)", "",
              f"Machine: {machine()}; {args.threads} thread(s) per run.",
              f"Command: `python benchmarks/nb201_quality.py --seeds {' '.join(map(str, args.seeds))} "
-             f"--search-epochs {args.search_epochs} --arch-lr {args.arch_lr} --candidates {args.candidates}`", "",
+             f"--search-epochs {args.search_epochs} --arch-lr {args.arch_lr} --warmup-epochs {args.warmup_epochs} "
+             f"--warmup-arch-lr {args.warmup_arch_lr} --candidates {args.candidates}`", "",
              f"Every method runs the ground truth's schedule (`{' '.join(SCHEDULE)}`, `nb201_ground_truth`), so "
              f"all use equal total epochs. DSNAS searches from the first step for {args.search_epochs} epoch(s) "
-             f"(arch_lr {args.arch_lr}, early fix 0.3) and finetunes its child for the rest; random and SPOS train "
+             f"(arch_lr {args.arch_lr}, early fix 0.3) and finetunes its child for the rest; *after a warm-up*: "
+             f"{args.warmup_epochs} of those epoch(s) train the weights alone under uniform paths, then α learns "
+             f"with arch_lr {args.warmup_arch_lr}. Random and SPOS train "
              f"a uniform supernet for {args.search_epochs} epoch(s), rank {args.candidates} candidates on "
              f"{args.select_images} held-out training images, then finetune the winner. *Delivered*: the "
              "method's own child on the test split. *Alone*: the architecture it found, trained from scratch twice "
