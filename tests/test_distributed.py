@@ -28,7 +28,7 @@ def _env(rank: int, world: int, port: int) -> None:
 
 # every space and design the search runs distributed: the default, the official ShuffleNet design
 # (BN without affine, as the SPOS supernet), and the nb201 cells (one decision shared by all cells)
-SPACES = {"shufflenet": [], "official": ["design=official", "bn_affine=false", "bn_eps=1e-5"],
+SPACES = {"shufflenet": [], "official": ["design=official", "width=0.5", "bn_affine=false", "bn_eps=1e-5", "budget_mflops=0"],
           "nb201": ["space=nb201", "channels=4", "cells_per_stage=1", "budget_mflops=0"]}
 
 
