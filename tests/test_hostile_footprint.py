@@ -44,7 +44,8 @@ def _measured(model: torch.nn.Module, settings) -> int:
 
 CASES = [("shufflenet", SMALL["shufflenet"]), ("shufflenet", {**SMALL["shufflenet"], "design": "official",
                                                               "width": 1.5, "bn_affine": False}),
-         ("shufflenet", {"input_size": 64, "num_classes": 7}), ("nb201", SMALL["nb201"]), ("nb201", {"input_size": 16})]
+         ("shufflenet", {"input_size": 64, "num_classes": 7}), ("nb201", SMALL["nb201"]), ("nb201", {"input_size": 16}),
+         ("nb201", {**SMALL["nb201"], "bn_affine": False})]
 
 
 @pytest.mark.parametrize("name,mapping", CASES)

@@ -11,6 +11,7 @@ from conftest import assert_one_line_error, dsnas_error
 from dsnas import spaces
 from dsnas.arch import Architecture, load_arch, parse_arch_string, save_arch
 from dsnas.cost import count
+from dsnas.errors import DsnasError
 from dsnas.search import DSNAS
 from dsnas.spaces.nb201 import EDGE_LABELS, OPS, NB201Space, from_string, to_string
 
@@ -175,6 +176,28 @@ def test_a_search_and_the_baselines_run_on_fashion_mnist(tmp_path):
     fixed = run_search(load_config(None, TINY_RUN + ["method=fixed", f"arch={BEST}"]), tmp_path / "fixed", quiet=True)
     assert load_arch(tmp_path / "fixed" / "arch.yaml").metadata["arch_string"] == BEST
     assert fixed.metrics["top1"] is not None
+
+
+def test_bn_affine_false_drops_the_cells_bn_parameters_only_and_reaches_the_child(tmp_path):
+    """The benchmark's search cells: BN without weight and bias on every edge's convolutions; the
+    stem and the reductions keep theirs. A run's config key reaches the space, its arch file and
+    the deployed child, which still equals the supernet's path."""
+    from dsnas.config import load_config
+
+    net = spaces.build("nb201", {**SMALL, "bn_affine": False}).eval()
+    cell_bns = [m for cell in net.cells if hasattr(cell, "edges") for m in cell.modules()
+                if isinstance(m, torch.nn.BatchNorm2d)]
+    assert cell_bns and all(m.weight is None and m.bias is None for m in cell_bns)
+    assert net.stem[1].weight is not None and net.lastact[0].weight is not None
+    arch = from_string(BEST)
+    DSNAS(net).set_path(arch)
+    x = torch.randn(2, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.equal(net.child(arch).eval()(x), net(x))
+    cfg = load_config(None, TINY_RUN + ["bn_affine=false"])
+    assert cfg.space_settings(10, 1, 28)["bn_affine"] is False
+    with pytest.raises(DsnasError, match="bn_affine must be true or false"):
+        spaces.settings_of("nb201", {**SMALL, "bn_affine": "no"})
 
 
 @pytest.mark.slow

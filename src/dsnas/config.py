@@ -41,7 +41,7 @@ class Config:
     space: str = DEFAULT_SPACE         # the search space (spaces.SPACES); the data sets its classes, channels, size
     width: float = 1.0                 # channel width multiplier of the ShuffleNet space
     design: str = "mmrazor"            # ShuffleNet block design: mmrazor | official (Megvii SPOS, DSNAS authors)
-    bn_affine: bool = True             # ShuffleNet: BN with weight and bias
+    bn_affine: bool = True             # BN with weight and bias (nb201: the cells' BN only)
     bn_eps: float = 0.01               # ShuffleNet: eps of every BN
     dropout: float = 0.0               # ShuffleNet: dropout before the classifier
     channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)

@@ -11,7 +11,9 @@ the space holds 5**6 = 15,625 architectures.
 
 The benchmark trains C = 16, N = 5 on 32 px images; ``channels`` and ``cells_per_stage`` set
 them, and any input size divisible by 4 works (28 px Fashion-MNIST ends at 7 x 7). BN uses
-PyTorch's defaults (eps 1e-5) and convolutions have no bias, as in the reference code.
+PyTorch's defaults (eps 1e-5) and convolutions have no bias, as in the reference code;
+``bn_affine: false`` drops the weight and bias of the cells' BN, as the benchmark's search cells
+do (its stem and reductions keep theirs).
 
 Architectures are also written as the benchmark's string, with the edges into nodes 1, 2 and 3
 and ``~k`` naming the source node: ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` (`to_string`,
@@ -46,19 +48,19 @@ class Zero(nn.Module):
         return x.mul(0.0)
 
 
-def relu_conv_bn(cin: int, cout: int, kernel: int, stride: int = 1) -> nn.Sequential:
+def relu_conv_bn(cin: int, cout: int, kernel: int, stride: int = 1, affine: bool = True) -> nn.Sequential:
     # the ReLU must not act in place: its input is a node that other edges (and a gate) also read
     return nn.Sequential(nn.ReLU(), nn.Conv2d(cin, cout, kernel, stride, kernel // 2, bias=False),
-                         nn.BatchNorm2d(cout))
+                         nn.BatchNorm2d(cout, affine=affine))
 
 
-def make_op(name: str, channels: int) -> nn.Module:
+def make_op(name: str, channels: int, affine: bool = True) -> nn.Module:
     if name == "none":
         return Zero()
     if name == "skip_connect":
         return nn.Identity()
     if name in ("nor_conv_1x1", "nor_conv_3x3"):
-        return relu_conv_bn(channels, channels, int(name[-1]))
+        return relu_conv_bn(channels, channels, int(name[-1]), affine=affine)
     if name == "avg_pool_3x3":
         return nn.AvgPool2d(3, stride=1, padding=1, count_include_pad=False)
     raise ValueError(f"unknown op {name!r}; expected one of {list(OPS)}")
@@ -113,8 +115,12 @@ class NB201Settings:
     input_size: int = 32
     channels: int = 16          # C: the first stage's width (the stem's output); then 2C and 4C
     cells_per_stage: int = 5    # N
+    bn_affine: bool = True      # BN of the cells' convolutions with weight and bias (the benchmark's
+                                # search cells have none; its stand-alone networks do)
 
     def __post_init__(self):
+        if not isinstance(self.bn_affine, bool):
+            raise ValueError(f"bn_affine must be true or false, got {self.bn_affine!r}")
         for key in ("num_classes", "in_channels", "channels", "cells_per_stage"):
             _whole(key, getattr(self, key))
         _whole("input_size", self.input_size, low=4)
@@ -195,20 +201,20 @@ def init_weights(model: nn.Module, scheme: str = "aligned") -> None:
                 three[:, :, 1:2, 1:2] = one
 
 
-def _op_footprint(name: str, channels: int, size: int) -> Footprint:
+def _op_footprint(name: str, channels: int, size: int, affine: bool = True) -> Footprint:
     """One edge's op on ``size`` px: a ReLU-conv-BN writes three maps, the others one."""
     if name in ("nor_conv_1x1", "nor_conv_3x3"):
-        return Footprint.conv(channels, channels, int(name[-1]), size, maps=3)[0]
+        return Footprint.conv(channels, channels, int(name[-1]), size, affine=affine, maps=3)[0]
     return Footprint(0, channels * size * size)
 
 
-def _cell_footprint(channels: int, size: int, choices=None) -> Footprint:
+def _cell_footprint(channels: int, size: int, choices=None, affine: bool = True) -> Footprint:
     """A cell: every candidate's weights (or the chosen op's), the largest candidate's maps, and
     the node sums."""
     total = Footprint(0, (NODES - 1) * channels * size * size)
     for i in range(len(EDGES)):
         ops = OPS if choices is None else [OPS[choices[i]] if isinstance(choices[i], int) else choices[i]]
-        parts = [_op_footprint(op, channels, size) for op in ops]
+        parts = [_op_footprint(op, channels, size, affine) for op in ops]
         total += Footprint(sum(p.params for p in parts), max(p.activations for p in parts))
     return total
 
@@ -230,7 +236,7 @@ def nb201_footprint(s: NB201Settings, choices=None) -> Footprint:
         if stage:
             reduction, size = _reduction_footprint(widths[stage - 1], channels, size)
             total += reduction
-        total += _cell_footprint(channels, size, choices) * s.cells_per_stage
+        total += _cell_footprint(channels, size, choices, s.bn_affine) * s.cells_per_stage
     head = Footprint(2 * widths[-1] + widths[-1] * s.num_classes + s.num_classes,
                      2 * widths[-1] * size * size + widths[-1] + s.num_classes)
     return total + head
@@ -288,7 +294,8 @@ class NB201Child(_CellNet):
         if len(choices) != len(EDGES):
             raise ValueError(f"expected {len(EDGES)} choices, got {len(choices)}")
         if shared is None:
-            super().__init__(settings, [Cell([make_op(op, c) for op in choices]) for c in self.cell_channels(settings)])
+            super().__init__(settings, [Cell([make_op(op, c, settings.bn_affine) for op in choices])
+                                        for c in self.cell_channels(settings)])
             init_weights(self, init)
         else:  # (network, cells): the network's stem, reductions and head around the given cells
             super().__init__(settings, shared[1], shared[0])
@@ -309,7 +316,7 @@ class NB201Space(SpaceMixin, _CellNet):
 
     def __init__(self, settings: NB201Settings | None = None, init: str = "aligned"):
         settings = settings or NB201Settings()
-        cells = [Cell([Choice({op: make_op(op, c) for op in OPS}, label) for label in EDGE_LABELS])
+        cells = [Cell([Choice({op: make_op(op, c, settings.bn_affine) for op in OPS}, label) for label in EDGE_LABELS])
                  for c in self.cell_channels(settings)]
         super().__init__(settings, cells)
         init_weights(self, init)
