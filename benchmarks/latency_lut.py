@@ -1,6 +1,6 @@
 """How well a latency table predicts what a user measures: in each setting (backend x batch x
 threads), a table is measured as `dsnas latency` measures it (lookup entries fitted to children
-timed end to end, checked on held-out ones), and random architectures of the demo's space (plus
+timed end to end, checked on held-out ones), and random architectures of the space (plus
 the cheapest and the dearest by MFLOPs), never used by the table, are timed as a user times
 them, in a process of their own (`_user_timing.py`), twice. Reports Kendall tau and the median /
 max relative error of the fitted table and of the plain lookup (the parts timed alone, times
@@ -9,6 +9,7 @@ predictor can agree with one of them), the table's own held-out figures and how 
 took. Writes the `latency_lut` section of BENCHMARKS.md.
 
     python benchmarks/latency_lut.py [--archs 30] [--batches 1 32] [--backends torch onnxruntime] [--threads 1 N]
+    python benchmarks/latency_lut.py --space nb201 [--setting channels=16 --setting cells_per_stage=5]
     python benchmarks/latency_lut.py --quick     # every setting, tiny counts: checks the script, writes nothing
 """
 
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 from _report import machine, write_section
 
 from dsnas import spaces
@@ -32,6 +34,8 @@ from dsnas.latency import FIT_CHILDREN, HOLDOUT, measure_latency
 from dsnas.latency_fit import predict
 
 USER_TIMING = Path(__file__).with_name("_user_timing.py")
+# Each space at the size this project searches it on Fashion-MNIST (28 px, one channel, 10 classes).
+SPACE_SETTINGS = {"shufflenet": {"width": 0.25}, "nb201": {"channels": 8, "cells_per_stage": 1}}
 QUICK = {"archs": 3, "repeats": 3, "warmup": 1, "fit_children": 6, "holdout": 3}
 
 
@@ -117,14 +121,22 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=HOLDOUT, help="the table's own held-out children")
     p.add_argument("--user-repeats", type=int, default=60, help="timed calls per child, timed as a user does")
     p.add_argument("--user-warmup", type=int, default=10, help="untimed calls per child first, likewise")
-    p.add_argument("--width", type=float, default=0.25)
-    p.add_argument("--input-size", type=int, default=28)
+    p.add_argument("--space", choices=sorted(SPACE_SETTINGS), default="shufflenet",
+                   help="shufflenet: the demo's; nb201: the scale of its ground truth (C = 8, N = 1)")
+    p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
+                   help="a space setting over those defaults (repeatable), e.g. width=0.5 or channels=16")
     p.add_argument("--seed", type=int, default=0, help="the architectures' draw (the table draws its own)")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny counts in every setting; writes nothing")
     args = p.parse_args()
     if args.quick:
         vars(args).update(QUICK, user_repeats=3, user_warmup=1, no_write=True)
+    args.settings = {"num_classes": 10, "in_channels": 1, "input_size": 28, **SPACE_SETTINGS[args.space]}
+    for item in args.setting:
+        key, sep, value = item.partition("=")
+        if not sep:
+            p.error(f"--setting {item!r}: expected KEY=VALUE")
+        args.settings[key] = yaml.safe_load(value)
     if args.threads is None:
         args.threads = [1] if args.device.startswith("cuda") else sorted({1, len(os.sched_getaffinity(0))})
     return args
@@ -133,18 +145,20 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.manual_seed(args.seed)
-    space_args = {"space": "shufflenet", "seed": args.seed,
-                  "settings": {"num_classes": 10, "in_channels": 1, "input_size": args.input_size, "width": args.width}}
+    space_args = {"space": args.space, "seed": args.seed, "settings": args.settings}
     space = spaces.build(space_args["space"], space_args["settings"], init="torch").eval()
     archs = architectures(space, args.archs, args.seed)
     cuda = args.device.startswith("cuda")
-    title = f"## Latency table against what a user measures, {'CUDA' if cuda else 'CPU'} (`benchmarks/latency_lut.py`)"
+    title = (f"## Latency table against what a user measures, {'CUDA' if cuda else 'CPU'}"
+             + ("" if args.space == "shufflenet" else f", {args.space} space") + " (`benchmarks/latency_lut.py`)")
     lines = [title, "", f"Machine: {machine()}.",
              f"Command: `python benchmarks/latency_lut.py --device {args.device} --archs {args.archs} --batches "
              f"{' '.join(map(str, args.batches))} --backends {' '.join(args.backends)} --threads "
              f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --fit-children {args.fit_children} "
-             f"--holdout {args.holdout} --user-repeats {args.user_repeats}`", "",
-             f"Space: the demo's (width {args.width:g}, {args.input_size} px, 1 channel, 10 classes). In each setting "
+             f"--holdout {args.holdout} --user-repeats {args.user_repeats}"
+             + (f" --space {args.space}" if args.space != "shufflenet" else "")
+             + "".join(f" --setting {item}" for item in args.setting) + "`", "",
+             f"Space: {args.space} ({', '.join(f'{k} {v}' for k, v in args.settings.items())}). In each setting "
              f"a table is measured as `dsnas latency` does: every part timed alone ({args.repeats} calls after "
              f"{args.warmup} untimed), then fitted to {args.fit_children} random children timed end to end and "
              f"checked on {args.holdout} more (*table's check*: its own held-out τ / median / max error, what "
@@ -168,7 +182,8 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section("latency_lut_cuda" if cuda else "latency_lut", text)
+        suffix = "" if args.space == "shufflenet" else f"_{args.space}"
+        write_section(("latency_lut_cuda" if cuda else "latency_lut") + suffix, text)
 
 
 if __name__ == "__main__":
