@@ -33,6 +33,7 @@ from _runs import overrides, run_dsnas, uniform_architecture
 from dsnas.agreement import kendall_tau
 
 DATA = "/usr/share/datasets/fashion-mnist"
+GROUND_TRUTH = ROOT / "benchmarks" / "quality_space_long_ground_truth.json"
 METHODS = ("dsnas", "scratch", "random", "spos", "uniform")
 LABELS = {"dsnas": "DSNAS child, no retraining", "scratch": "same architecture, retrained from scratch",
           "random": "random search (uniform supernet)", "spos": "SPOS-style evolution (uniform supernet)",
@@ -79,13 +80,17 @@ class Runner:
 
     # --- the experiments ------------------------------------------------------------------
     def seed_dsnas_then_scratch(self, seed: int) -> dict:
-        d = self.run(f"seed{seed}/dsnas", ["search", "--method", "dsnas", *self.common(seed, self.args.epochs)])
-        s = self.run(f"seed{seed}/scratch", ["train", str(self.work / f"seed{seed}/dsnas/arch.yaml"),
-                                            *self.common(seed, self.args.epochs)])
-        arch = uniform_architecture(self.work / f"seed{seed}/dsnas/arch.yaml", self.args.budget, seed,
-                                    self.work / f"seed{seed}/uniform.yaml")
-        u = self.run(f"seed{seed}/uniform", ["train", str(arch), *self.common(seed, self.args.epochs)])
-        return {"dsnas": d, "scratch": s, "uniform": u}
+        """The seed's DSNAS run, then (where asked for) its architecture and a uniform one from scratch."""
+        a = self.args
+        out = {"dsnas": self.run(f"seed{seed}/dsnas", ["search", "--method", "dsnas", *self.common(seed, a.epochs)])}
+        if "scratch" in a.methods:
+            out["scratch"] = self.run(f"seed{seed}/scratch", ["train", str(self.work / f"seed{seed}/dsnas/arch.yaml"),
+                                                              *self.common(seed, a.epochs)])
+        if "uniform" in a.methods:
+            arch = uniform_architecture(self.work / f"seed{seed}/dsnas/arch.yaml", a.budget, seed,
+                                        self.work / f"seed{seed}/uniform.yaml")
+            out["uniform"] = self.run(f"seed{seed}/uniform", ["train", str(arch), *self.common(seed, a.epochs)])
+        return out
 
     def seed_baseline(self, seed: int, method: str) -> dict:
         return {method: self.run(f"seed{seed}/{method}", ["search", "--method", method,
@@ -124,7 +129,8 @@ class Runner:
             repeats = [next(top1) for _ in range(a.tau_repeats)]
             pairs.append({"inherited": float(rec["held_out_top1"]), "inherited_loss": float(rec["held_out_loss"]),
                           "alone": statistics.mean(repeats),
-                          "repeats": repeats, "mflops": float(rec["mflops"])})
+                          "repeats": repeats, "mflops": float(rec["mflops"]),
+                          "choices": [rec[f"block_{i}"] for i in range(blocks)]})
         return {"supernet": sup, "pairs": pairs}
 
 
@@ -146,13 +152,19 @@ def main() -> None:
     p.add_argument("--tau-pool", type=int, default=0, help="rank this many uniform draws with the supernet and keep "
                    "--tau-archs of them evenly spaced in MFLOPs (0: the first --tau-archs draws)")
     p.add_argument("--parts", nargs="+", choices=["methods", "ranking"], default=["methods", "ranking"])
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
+                   help="the rows to measure (dsnas always runs: the others start from its run)")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run")
     p.add_argument("--jobs", type=int, default=2, help="runs side by side")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
     p.add_argument("--work", default=str(ROOT / "runs" / "quality"), help="run folders (finished runs are reused)")
     p.add_argument("--name", default="quality", help="BENCHMARKS.md section and figure name (default quality)")
+    p.add_argument("--ground-truth", type=Path, default=GROUND_TRUTH,
+                   help="stand-alone results a ranking study wrote (benchmarks/NAME_ground_truth.json): the "
+                        "methods' figure places their architectures among them (default %(default)s)")
     p.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = p.parse_args()
+    args.methods = [m for m in METHODS if m in args.methods or m == "dsnas"]
     if args.data != "embedded" and not Path(args.data).is_dir():
         raise SystemExit(f"{args.data} not found: install the Debian package dataset-fashion-mnist "
                          "(apt-get install dataset-fashion-mnist) or pass --data FOLDER")
@@ -162,7 +174,8 @@ def main() -> None:
         chains = []
         if "methods" in args.parts:
             chains = [pool.submit(r.seed_dsnas_then_scratch, s) for s in args.seeds]
-            chains += [pool.submit(r.seed_baseline, s, m) for m in ("random", "spos") for s in args.seeds]
+            baselines = [m for m in ("random", "spos") if m in args.methods]
+            chains += [pool.submit(r.seed_baseline, s, m) for m in baselines for s in args.seeds]
         per_seed = {s: {} for s in args.seeds}
         for i, f in enumerate(chains):
             per_seed[(args.seeds * 3)[i]].update(f.result())
@@ -188,7 +201,8 @@ def _plt():
 
 
 def _command(args, parts: str) -> str:
-    return (f"python benchmarks/quality.py --parts {parts} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
+    methods = "" if len(args.methods) == len(METHODS) else f" --methods {' '.join(args.methods)}"
+    return (f"python benchmarks/quality.py --parts {parts}{methods} --seeds {' '.join(map(str, args.seeds))} --epochs {args.epochs} "
             f"--search-epochs {args.search_epochs} --budget {args.budget} --candidates {args.candidates} "
             f"--population {args.population} --select-images {args.select_images} --tau-archs {args.tau_archs} "
             f"--tau-epochs {args.tau_epochs} --tau-repeats {args.tau_repeats} --tau-held-out {args.tau_held_out} "
@@ -229,34 +243,82 @@ def write_report(args, per_seed: dict) -> None:
              "out from weight training, then finetune the winner for the rest. Top-1 is on the test split, which "
              "no method sees before its final evaluation.", "",
              "| method | top-1 (%) | MFLOPs | params (M) | wall (s) |", "|---|---|---|---|---|"]
-    for m in METHODS:
+    for m in args.methods:
         rows = [per_seed[s][m] for s in seeds]
         lines.append(f"| {LABELS[m]} | {_ms([x['top1'] for x in rows])} | {_ms([x['mflops'] for x in rows], 3)} | "
                      f"{_ms([x['params_m'] for x in rows], 3)} | {_ms([x['wall_s'] for x in rows], 0)} |")
     lines += ["", f"Mean ± standard deviation over seeds {', '.join(map(str, seeds))}. Per seed (top-1 %):", "",
-              "| seed | " + " | ".join(METHODS) + " |", "|---" * (len(METHODS) + 1) + "|"]
+              "| seed | " + " | ".join(args.methods) + " |", "|---" * (len(args.methods) + 1) + "|"]
     for s in seeds:
-        lines.append(f"| {s} | " + " | ".join(f"{per_seed[s][m]['top1']:.2f}" for m in METHODS) + " |")
-    wins = {m: sum(per_seed[s]["dsnas"]["top1"] >= per_seed[s][m]["top1"] for s in seeds) for m in METHODS[1:]}
+        lines.append(f"| {s} | " + " | ".join(f"{per_seed[s][m]['top1']:.2f}" for m in args.methods) + " |")
+    wins = {m: sum(per_seed[s]["dsnas"]["top1"] >= per_seed[s][m]["top1"] for s in seeds) for m in args.methods[1:]}
     lines += ["", "DSNAS child at or above: " + ", ".join(f"{m} in {wins[m]} of {len(seeds)} seeds" for m in wins) + "."]
-    mean = {m: statistics.mean(per_seed[s][m]["top1"] for s in seeds) for m in METHODS}
-    lines += ["", f"**Reading.** The DSNAS child is {mean['dsnas'] - mean['scratch']:+.2f} points from the same "
-              f"architecture trained from scratch, {mean['dsnas'] - mean['random']:+.2f} from random search, "
-              f"{mean['dsnas'] - mean['spos']:+.2f} from SPOS and {mean['dsnas'] - mean['uniform']:+.2f} from a "
-              "uniform architecture trained from scratch (means over seeds)."]
+    mean = {m: statistics.mean(per_seed[s][m]["top1"] for s in seeds) for m in args.methods}
+    against = {"scratch": "the same architecture trained from scratch", "random": "random search",
+               "spos": "SPOS", "uniform": "a uniform architecture trained from scratch"}
+    lines += ["", "**Reading.** The DSNAS child is " + ", ".join(
+        f"{mean['dsnas'] - mean[m]:+.2f} points from {against[m]}" for m in args.methods[1:]) + " (means over seeds)."]
+    gt = _read_ground_truth(args)
+    if gt:
+        lines += ["", _placement(args, per_seed, gt)]
+    lines += ["", _methods_figure(args, per_seed, gt)]
+    _publish(args, args.name, "\n".join(lines), {"per_seed": per_seed})
 
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.5, 4))
-    for i, m in enumerate(METHODS):
+
+def _read_ground_truth(args) -> dict | None:
+    """The ranking study's stand-alone results, when they share this run's schedule (same preset and
+    epochs, so that an architecture trained alone here is comparable with them)."""
+    path = Path(args.ground_truth)
+    if not path.is_file():
+        return None
+    gt = json.loads(path.read_text())
+    return gt if gt["config"] == args.config and gt["epochs"] == args.epochs and not args.set else None
+
+
+def _placement(args, per_seed: dict, gt: dict) -> str:
+    """Where the architectures trained alone here fall among the ground truth's."""
+    pop = [q["alone"] for q in gt["pairs"]]
+
+    def pct(v: float) -> float:
+        return 100.0 * (sum(p < v for p in pop) + 0.5 * sum(p == v for p in pop)) / len(pop)
+
+    trained_alone = {"scratch": "the DSNAS architecture retrained from scratch", "uniform": "the uniform architecture"}
+    where = [f"{what} at percentiles " + ", ".join(f"{pct(per_seed[s][m]['top1']):.0f}" for s in args.seeds)
+             for m, what in trained_alone.items() if m in args.methods]
+    where.insert(0, "the DSNAS child (finetuned, not trained alone) at " +
+                 ", ".join(f"{pct(per_seed[s]['dsnas']['top1']):.0f}" for s in args.seeds))
+    return (f"Among the {len(pop)} architectures of `{Path(args.ground_truth).name}` (the same preset and "
+            f"{gt['epochs']} epochs, each the mean of {len(gt['seeds'])} stand-alone runs; median "
+            f"{statistics.median(pop):.2f}%, sd {statistics.stdev(pop):.2f}), per seed: " + "; ".join(where)
+            + " (one run each).")
+
+
+def _methods_figure(args, per_seed: dict, gt: dict | None) -> str:
+    """Top-1 per method; with a ground truth, also stand-alone top-1 against MFLOPs, with what each
+    method delivered marked."""
+    plt, seeds = _plt(), args.seeds
+    fig, axes = plt.subplots(1, 2 if gt else 1, figsize=(11 if gt else 5.5, 4), squeeze=False)
+    ax = axes[0][0]
+    for i, m in enumerate(args.methods):
         vals = [per_seed[s][m]["top1"] for s in seeds]
         ax.bar(i, statistics.mean(vals), color=f"C{i}", alpha=0.6)
         ax.scatter([i] * len(vals), vals, color="k", s=12, zorder=3)
-    ax.set_ylim(min(per_seed[s][m]["top1"] for s in seeds for m in METHODS) - 2, None)
-    ax.set_xticks(range(len(METHODS)), METHODS)
+    ax.set_ylim(min(per_seed[s][m]["top1"] for s in seeds for m in args.methods) - 2, None)
+    ax.set_xticks(range(len(args.methods)), args.methods)
     ax.set_ylabel("test top-1 (%)")
     ax.set_title(f"{args.epochs} epochs each, {args.budget} MFLOPs budget ({len(seeds)} seeds)")
-    lines += ["", _figure(args, fig, args.name)]
-    _publish(args, args.name, "\n".join(lines), {"per_seed": per_seed})
+    if gt:
+        ax = axes[0][1]
+        ax.scatter([q["mflops"] for q in gt["pairs"]], [q["alone"] for q in gt["pairs"]], s=16, color="0.6",
+                   label=f"uniform draws, trained alone (mean of {len(gt['seeds'])})")
+        for i, m in enumerate(args.methods):
+            ax.scatter([per_seed[s][m]["mflops"] for s in seeds], [per_seed[s][m]["top1"] for s in seeds],
+                       s=44, marker="*sP^D"[i], color=f"C{i}", zorder=3, label=LABELS[m])
+        ax.set_xlabel("MFLOPs")
+        ax.set_ylabel(f"test top-1 (%), {args.epochs} epochs")
+        ax.set_title("the same schedule: each method against the ground truth")
+        ax.legend(fontsize=6.5, loc="lower right")
+    return _figure(args, fig, args.name)
 
 
 def write_ranking(args, ranking: dict) -> None:
@@ -321,6 +383,12 @@ def write_ranking(args, ranking: dict) -> None:
     ax.legend(fontsize=8)
     lines += ["", _figure(args, fig, name)]
     _publish(args, name, "\n".join(lines), record)
+    if not args.no_write:
+        truth = {"source": f"`{_command(args, 'ranking')}`, {time.strftime('%Y-%m-%d')}", "config": args.config,
+                 "epochs": args.tau_epochs, "seeds": list(range(args.seeds[0], args.seeds[0] + repeats)),
+                 "data": args.data, "pairs": [{k: q[k] for k in ("inherited", "repeats", "alone", "mflops", "choices")}
+                                             for q in pairs]}
+        (ROOT / "benchmarks" / f"{args.name}_ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
 
 
 def _cfg(args, key: str):
