@@ -1,11 +1,11 @@
 """Children timed as a user times them, in a process of their own (so nothing of the process
 that measured the table, its caches, threads or allocator, is shared): the child built from the
-space, ``child.eval()``, untimed warm-up calls, then the median of timed calls, one child after
-the other; under ``torch.inference_mode`` for torch, in an onnxruntime session of the exported
+space, ``child.eval()``, untimed warm-up calls, then the median of timed calls; under ``torch.inference_mode`` for torch, in an onnxruntime session of the exported
 child for onnxruntime. Used by latency_lut.py.
 
 Reads a JSON request on stdin (space, settings, seed, archs, backend, device, batch, threads,
-warmup, repeats) and writes the children's median latencies in ms, a JSON list, on stdout.
+warmup, repeats, and rounds: 1 times one child after the other, more interleave them) and writes
+the children's median latencies in ms, a JSON list, on stdout.
 """
 
 from __future__ import annotations
@@ -43,15 +43,21 @@ def onnx_call(child: torch.nn.Module, x: torch.Tensor, threads: int):
     return lambda: session.run(None, feed)
 
 
-def median_ms(call, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        call()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        call()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+def median_ms(calls: list, warmup: int, repeats: int, rounds: int = 1) -> list[float]:
+    """The median latency (ms) of each call. With ``rounds`` > 1 the calls are timed in interleaved
+    passes, a share of the repeats each time, so that a slow spell of the machine falls on all of
+    them alike; with 1, one call after the other."""
+    times = [[] for _ in calls]
+    for r in range(rounds):
+        share = repeats // rounds + (r < repeats % rounds)
+        for call, samples in zip(calls, times):
+            for _ in range(warmup if r == 0 else 0):  # right before the call's first timed pass
+                call()
+            for _ in range(share):
+                t0 = time.perf_counter()
+                call()
+                samples.append((time.perf_counter() - t0) * 1e3)
+    return [statistics.median(t) for t in times]
 
 
 def main() -> None:
@@ -61,14 +67,12 @@ def main() -> None:
     space = spaces.build(req["space"], req["settings"], init="torch").eval()
     s = space.settings
     x = torch.randn(req["batch"], s.in_channels, s.input_size, s.input_size, device=req["device"])
-    out = []
+    calls = []
     for arch in req["archs"]:
         child = space.child(arch)
-        if req["backend"] == "onnxruntime":
-            out.append(median_ms(onnx_call(child, x, req["threads"]), req["warmup"], req["repeats"]))
-            continue
-        with torch.inference_mode():
-            out.append(median_ms(torch_call(child, x), req["warmup"], req["repeats"]))
+        calls.append(onnx_call(child, x, req["threads"]) if req["backend"] == "onnxruntime" else torch_call(child, x))
+    with torch.inference_mode():
+        out = median_ms(calls, req["warmup"], req["repeats"], req.get("rounds", 1))
     json.dump(out, sys.stdout, allow_nan=False)
 
 

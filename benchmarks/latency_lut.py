@@ -70,7 +70,8 @@ def study(space: torch.nn.Module, space_args: dict, archs, backend: str, batch: 
         rows, base = table.entries(names, space.labels, fitted)
         out[key] = [predict(rows, base, arch) for arch in archs]
     request = {**space_args, "archs": archs, "backend": backend, "device": args.device, "batch": batch,
-               "threads": threads, "warmup": args.user_warmup, "repeats": args.user_repeats}
+               "threads": threads, "warmup": args.user_warmup, "repeats": args.user_repeats,
+               "rounds": args.user_rounds}
     out["measured"], out["again"] = user_times(request), user_times(request)
     for predicted, ms in zip(out["fitted"], out["measured"]):
         print(f"{backend} batch {batch} threads {threads}: predicted {predicted:.3f} ms, measured {ms:.3f} ms",
@@ -121,6 +122,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--holdout", type=int, default=HOLDOUT, help="the table's own held-out children")
     p.add_argument("--user-repeats", type=int, default=60, help="timed calls per child, timed as a user does")
     p.add_argument("--user-warmup", type=int, default=10, help="untimed calls per child first, likewise")
+    p.add_argument("--user-rounds", type=int, default=1, help="1: one child after the other, as a user times "
+                   "them; more: in interleaved passes, so that the machine's slow spells fall on all alike")
     p.add_argument("--space", choices=sorted(SPACE_SETTINGS), default="shufflenet",
                    help="shufflenet: the demo's; nb201: the scale of its ground truth (C = 8, N = 1)")
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
@@ -156,6 +159,7 @@ def main() -> None:
              f"{' '.join(map(str, args.batches))} --backends {' '.join(args.backends)} --threads "
              f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --fit-children {args.fit_children} "
              f"--holdout {args.holdout} --user-repeats {args.user_repeats}"
+             + (f" --user-rounds {args.user_rounds}" if args.user_rounds > 1 else "")
              + (f" --space {args.space}" if args.space != "shufflenet" else "")
              + "".join(f" --setting {item}" for item in args.setting) + "`", "",
              f"Space: {args.space} ({', '.join(f'{k} {v}' for k, v in args.settings.items())}). In each setting "
@@ -165,7 +169,9 @@ def main() -> None:
              f"`dsnas latency` prints). Then {args.archs} other uniformly drawn architectures plus the cheapest and "
              "the dearest by MFLOPs are timed as a user times them, in a separate process: `child.eval()`, "
              f"`inference_mode` (torch) or an onnxruntime session of the exported child, {args.user_warmup} "
-             f"untimed calls, the median of {args.user_repeats}, one child after the other. *Fitted*: the table "
+             f"untimed calls, the median of {args.user_repeats}, "
+             + ("one child after the other" if args.user_rounds == 1 else
+                f"in {args.user_rounds} interleaved passes over the children") + ". *Fitted*: the table "
              "against that timing; *lookup*: the same table's parts timed alone times its calibration scale (no "
              "fit); *repeat*: a second separate-process timing of the same children against the first, the "
              "most a predictor can agree with one timing. Each cell: τ / median / max |error|.", "",
