@@ -135,3 +135,20 @@ def test_run_checkpoint_round_trip(tmp_path):
     _train_a_little(b)
     for k, v in a["model"].state_dict().items():
         assert torch.equal(v, b["model"].state_dict()[k]), k
+
+
+def test_a_checkpoint_from_before_a_setting_existed_resumes_with_its_default(tmp_path):
+    """A space setting added later (nb201's ``bn_affine``) is missing from older checkpoints: they
+    resume as if they held its default, and another value of a setting they do hold is refused."""
+    from dsnas.checkpoint import FORMAT, LAST, load_checkpoint
+    from dsnas.errors import DsnasError
+    from dsnas.spaces import settings_of
+
+    now = settings_of("nb201", {"channels": 8, "cells_per_stage": 1}).as_dict()
+    older = {k: v for k, v in now.items() if k != "bn_affine"}
+    torch.save({"format": FORMAT, "space": "nb201", "settings": older}, tmp_path / LAST)
+    assert load_checkpoint(tmp_path, now, space="nb201")["settings"] == older
+    with pytest.raises(DsnasError, match="is for space settings"):
+        load_checkpoint(tmp_path, {**now, "bn_affine": False}, space="nb201")
+    with pytest.raises(DsnasError, match="is for space settings"):
+        load_checkpoint(tmp_path, {**now, "channels": 16}, space="nb201")

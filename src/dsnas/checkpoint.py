@@ -98,12 +98,27 @@ def _read(path: Path, settings: dict | None, required: tuple, space: str | None,
                          f"{' and '.join(map(repr, READS))}")
     if space is not None and ckpt.get("space", DEFAULT_SPACE) != space:
         raise DsnasError(f"checkpoint {path} is for the {quote(ckpt.get('space'))} space, this run uses {space}")
-    if settings is not None and ckpt.get("settings") != settings:
+    if settings is not None and _settings_with_defaults(ckpt, space) != settings:
         raise DsnasError(f"checkpoint {path} is for space settings {quote(ckpt.get('settings'))}, this run uses {settings}")
     lacking = [k for k in required if k not in ckpt]
     if lacking:
         raise DsnasError(f"checkpoint {path} is incomplete: it lacks {', '.join(lacking)}")
     return ckpt
+
+
+def _settings_with_defaults(ckpt: dict, space: str | None) -> dict | None:
+    """The checkpoint's space settings with the defaults of any setting added since it was written
+    (so that a run checkpointed by an earlier version resumes); as written where its space or its
+    settings are unknown here, and None where they are not a mapping."""
+    from .spaces import settings_of
+
+    found = ckpt.get("settings")
+    if not isinstance(found, dict):
+        return None
+    try:
+        return settings_of(ckpt.get("space", space or DEFAULT_SPACE), found).as_dict()
+    except (DsnasError, KeyError, ValueError):
+        return found
 
 
 def _reason(e: Exception) -> str:
