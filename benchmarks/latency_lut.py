@@ -129,6 +129,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--setting", action="append", default=[], metavar="KEY=VALUE",
                    help="a space setting over those defaults (repeatable), e.g. width=0.5 or channels=16")
     p.add_argument("--seed", type=int, default=0, help="the architectures' draw (the table draws its own)")
+    p.add_argument("--section", help="BENCHMARKS.md section (default latency_lut, with _cuda and _SPACE where they "
+                   "apply), e.g. to keep another batch size's run beside it")
     p.add_argument("--no-write", action="store_true")
     p.add_argument("--quick", action="store_true", help="tiny counts in every setting; writes nothing")
     args = p.parse_args()
@@ -160,6 +162,7 @@ def main() -> None:
              f"{' '.join(map(str, args.threads))} --repeats {args.repeats} --fit-children {args.fit_children} "
              f"--holdout {args.holdout} --user-repeats {args.user_repeats}"
              + (f" --user-rounds {args.user_rounds}" if args.user_rounds > 1 else "")
+             + (f" --section {args.section}" if args.section else "")
              + (f" --space {args.space}" if args.space != "shufflenet" else "")
              + "".join(f" --setting {item}" for item in args.setting) + "`", "",
              f"Space: {args.space} ({', '.join(f'{k} {v}' for k, v in args.settings.items())}). In each setting "
@@ -189,7 +192,7 @@ def main() -> None:
     print(text)
     if not args.no_write:
         suffix = "" if args.space == "shufflenet" else f"_{args.space}"
-        write_section(("latency_lut_cuda" if cuda else "latency_lut") + suffix, text)
+        write_section(args.section or ("latency_lut_cuda" if cuda else "latency_lut") + suffix, text)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ import torch
 
 from _report import ROOT, machine, write_section
 from _runs import overrides, run_dsnas
-from nb201_ground_truth import SCHEDULE, append_result, architectures, read_results, summary, train_one, uniform_records
+from nb201_ground_truth import SCHEDULE, append_result, claim, architectures, read_results, summary, train_one, uniform_records
 from quality import bootstrap_tau
 
 from dsnas.agreement import kendall_tau
@@ -50,6 +50,18 @@ GROUND_TRUTH = ROOT / "benchmarks" / "nb201_ground_truth.jsonl"
 METHODS = ("dsnas", "dsnas_warmup", "random", "spos")
 LABELS = {"dsnas": "DSNAS child, no retraining", "dsnas_warmup": "DSNAS after a warm-up, slower α",
           "random": "random search (uniform supernet)", "spos": "SPOS-style evolution (uniform supernet)"}
+# The collapse study: DSNAS with the paper's estimator under other schedules, each a list of overrides
+# on top of the `dsnas` method's. The found cells are trained alone like the ground truth, so they
+# compare across schedules even where a schedule is longer than the ground truth's.
+COLLAPSE = {
+    "slow_alpha": ["arch_lr=0.03"],
+    "long_warmup_slow_alpha": ["epochs=6", "search_epochs=5", "warmup_epochs=2", "arch_lr=0.03"],
+    "long_warmup_slow_alpha_no_fix": ["epochs=6", "search_epochs=5", "warmup_epochs=2", "arch_lr=0.03",
+                                      "early_fix=1.0"],
+    "no_bn_affine": ["bn_affine=false"],
+    "no_bn_affine_long_warmup_slow_alpha": ["bn_affine=false", "epochs=6", "search_epochs=5", "warmup_epochs=2",
+                                            "arch_lr=0.03"],
+}
 
 
 # --- the ground truth -------------------------------------------------------------------------
@@ -137,11 +149,13 @@ class Runner:
         return m
 
     def alone(self, string: str, kind: str) -> None:
-        """Both ground-truth runs of ``string`` (skipped where the ground truth has them)."""
-        have = {(r["arch_string"], r["run"]) for r in read_results(self.args.ground_truth)}
+        """Both ground-truth runs of ``string`` (skipped where the ground truth has them, or where
+        another process of the study has claimed them)."""
         spec = SimpleNamespace(set=self.args.set, config="fmnist")  # the ground truth's schedule, and any --set
+        (self.work / "alone").mkdir(parents=True, exist_ok=True)
         for run in (0, 1):
-            if (string, run) not in have:
+            have = {(r["arch_string"], r["run"]) for r in read_results(self.args.ground_truth)}
+            if (string, run) not in have and claim(self.work / "alone", string, run):
                 record = {"kind": kind, **train_one(list(from_string(string)), run, spec, self.work / "alone")}
                 append_result(self.args.ground_truth, record)
                 print(f"alone {kind} run {run}: top1 {record['top1']:.2f}%  {string}", flush=True)
@@ -176,6 +190,44 @@ def inherited_scores(run_dir: Path, strings: list[str]) -> dict[str, float]:
                 for s in strings}
     finally:
         run.lock.release()
+
+
+def gate_rewards(run_dir: Path | None, batches: int, seed: int = 0) -> dict[str, dict]:
+    """What DSNAS's estimator sees: the gate reward dL/dZ of each op over ``batches`` training batches,
+    on uniformly drawn paths, with the weights held where they are: those of the finished supernet
+    run ``run_dir``, or a freshly initialised supernet of the ground truth's schedule (None). Per op:
+    the mean over edges and batches, its standard error and the share of positive rewards (a
+    positive reward lowers that op's α). ``none`` outputs zeros, so its reward is 0 by construction."""
+    import tempfile
+
+    from dsnas.build import prepare
+    from dsnas.config import load_config, load_run_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if run_dir is None:
+            cfg = load_config("fmnist", [*SCHEDULE, "space=nb201", f"seed={seed}", "warmup_epochs=0", "search_epochs=3"])
+            run = prepare(cfg, Path(tmp) / "run", resume=False, quiet=True)
+        else:
+            run = prepare(load_run_config(run_dir), run_dir, resume=True, quiet=True)
+        try:
+            net, search, rewards = run.space.train(), run.search, {op: [] for op in OPS}
+            for alpha in search.alphas:  # uniform paths, whatever α the run ended with
+                alpha.data.zero_()
+            run.train_loader.set_epoch(0)
+            for step, (x, y) in enumerate(run.train_loader):
+                if step == batches:
+                    break
+                search.sample(gate=True)
+                net.zero_grad(set_to_none=True)
+                run.criterion(net(x), y).backward()
+                for choice in search.choices:
+                    if choice.mask is not None and choice.mask.grad is not None:
+                        rewards[choice.names[choice.active]].append(float(choice.mask.grad))
+        finally:
+            if run.lock is not None:
+                run.lock.release()
+    return {op: {"mean": statistics.fmean(r), "se": statistics.stdev(r) / math.sqrt(len(r)),
+                 "positive": statistics.fmean(v > 0 for v in r), "n": len(r)} for op, r in rewards.items() if len(r) > 1}
 
 
 # --- the report -------------------------------------------------------------------------------
@@ -324,6 +376,85 @@ def collapse(args, gt: dict, per_seed: dict) -> str:
     return "\n".join(lines)
 
 
+def collapse_runs(r: "Runner", args) -> dict:
+    """Every (seed, schedule) of the collapse study, or this worker's share of them (``--worker K/N``),
+    each searched and its cell trained alone; the base schedules are the `dsnas` and `dsnas_warmup`
+    methods' runs."""
+    jobs = [(s, v) for s in args.seeds for v in ("dsnas", "dsnas_warmup", *COLLAPSE)]
+    if args.worker:
+        k, n = map(int, args.worker.split("/"))
+        jobs = jobs[k::n]
+    found = {}
+    for s, v in jobs:
+        if v in COLLAPSE:
+            found[s, v] = r.search(s, "dsnas", f"seed{s}/collapse/{v}", COLLAPSE[v])
+        else:
+            found[s, v] = r.search(s, v)
+        r.alone(found[s, v]["arch_string"], f"found_{v}")
+    return found
+
+
+def reward_study(r: "Runner", args, batches: int = 100) -> dict:
+    """`gate_rewards` of a fresh supernet and of the uniform supernet of the ranking part (its
+    weights after the search epochs of uniform paths: where a warm-up of that length leaves them);
+    kept in the work folder."""
+    cache = Path(args.work) / "rewards.json"
+    if cache.exists():
+        return json.loads(cache.read_text())
+    r.search(args.seeds[0], "random", "ranking/supernet", [f"epochs={args.search_epochs}", "candidates=1"])
+    study = {"at initialisation": gate_rewards(None, batches, args.seeds[0]),
+             f"after {args.search_epochs} epochs of uniform paths": gate_rewards(r.work / "ranking/supernet", batches)}
+    cache.write_text(json.dumps(study, indent=1, allow_nan=False))
+    return study
+
+
+def reward_table(study: dict) -> str:
+    lines = ["Gate rewards dL/dZ by op (×10⁻³; mean over 100 batches of uniformly drawn paths and the edges, ± "
+             "standard error; in brackets the share of positive rewards, which lower the op's α):", "",
+             "| weights | " + " | ".join(OPS) + " |", "|---" * (len(OPS) + 1) + "|"]
+    for state, rewards in study.items():
+        lines.append(f"| {state} | " + " | ".join(
+            f"{1e3 * rewards[op]['mean']:+.2f} ± {1e3 * rewards[op]['se']:.2f} ({100 * rewards[op]['positive']:.0f}%)"
+            if op in rewards else "0 (by construction)" for op in OPS) + " |")
+    return "\n".join(lines)
+
+
+def collapse_section(args, gt: dict, found: dict, rewards: dict | None = None) -> str:
+    """Ops, decisiveness and stand-alone rank of the cells DSNAS finds under each schedule."""
+    pop = [a["mean"] for a in uniform(gt).values()]
+    variants = list(dict.fromkeys(v for _, v in found))
+    lines = ["## Collapse in the nb201 space: DSNAS under other schedules (`benchmarks/nb201_quality.py --parts "
+             "collapse`)", "", f"Machine: {machine()}; {args.threads} thread(s) per run.",
+             f"Command: `python benchmarks/nb201_quality.py --parts collapse --seeds {' '.join(map(str, args.seeds))}`",
+             "", "DSNAS with the paper's estimator, on the ground truth's data and network, under schedules that "
+             "differ from the `nb201_quality` one (3 epochs, search from the first step for 2, arch_lr "
+             f"{args.arch_lr}, early fix 0.3) only by the overrides shown. *Alone*: the cell found, trained "
+             "from scratch twice on the ground truth's schedule, so that cells found under a longer search "
+             "compare with the rest; *percentile*: among the ground truth's uniform cells. *H(α)*: mean entropy "
+             "of the open edges at the end of the search stage (nats, at most ln 5 = 1.609), with the edges "
+             "early fix had fixed.", "",
+             "| schedule | overrides | " + " | ".join(f"{op} %" for op in OPS) +
+             " | fixed, H(α) at the switch | alone top-1 (%) | percentile per seed |",
+             "|---" * (len(OPS) + 5) + "|"]
+    for v in variants:
+        rows = [found[s, v] for s in args.seeds if (s, v) in found]
+        shares = op_counts([m["arch_string"] for m in rows])
+        alone = [gt[m["arch_string"]]["mean"] for m in rows]
+        switch = [[h for h in m["history"] if h["stage"] == "search"][-1] for m in rows]
+        overrides_ = {"dsnas": "(the `nb201_quality` DSNAS row)",
+                      "dsnas_warmup": f"warmup_epochs={args.warmup_epochs} arch_lr={args.warmup_arch_lr}"}
+        lines.append(f"| {v} | {overrides_.get(v) or ' '.join(COLLAPSE[v])} | "
+                     + " | ".join(f"{shares[op]:.0f}" for op in OPS)
+                     + f" | {statistics.fmean(h['fixed'] for h in switch):.1f}/6, {_ms([h['entropy'] for h in switch])} "
+                     f"| {_ms(alone)} | {', '.join(f'{percentile(x, pop):.0f}' for x in alone)} |")
+    best = sorted(uniform(gt).values(), key=lambda a: a["mean"], reverse=True)
+    top = [s for s, a in uniform(gt).items() if a["mean"] >= best[max(0, len(best) // 10 - 1)]["mean"]]
+    lines.append("| ground truth, best tenth | | " + " | ".join(f"{op_counts(top)[op]:.0f}" for op in OPS) + " | | | |")
+    if rewards:
+        lines += ["", reward_table(rewards)]
+    return "\n".join(lines)
+
+
 def figure(args, gt: dict, per_seed: dict) -> str:
     import matplotlib
 
@@ -364,7 +495,9 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=40, help="architectures ranked by random and spos")
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--select-images", type=int, default=2000, help="held-out training images (random, spos)")
-    p.add_argument("--parts", nargs="+", choices=["methods", "ranking"], default=["methods", "ranking"])
+    p.add_argument("--parts", nargs="+", choices=["methods", "ranking", "collapse"], default=["methods", "ranking"])
+    p.add_argument("--worker", help="collapse: take every N-th run from the K-th (K/N, 0-based) and write "
+                   "nothing, so that N processes share the study; a run without it reports")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run (a study "
                    "comparable with the ground truth passes none)")
     p.add_argument("--threads", type=int, default=1, help="threads per run")
@@ -382,6 +515,16 @@ def main() -> int:
             for m in METHODS:
                 per_seed[s][m] = r.search(s, m)
                 r.alone(per_seed[s][m]["arch_string"], f"found_{m}")
+    if "collapse" in args.parts:
+        found = collapse_runs(r, args)
+        if args.worker:
+            return 0
+        text = collapse_section(args, ground_truth(read_results(args.ground_truth)), found, reward_study(r, args))
+        print(text)
+        if not args.no_write:
+            write_section("nb201_collapse", text)
+        if args.parts == ["collapse"]:
+            return 0
     gt = ground_truth(read_results(args.ground_truth))
     pool = uniform(gt)
     drawn = [to_string(ops) for kind, ops in architectures(args.archs, args.draw_seed) if kind == "uniform"]
