@@ -388,7 +388,7 @@ def write_ranking(args, ranking: dict) -> None:
                  "epochs": args.tau_epochs, "seeds": list(range(args.seeds[0], args.seeds[0] + repeats)),
                  "data": args.data, "pairs": [{k: q[k] for k in ("inherited", "repeats", "alone", "mflops", "choices")}
                                              for q in pairs]}
-        (ROOT / "benchmarks" / f"{args.name}_ground_truth.json").write_text(json.dumps(truth, indent=1) + "\n")
+        (ROOT / "benchmarks" / f"{args.name}_ground_truth.json").write_text(json.dumps(truth, indent=1, allow_nan=False) + "\n")
 
 
 def _cfg(args, key: str):
