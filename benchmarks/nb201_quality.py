@@ -40,7 +40,7 @@ import torch
 from _report import ROOT, machine, write_section
 from _runs import overrides, run_dsnas
 from nb201_ground_truth import SCHEDULE, append_result, claim, architectures, read_results, summary, train_one, uniform_records
-from quality import bootstrap_tau
+from quality import bootstrap_tau, percentile
 
 from dsnas.agreement import kendall_tau
 from dsnas.arch import load_arch
@@ -92,12 +92,6 @@ def alive(pool: dict) -> dict:
 
 def _runs_of(pool: dict) -> tuple[list[float], list[float]]:
     return [a["runs"][0] for a in pool.values()], [a["runs"][1] for a in pool.values()]
-
-
-def percentile(value: float, population: list[float]) -> float:
-    """Share (%) of the population below ``value``, ties counted half."""
-    below = sum(p < value for p in population) + 0.5 * sum(p == value for p in population)
-    return 100.0 * below / len(population)
 
 
 def best_of_k(pool: dict, k: int, draws: int = 20000, seed: int = 0) -> dict:

@@ -57,6 +57,12 @@ def bootstrap_tau(pairs: list[dict], a: str = "inherited", b: str = "alone", res
     return taus[int(0.025 * len(taus))], taus[min(len(taus) - 1, int(0.975 * len(taus)))]
 
 
+def percentile(value: float, population: list[float]) -> float:
+    """Share (%) of the population below ``value``, ties counted half."""
+    below = sum(p < value for p in population) + 0.5 * sum(p == value for p in population)
+    return 100.0 * below / len(population)
+
+
 class Runner:
     def __init__(self, args):
         self.args, self.work = args, Path(args.work)
@@ -279,14 +285,11 @@ def _placement(args, per_seed: dict, gt: dict) -> str:
     """Where the architectures trained alone here fall among the ground truth's."""
     pop = [q["alone"] for q in gt["pairs"]]
 
-    def pct(v: float) -> float:
-        return 100.0 * (sum(p < v for p in pop) + 0.5 * sum(p == v for p in pop)) / len(pop)
-
     trained_alone = {"scratch": "the DSNAS architecture retrained from scratch", "uniform": "the uniform architecture"}
-    where = [f"{what} at percentiles " + ", ".join(f"{pct(per_seed[s][m]['top1']):.0f}" for s in args.seeds)
+    where = [f"{what} at percentiles " + ", ".join(f"{percentile(per_seed[s][m]['top1'], pop):.0f}" for s in args.seeds)
              for m, what in trained_alone.items() if m in args.methods]
     where.insert(0, "the DSNAS child (finetuned, not trained alone) at " +
-                 ", ".join(f"{pct(per_seed[s]['dsnas']['top1']):.0f}" for s in args.seeds))
+                 ", ".join(f"{percentile(per_seed[s]['dsnas']['top1'], pop):.0f}" for s in args.seeds))
     return (f"Among the {len(pop)} architectures of `{Path(args.ground_truth).name}` (the same preset and "
             f"{gt['epochs']} epochs, each the mean of {len(gt['seeds'])} stand-alone runs; median "
             f"{statistics.median(pop):.2f}%, sd {statistics.stdev(pop):.2f}), per seed: " + "; ".join(where)
