@@ -157,8 +157,12 @@ def _build(cfg: Config, method: Method, rt: Runtime, data: Data, held, out: Path
     space.to(rt.device)
     if cfg.channels_last:
         space.to(memory_format=torch.channels_last)
-    search = DSNAS(space, costs=costs, metric=cfg.cost_metric, budget=cfg.budget, penalty=cfg.penalty,
-                   early_fix=cfg.early_fix, generator=torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank))
+    try:
+        search = DSNAS(space, costs=costs, metric=cfg.cost_metric, budget=cfg.budget, penalty=cfg.penalty,
+                       early_fix=cfg.early_fix, generator=torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank),
+                       **cfg.search_rules(space))
+    except ValueError as e:  # a never_pick that names no candidate of this space
+        raise DsnasError(f"config: {e}") from None
     optimizer = torch.optim.SGD(weight_groups(space, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
     arch_optimizer = torch.optim.Adam(search.alphas, lr=cfg.arch_lr, betas=(cfg.arch_beta1, cfg.arch_beta2))
     criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)

@@ -180,6 +180,7 @@ class RunState:
     step: int = 0                       # the step of ``epoch`` to run next (mid-epoch checkpoints)
     global_step: int = 0
     alpha_rows: list = field(default_factory=list)   # softmax(alpha) per block after every epoch
+    credit_rows: list = field(default_factory=list)  # the gate credit per block and candidate, every epoch
     history: list = field(default_factory=list)      # one record per finished epoch
     epoch_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # running sum, mid-epoch
     epoch_seen: int = 0
@@ -269,6 +270,8 @@ def _check_search(saved, search) -> None:
     live = search.state_dict()
     if "candidates" not in saved:  # written before the candidates were recorded
         del live["candidates"]
+    if "credit" not in saved:  # written before the credit statistics were kept
+        del live["credit"]
     elif saved["candidates"] != live["candidates"]:
         raise BadPayload("search names other candidates than this run's blocks")
     in_order = isinstance(saved["alphas"], list)  # format /1: a list per block, in block order
@@ -337,7 +340,8 @@ def _check_generators(ckpt: dict, sampler: torch.Generator) -> None:
         raise BadPayload(f"a random generator state does not load ({quote(str(e))})") from None
 
 
-PROGRESS_KINDS = {"epoch": 0, "step": 0, "global_step": 0, "alpha_rows": [], "history": [], "epoch_seen": 0,
+PROGRESS_KINDS = {"epoch": 0, "step": 0, "global_step": 0, "alpha_rows": [], "credit_rows": [], "history": [],
+                  "epoch_seen": 0,
                   "elapsed": 0.0}  # a value of each field's kind
 
 

@@ -18,6 +18,7 @@ from .errors import DsnasError, quote
 from .files import parse_yaml, read_yaml
 from .images import DECODERS
 from .methods import get_method
+from .search import CREDITS
 from .spaces import DATA_SETTINGS, DEFAULT_SPACE, MAX_MODEL_GB, SPACES, space_class
 from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
 
@@ -46,6 +47,7 @@ class Config:
     dropout: float = 0.0               # ShuffleNet: dropout before the classifier
     channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)
     cells_per_stage: int = 5           # nb201 space: N, cells in each of its three stages
+    ops: str = ""                      # nb201 space: every edge's candidates, comma-separated ("": the space's default)
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     init_from: str = ""                # start the supernet from this folder's weights instead (dsnas import
                                        # of a published supernet, or a dsnas run); warm-up may then be 0
@@ -66,6 +68,10 @@ class Config:
     arch_beta1: float = 0.5
     arch_beta2: float = 0.999
     early_fix: float = 0.3             # h: fix a block when top-1 minus top-2 probability >= h
+    credit: str = "auto"               # what rewards the sampled op: gate (the paper's dL/dZ) | loss (the step's
+                                       # loss, score function) | auto (the space's: gate, nb201 loss)
+    never_pick: str = "auto"           # candidates derive and early fix never choose, comma-separated ("": none;
+                                       # auto: the space's, none for nb201: DARTS's rule)
     cost: str = "mflops"               # what the budget limits: mflops | params | latency (needs latency_table)
     budget_mflops: float = 0.0         # tau for cost mflops: penalise sampled paths at or above this (0 = no budget)
     budget_params_m: float = 0.0       # tau for cost params (millions of parameters)
@@ -120,6 +126,7 @@ class Config:
               f"jpeg_decode must be one of {', '.join(DECODERS)}, got {quote(self.jpeg_decode)}")
         _need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {quote(self.amp)}")
         _need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {quote(self.cost)}")
+        _need(self.credit in ("auto", *CREDITS), f"credit must be auto, {', '.join(CREDITS)}, got {quote(self.credit)}")
         _need(self.cost != "latency" or bool(self.latency_table),
               "cost latency needs latency_table (from dsnas latency)")
 
@@ -141,7 +148,13 @@ class Config:
         space that this config holds a key for (``width``; ``channels``, ``cells_per_stage``)."""
         keys = {f.name for f in fields(space_class(self.space).Settings)} - set(DATA_SETTINGS)
         return {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
-                **{k: getattr(self, k) for k in sorted(keys) if k in _HINTS}}
+                **{k: getattr(self, k) for k in sorted(keys) if k in _HINTS and getattr(self, k) != ""}}
+
+    def search_rules(self, space) -> dict:
+        """The `DSNAS` credit and never_pick of this run, with ``auto`` resolved by the space."""
+        never = space.never_pick if self.never_pick == "auto" else self.never_pick
+        return {"credit": space.credit if self.credit == "auto" else self.credit,
+                "never_pick": [n.strip() for n in never.split(",") if n.strip()]}
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 """What a run leaves behind: its folder, the epoch log (terminal and TensorBoard), alpha over
-epochs (``alpha.csv``, ``alpha.png``), the candidates a baseline ranked (``candidates.csv``) and
+epochs (``alpha.csv``, ``alpha.png``), the gate credit that moved it (``credit.csv``,
+``credit.png``), the candidates a baseline ranked (``candidates.csv``) and
 the final files (``arch.yaml``, ``child.safetensors``, ``metrics.json``)."""
 
 from __future__ import annotations
@@ -79,18 +80,25 @@ class RunFiles:
         if self.main:
             write_alpha_csv(self.out / "alpha.csv", rows)
 
+    def credit(self, rows: list[dict]) -> None:
+        """``credit.csv``, rewritten after every epoch (``credit.png`` comes with the results)."""
+        if self.main and rows:
+            write_rows_csv(self.out / "credit.csv", rows)
+
     def candidates(self, candidates, names: list[list[str]], losses: dict, metric: str) -> None:
         if self.main:
             write_candidates_csv(self.out / "candidates.csv", candidates, names, losses, metric)
 
-    def results(self, arch, child, metrics: dict, alpha: list[dict] | None, title: str) -> None:
+    def results(self, arch, child, metrics: dict, alpha: list[dict] | None, title: str,
+                credit: list[dict] | None = None) -> None:
         if self.main:
-            write_results(self.out, arch, child, metrics, alpha, title)
+            write_results(self.out, arch, child, metrics, alpha, title, credit)
 
 
-def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | None, title: str) -> None:
+def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | None, title: str,
+                  credit: list[dict] | None = None) -> None:
     """The run's deliverables: ``arch.yaml``, ``child.safetensors``, ``metrics.json`` and, for a
-    DSNAS search, ``alpha.png``."""
+    DSNAS search, ``alpha.png`` and ``credit.png``."""
     from .arch import save_arch
     from .export import save_weights
 
@@ -100,6 +108,8 @@ def write_results(out: Path, arch, child, metrics: dict, alpha: list[dict] | Non
     write_text(out / "metrics.json", metrics_text)
     if alpha is not None:
         plot_alpha(out / "alpha.png", alpha, title)
+    if credit:
+        plot_credit(out / "credit.png", credit)
 
 
 ROW_KEYS = ("epoch", "stage", "block", "label", "fixed")  # the columns of alpha.csv that are not candidates
@@ -121,6 +131,36 @@ def write_alpha_csv(path: Path, rows: list[dict]) -> None:
                 ops.append(k)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, ["epoch", "stage", "block", "label", *ops, "fixed"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def credit_rows(search, stats: list, epoch: int, stage: str) -> list[dict]:
+    """One row per block and sampled candidate of the epoch's credit statistics (`DSNAS.take_credit_stats`):
+    how often it was sampled, and the mean and standard deviation (empty for one sample) of its gate credit dL/dZ and,
+    when the search is rewarded otherwise (``credit: loss``), of the reward it was given."""
+    rows = []
+    for i, (label, choice, t) in enumerate(zip(search.labels, search.choices, stats)):
+        for k, name in enumerate(choice.names):
+            n = int(t[k, 0])
+            if n == 0:
+                continue
+            row = {"epoch": epoch, "stage": stage, "block": i, "label": label, "candidate": name, "samples": n}
+            for col, (total, sq) in {"gate": (1, 2), "credit": (3, 4)}.items():
+                if col == "gate" or search.credit != "gate":
+                    mean = float(t[k, total]) / n
+                    var = max(0.0, float(t[k, sq]) / n - mean * mean) * n / (n - 1) if n > 1 else None
+                    row.update({f"{col}_mean": float(f"{mean:.6g}"),
+                                f"{col}_sd": None if var is None else float(f"{var ** 0.5:.6g}")})
+            rows.append(row)
+    return rows
+
+
+def write_rows_csv(path: Path, rows: list[dict]) -> None:
+    """Rows of dicts as CSV, with the columns of the first row."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, list(rows[0]), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text(path, buf.getvalue())
@@ -178,6 +218,52 @@ def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
     fig.suptitle(title or "softmax(alpha) per block", y=0.995, fontsize=11)
     fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=len(ops), fontsize=9,
                frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+
+
+def plot_credit(path: Path, rows: list[dict]) -> None:
+    """One panel per block: the mean gate credit dL/dZ of every candidate per epoch, with its
+    standard error; a positive credit lowers the candidate's alpha under the paper's estimator,
+    and a candidate whose output is zero (``none``) always gets 0."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = sorted({r["block"] for r in rows})
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    cols = min(5, len(blocks))
+    nrows = (len(blocks) + cols - 1) // cols
+    fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.1 * nrows + 0.6), sharex=True, squeeze=False)
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, b in zip(axes.flat, blocks):
+        for j, name in enumerate(names):
+            mine = [r for r in rows if r["block"] == b and r["candidate"] == name]
+            if not mine:
+                continue
+            x = [r["epoch"] for r in mine]
+            y = [r["gate_mean"] for r in mine]
+            se = [(r["gate_sd"] or 0.0) / r["samples"] ** 0.5 for r in mine]  # one sample: no spread
+            ax.plot(x, y, color=colors[j % len(colors)], lw=1.4, marker=".", label=name)
+            ax.fill_between(x, [a - e for a, e in zip(y, se)], [a + e for a, e in zip(y, se)],
+                            color=colors[j % len(colors)], alpha=0.15, lw=0)
+        ax.axhline(0, color="0.3", lw=0.7)
+        ax.set_title(f"block {b}: {rows[[r['block'] for r in rows].index(b)]['label']}", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(alpha=0.3)
+    for ax in axes.flat[len(blocks):]:
+        ax.axis("off")
+    for ax in axes[-1]:
+        ax.set_xlabel("epoch", fontsize=8)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("mean dL/dZ", fontsize=8)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    fig.suptitle("gate credit dL/dZ per block and candidate (± standard error)", y=0.995, fontsize=11)
+    fig.legend([handles[n] for n in names if n in handles], [n for n in names if n in handles], loc="upper center",
+               bbox_to_anchor=(0.5, 0.965), ncol=len(names), fontsize=9, frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

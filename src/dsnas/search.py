@@ -12,6 +12,8 @@ One training step::
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -32,6 +34,10 @@ def dsnas_alpha_grad(alpha: torch.Tensor, sampled: int, reward: torch.Tensor) ->
     return ((onehot - p) * reward.float()).to(alpha.dtype)
 
 
+CREDITS = ("gate", "loss")  # what rewards the sampled op: the paper's dL/dZ, or the step's loss
+STAT_COLUMNS = ("samples", "gate_sum", "gate_sq", "credit_sum", "credit_sq")  # per candidate, per epoch
+
+
 def resource_alpha_grad(alpha: torch.Tensor, sampled: int, cost: float) -> torch.Tensor:
     """Gradient of p[s] * cost[s] w.r.t. alpha, where ``cost`` is the sampled candidate's cost
     (flows through the softmax only)."""
@@ -39,6 +45,24 @@ def resource_alpha_grad(alpha: torch.Tensor, sampled: int, cost: float) -> torch
     onehot = torch.zeros_like(p)
     onehot[sampled] = 1.0
     return (p[sampled] * cost * (onehot - p)).to(alpha.dtype)
+
+
+def _credit_row(gate: torch.Tensor, credit: torch.Tensor) -> torch.Tensor:
+    """One sample's row of `STAT_COLUMNS` (zeros for a step whose gradients overflowed under fp16)."""
+    row = torch.stack((torch.ones_like(gate), gate, gate * gate, credit, credit * credit)).float()
+    return torch.where(torch.isfinite(row).all(), row, torch.zeros_like(row))
+
+
+def _excluded(choices, names: set[str]) -> list[set[int]]:
+    """Per block, the indices of its candidates named in ``names``; every name must be some
+    block's candidate, and no block may lose all of its candidates."""
+    unknown = names - {n for c in choices for n in c.names}
+    if unknown:
+        raise ValueError(f"never_pick names no candidate of this model: {', '.join(sorted(unknown))}")
+    excluded = [{i for i, n in enumerate(c.names) if n in names} for c in choices]
+    if any(len(e) == len(c) for e, c in zip(excluded, choices)):
+        raise ValueError("never_pick leaves a block with no candidate to pick")
+    return excluded
 
 
 class DSNAS:
@@ -63,11 +87,19 @@ class DSNAS:
         penalty: lambda, alpha-gradient per unit of cost.
         early_fix: h; a block whose top-1 minus top-2 probability reaches h is fixed to its argmax.
         generator: random generator for path sampling (CPU).
+        credit: what rewards the sampled op of every block. ``gate`` (the paper's): its gate's
+            first-order credit dL/dZ. ``loss``: the step's loss minus a running mean of earlier
+            losses, the score-function estimator before the paper's first-order step (unbiased
+            for grad E_s[L] whatever L's shape; the mean lowers the variance, not the direction).
+        never_pick: candidate names that `derive` and `early_fix` never choose (DARTS's rule for
+            ``none``); they are still sampled and trained.
+        baseline_decay: the running mean's decay for ``credit="loss"`` (bias-corrected).
     """
 
     def __init__(self, model: nn.Module, *, costs=None, metric: str = "mflops", base_cost: float = 0.0,
                  budget: float | None = None, penalty: float = 0.0, early_fix: float = 0.3,
-                 generator: torch.Generator | None = None):
+                 generator: torch.Generator | None = None, credit: str = "gate", never_pick: Iterable[str] = (),
+                 baseline_decay: float = 0.9):
         from .cost import CostTable
 
         self.model = model
@@ -90,6 +122,13 @@ class DSNAS:
         self.generator = generator
         self._masks = [torch.ones((), device=device, requires_grad=True) for _ in self.choices]
         self.path: list[int] = [c.active for c in self.choices]
+        if credit not in CREDITS:
+            raise ValueError(f"credit must be one of {', '.join(CREDITS)}, got {credit!r}")
+        self.credit, self.baseline_decay = credit, float(baseline_decay)
+        self.excluded = _excluded(self.choices, set(never_pick))
+        # per block and candidate, on the device: the columns of STAT_COLUMNS summed since `take_credit_stats`
+        self.credit_stats = [torch.zeros(len(c), len(STAT_COLUMNS), device=device) for c in self.choices]
+        self.baseline = torch.zeros(2, device=device)  # (running mean of the loss, bias correction 1 - decay^t)
 
     # --- sampling -------------------------------------------------------------------------
     def probs(self) -> list[torch.Tensor]:
@@ -138,46 +177,83 @@ class DSNAS:
         return self.base_cost + sum(c[i] for c, i in zip(self.costs, path))
 
     # --- the estimator --------------------------------------------------------------------
-    def compute_arch_grads(self, loss_scale: torch.Tensor | float = 1.0) -> None:
+    def compute_arch_grads(self, loss_scale: torch.Tensor | float = 1.0, loss: torch.Tensor | None = None) -> None:
         """Write the DSNAS alpha-gradient (and the resource term) into ``alpha.grad``.
 
-        Call after ``loss.backward()`` and before the architecture optimizer's step. Under
-        torch.distributed the gradients are averaged over ranks, so every rank keeps the same alpha.
+        Call after ``loss.backward()`` and before the architecture optimizer's step; ``loss`` (the
+        step's, unscaled) is needed by ``credit="loss"``. Under torch.distributed the gradients are
+        averaged over ranks, so every rank keeps the same alpha, and the credit statistics and the
+        loss baseline are summed over ranks, so every rank keeps the same too.
         ``loss_scale``: the factor the backward pass scaled the loss by (a gradient scaler's scale,
         as a tensor to avoid a host sync); the rewards carry it, so the resource term is scaled
         alike, and unscaling the alpha-gradients keeps the two in proportion.
         """
         penalize = self.costs is not None and self.penalty > 0 and (
             self.budget is None or self.path_cost() >= self.budget)
-        grads = []
+        loss_credit = self._loss_credit(loss) if self.credit == "loss" else None
+        grads, stats = [], []
         for i, (choice, alpha) in enumerate(zip(self.choices, self.alphas)):
-            g = torch.zeros_like(alpha)
+            g, step_stats = torch.zeros_like(alpha), torch.zeros_like(self.credit_stats[i])
             if choice.fixed is None and choice.mask is not None and choice.mask.grad is not None:
-                s = choice.active
-                g = dsnas_alpha_grad(alpha, s, choice.mask.grad)
+                s, gate = choice.active, choice.mask.grad
+                reward = gate if loss_credit is None else loss_credit * loss_scale
+                g = dsnas_alpha_grad(alpha, s, reward)
                 if penalize:
                     g = g + self.penalty * resource_alpha_grad(alpha, s, self.costs[i][s]) * loss_scale
+                step_stats[s] = _credit_row(gate / loss_scale, reward / loss_scale)
             grads.append(g)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            flat = torch.cat(grads)
-            dist.all_reduce(flat)
-            flat /= dist.get_world_size()
-            grads = list(flat.split([len(a) for a in self.alphas]))
-        for choice, alpha, g in zip(self.choices, self.alphas, grads):
+            stats.append(step_stats)
+        grads, stats, mean_loss = self._reduce(grads, stats, loss)
+        for choice, alpha, g, total, step_stats in zip(self.choices, self.alphas, grads, self.credit_stats, stats):
             alpha.grad = None if choice.fixed is not None else g.clone()
+            total += step_stats
+        if loss_credit is not None:
+            self.baseline.mul_(self.baseline_decay).add_(
+                torch.stack((mean_loss.float(), torch.ones_like(self.baseline[1]))), alpha=1 - self.baseline_decay)
+
+    def _loss_credit(self, loss: torch.Tensor | None) -> torch.Tensor:
+        """The step's loss minus the bias-corrected running mean of earlier steps' (0 at the first)."""
+        if loss is None:
+            raise ValueError('credit "loss" needs the step\'s loss: compute_arch_grads(loss=...)')
+        mean, weight = self.baseline[0], self.baseline[1]
+        return loss.detach().float() - torch.where(weight > 0, mean / weight.clamp_min(1e-12), loss.detach().float())
+
+    def _reduce(self, grads: list, stats: list, loss: torch.Tensor | None) -> tuple[list, list, torch.Tensor]:
+        """Average the alpha-gradients and the loss over ranks, and sum the credit statistics, in
+        one all-reduce (a no-op in one process)."""
+        loss = torch.zeros((), device=self.baseline.device) if loss is None else loss.detach().float().reshape(())
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            return grads, stats, loss
+        world = dist.get_world_size()
+        flat = torch.cat([*grads, *(t.reshape(-1) for t in stats), loss.reshape(1)])
+        dist.all_reduce(flat)
+        sizes = [len(a) for a in self.alphas] + [t.numel() for t in stats] + [1]
+        parts = flat.split(sizes)
+        n = len(grads)
+        return ([g / world for g in parts[:n]], [p.view_as(t) for p, t in zip(parts[n:2 * n], stats)],
+                parts[-1][0] / world)
+
+    def take_credit_stats(self) -> list[torch.Tensor]:
+        """The credit statistics since the last call (per block, a (candidates, `STAT_COLUMNS`)
+        tensor on the CPU), and start new ones."""
+        taken = [t.detach().cpu().clone() for t in self.credit_stats]
+        for t in self.credit_stats:
+            t.zero_()
+        return taken
 
     # --- early fix and derivation ---------------------------------------------------------
     def fixed(self) -> list[int | None]:
         return [c.fixed for c in self.choices]
 
     def early_fix(self) -> list[int]:
-        """Fix every unfixed block whose top-1 minus top-2 probability is >= h to its argmax.
+        """Fix every unfixed block whose top-1 minus top-2 probability is >= h to its argmax
+        (among the candidates it may pick, see `pickable_probs`).
         With a budget, the new fixes are then checked in block order, and one is undone while no
         completion would fit (the fixed ops plus the cheapest op of every open block).
         Returns the blocks fixed now."""
         newly = []
-        for i, (choice, p) in enumerate(zip(self.choices, self.probs())):
-            if choice.fixed is not None or len(p) < 2:
+        for i, (choice, p) in enumerate(zip(self.choices, self.pickable_probs())):
+            if choice.fixed is not None or int((p > 0).sum()) < 2:
                 continue
             top = torch.topk(p, 2)
             if float(top.values[0] - top.values[1]) >= self.threshold:
@@ -202,9 +278,23 @@ class DSNAS:
         for choice, idx in zip(self.choices, path):
             choice.fix(idx)
 
+    def pickable_probs(self) -> list[torch.Tensor]:
+        """softmax(alpha) of every block renormalised over the candidates that `derive` may pick
+        (0 for the ``never_pick`` ones): the conditional distribution given a pickable op."""
+        out = []
+        for p, excluded in zip(self.probs(), self.excluded):
+            if excluded:
+                p = p.clone()
+                p[list(excluded)] = 0.0
+                p = p / p.sum().clamp_min(1e-30)
+            out.append(p)
+        return out
+
     def derive(self) -> list[int]:
-        """The architecture: argmax of alpha per block (the fixed op for fixed blocks)."""
-        return [c.fixed if c.fixed is not None else int(torch.argmax(p)) for c, p in zip(self.choices, self.probs())]
+        """The architecture: argmax of alpha per block among the candidates it may pick (the
+        fixed op for fixed blocks)."""
+        return [c.fixed if c.fixed is not None else int(torch.argmax(p))
+                for c, p in zip(self.choices, self.pickable_probs())]
 
     def derive_within(self, budget: float | None = None) -> list[int]:
         """`derive`, then if the argmax child costs more than ``budget`` (default: the search's
@@ -225,7 +315,7 @@ class DSNAS:
                     continue
                 for k in range(len(cost)):
                     saved = cost[path[i]] - cost[k]
-                    if saved <= 0:
+                    if saved <= 0 or k in self.excluded[i]:
                         continue
                     score = saved / (float(logp[i][path[i]] - logp[i][k]) + 1e-6)
                     if best is None or score > best[0]:
@@ -246,11 +336,16 @@ class DSNAS:
         candidates' names, so that a checkpoint of another space is refused, not misread)."""
         return {"alphas": {label: a.detach().cpu().clone() for label, a in zip(self.labels, self.alphas)},
                 "fixed": {label: -1 if f is None else f for label, f in zip(self.labels, self.fixed())},
-                "candidates": {label: list(c.names) for label, c in zip(self.labels, self.choices)}}
+                "candidates": {label: list(c.names) for label, c in zip(self.labels, self.choices)},
+                "credit": {"stats": {label: t.detach().cpu().clone() for label, t in zip(self.labels, self.credit_stats)},
+                           "baseline": self.baseline.detach().cpu().clone()}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Load a `state_dict`, matched by label (older ones hold lists, in block order)."""
+        """Load a `state_dict`, matched by label (older ones hold lists, in block order, and no
+        credit statistics: those start from zero)."""
         alphas, fixed = state["alphas"], state["fixed"]
+        credit = state.get("credit", {"stats": {k: torch.zeros_like(t) for k, t in zip(self.labels, self.credit_stats)},
+                                      "baseline": torch.zeros_like(self.baseline)})
         if isinstance(alphas, dict):
             if set(alphas) != set(self.labels) or set(fixed) != set(self.labels):
                 other = sorted(set(alphas) ^ set(self.labels)) or sorted(set(fixed) ^ set(self.labels))
@@ -263,6 +358,9 @@ class DSNAS:
         with torch.no_grad():
             for alpha, saved in zip(self.alphas, alphas):
                 alpha.copy_(saved)
+            for label, total in zip(self.labels, self.credit_stats):
+                total.copy_(credit["stats"][label])
+            self.baseline.copy_(credit["baseline"])
         for choice, f in zip(self.choices, fixed):
             f = int(f)
             if f >= 0:

@@ -25,7 +25,7 @@ from .config import Config
 from .errors import DsnasError
 from .evaluate import accuracy, recalibrate_bn, reset_bn_stats, sync_bn_stats
 from .methods import inherited
-from .report import alpha_rows
+from .report import alpha_rows, credit_rows
 from .runtime import check_consistent, mean_over_ranks, stage_autocast, wrap_ddp
 from .search import DSNAS
 
@@ -49,9 +49,9 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, opti
     scaler.scale(loss).backward()
     if arch_optimizer is not None:
         if scaler.is_enabled():  # the rewards carry the loss scale, so the resource term must too
-            search.compute_arch_grads(loss_scale=scaler.scale(torch.ones((), device=loss.device)))
+            search.compute_arch_grads(loss_scale=scaler.scale(torch.ones((), device=loss.device)), loss=loss)
         else:
-            search.compute_arch_grads()
+            search.compute_arch_grads(loss=loss)
         if any(a.grad is not None for a in search.alphas):  # all fixed: nothing to step
             scaler.step(arch_optimizer)
     scaler.step(optimizer)
@@ -170,6 +170,8 @@ def end_epoch(run: Run, stage: str, epoch: int, loss_sum: torch.Tensor, seen: in
               "lr": run.scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - run.started, 1)}
     state.history.append(record)
     state.alpha_rows += alpha_rows(search, epoch + 1, stage)
+    credit = credit_rows(search, search.take_credit_stats(), epoch + 1, stage)
+    state.credit_rows += credit
     shown = "(no child yet)" if stage == "supernet" else (
         f"top1 {metrics['top1']:5.2f}%  H(alpha) {record['entropy']:.3f}  fixed {fixed:2d}/"
         f"{len(search.choices)}  child {mflops:.2f} MFLOPs")
@@ -177,11 +179,13 @@ def end_epoch(run: Run, stage: str, epoch: int, loss_sum: torch.Tensor, seen: in
                  f"{record['elapsed_s']:.0f}s")
     run.log.scalars(epoch + 1, {"train/loss": train_loss, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"],
                                 "alpha/entropy": record["entropy"], "alpha/fixed": fixed, "child/mflops": mflops,
-                                "train/lr": record["lr"]})
+                                "train/lr": record["lr"],
+                                **{f"credit/{r['label']}/{r['candidate']}": r["gate_mean"] for r in credit}})
     state.epoch, state.step = epoch + 1, 0
     checkpoint(run, epoch + 1, 0)
     if run.method.learns_alpha:
         run.files.alpha(state.alpha_rows)
+        run.files.credit(state.credit_rows)
 
 
 def _evaluate_epoch(run: Run, stage: str, epoch: int) -> tuple[dict, float | None]:
@@ -234,7 +238,8 @@ def finish(run: Run) -> RunResult:
                              "created_by": f"dsnas {__version__} {run.method.name}", "run": str(run.out)})
         run.files.results(arch, run.space.child(arch_idx).cpu().float(), metrics,
                           state.alpha_rows if run.method.learns_alpha else None,
-                          f"DSNAS on {run.data.name}: softmax(alpha) per block")
+                          f"DSNAS on {run.data.name}: softmax(alpha) per block",
+                          state.credit_rows if run.method.learns_alpha else None)
         run.log.line(f"done in {metrics['wall_s']:.0f}s: child top1 {metrics['top1']}%  top5 {metrics['top5']}%  "
                      f"{costs['mflops']:.2f} MFLOPs  {costs['params_m']:.3f} M params -> {run.out}")
     run.log.close()

@@ -117,10 +117,15 @@ class NB201Settings:
     cells_per_stage: int = 5    # N
     bn_affine: bool = True      # BN of the cells' convolutions with weight and bias (the benchmark's
                                 # search cells have none; its stand-alone networks do)
+    ops: str = ",".join(OPS)    # every edge's candidates, comma-separated, in `OPS` order
 
     def __post_init__(self):
         if not isinstance(self.bn_affine, bool):
             raise ValueError(f"bn_affine must be true or false, got {self.bn_affine!r}")
+        names = [n.strip() for n in self.ops.split(",")] if isinstance(self.ops, str) else None
+        if not names or any(n not in OPS for n in names) or len(set(names)) != len(names):
+            raise ValueError(f"ops must name distinct ops among {', '.join(OPS)}, comma-separated, got {self.ops!r}")
+        object.__setattr__(self, "ops", ",".join(op for op in OPS if op in names))  # one spelling per set
         for key in ("num_classes", "in_channels", "channels", "cells_per_stage"):
             _whole(key, getattr(self, key))
         _whole("input_size", self.input_size, low=4)
@@ -146,6 +151,10 @@ class NB201Settings:
 
     def stage_channels(self) -> list[int]:
         return [self.channels * 2**s for s in range(STAGES)]
+
+    def candidates(self) -> list[str]:
+        """Every edge's candidate ops, in `OPS` order."""
+        return self.ops.split(",")
 
 
 def to_string(choices) -> str:
@@ -195,7 +204,7 @@ def init_weights(model: nn.Module, scheme: str = "aligned") -> None:
     kaiming_init(model)
     if scheme == "aligned":
         for m in model.modules():
-            if isinstance(m, Choice):
+            if isinstance(m, Choice) and {"nor_conv_1x1", "nor_conv_3x3"} <= set(m.names):
                 one, three = (m.candidates[m.index(n)][1].weight for n in ("nor_conv_1x1", "nor_conv_3x3"))
                 three.zero_()
                 three[:, :, 1:2, 1:2] = one
@@ -208,12 +217,12 @@ def _op_footprint(name: str, channels: int, size: int, affine: bool = True) -> F
     return Footprint(0, channels * size * size)
 
 
-def _cell_footprint(channels: int, size: int, choices=None, affine: bool = True) -> Footprint:
+def _cell_footprint(channels: int, size: int, choices=None, affine: bool = True, candidates=OPS) -> Footprint:
     """A cell: every candidate's weights (or the chosen op's), the largest candidate's maps, and
     the node sums."""
     total = Footprint(0, (NODES - 1) * channels * size * size)
     for i in range(len(EDGES)):
-        ops = OPS if choices is None else [OPS[choices[i]] if isinstance(choices[i], int) else choices[i]]
+        ops = candidates if choices is None else [candidates[choices[i]] if isinstance(choices[i], int) else choices[i]]
         parts = [_op_footprint(op, channels, size, affine) for op in ops]
         total += Footprint(sum(p.params for p in parts), max(p.activations for p in parts))
     return total
@@ -236,7 +245,7 @@ def nb201_footprint(s: NB201Settings, choices=None) -> Footprint:
         if stage:
             reduction, size = _reduction_footprint(widths[stage - 1], channels, size)
             total += reduction
-        total += _cell_footprint(channels, size, choices, s.bn_affine) * s.cells_per_stage
+        total += _cell_footprint(channels, size, choices, s.bn_affine, s.candidates()) * s.cells_per_stage
     head = Footprint(2 * widths[-1] + widths[-1] * s.num_classes + s.num_classes,
                      2 * widths[-1] * size * size + widths[-1] + s.num_classes)
     return total + head
@@ -316,8 +325,8 @@ class NB201Space(SpaceMixin, _CellNet):
 
     def __init__(self, settings: NB201Settings | None = None, init: str = "aligned"):
         settings = settings or NB201Settings()
-        cells = [Cell([Choice({op: make_op(op, c, settings.bn_affine) for op in OPS}, label) for label in EDGE_LABELS])
-                 for c in self.cell_channels(settings)]
+        cells = [Cell([Choice({op: make_op(op, c, settings.bn_affine) for op in settings.candidates()}, label)
+                       for label in EDGE_LABELS]) for c in self.cell_channels(settings)]
         super().__init__(settings, cells)
         init_weights(self, init)
 
@@ -327,8 +336,8 @@ class NB201Space(SpaceMixin, _CellNet):
 
     @staticmethod
     def decisions(settings: NB201Settings | None = None) -> list[tuple[str, list[str]]]:
-        """(label, candidates) of every edge; the same at every setting."""
-        return [(label, list(OPS)) for label in EDGE_LABELS]
+        """(label, candidates) of every edge: the setting ``ops``, the same on every edge."""
+        return [(label, (settings or NB201Settings()).candidates()) for label in EDGE_LABELS]
 
     @staticmethod
     def child_from(choices, settings: NB201Settings, init: str = "aligned") -> NB201Child:
@@ -341,7 +350,7 @@ class NB201Space(SpaceMixin, _CellNet):
     def describe(self) -> dict:
         s = self.settings
         return {"cells": STAGES * s.cells_per_stage, "reductions": STAGES - 1, "edges_per_cell": len(EDGES),
-                "nodes_per_cell": NODES, "architectures": len(OPS) ** len(EDGES), "stage_channels": s.stage_channels()}
+                "nodes_per_cell": NODES, "architectures": len(s.candidates()) ** len(EDGES), "stage_channels": s.stage_channels()}
 
     def fixed_parts(self) -> dict[str, nn.Module]:
         """The modules outside the choices before the head: the stem and the two reductions."""

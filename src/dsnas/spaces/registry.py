@@ -156,6 +156,8 @@ class SpaceMixin:
 
     name: str
     settings: object
+    credit = "gate"   # the `DSNAS` credit that config ``credit: auto`` gives this space: the paper's
+    never_pick = ""   # candidates its derivation never chooses under ``never_pick: auto``
 
     @property
     def choices(self) -> list:
