@@ -49,16 +49,24 @@ SCHEDULE = ["channels=8", "cells_per_stage=1", "train_limit=6000", "test_limit=5
             "lr=0.1", "lr_warmup_epochs=0", "eval_bn_recalibrate=0"]
 
 
-def architectures(n: int, seed: int) -> list[tuple[str, list[str]]]:
-    """(kind, ops) of every architecture of the study: the fixed ones, then ``n`` uniform draws."""
+def uniform_kind(ops=OPS) -> str:
+    """The kind of the uniform draws from the candidate set ``ops``: ``uniform`` over the whole
+    space, ``uniform_no_none`` over the space without ``none``, and so on."""
+    left_out = [op for op in OPS if op not in ops]
+    return "uniform" if not left_out else "uniform_no_" + "_".join(left_out)
+
+
+def architectures(n: int, seed: int, ops=OPS) -> list[tuple[str, list[str]]]:
+    """(kind, ops) of every architecture of the study: the fixed ones, then ``n`` uniform draws
+    from the candidate set ``ops``."""
     chosen = [("best_known", BEST_KNOWN), *DEGENERATE.items()]
     seen = {tuple(ops) for _, ops in chosen}
-    rng = random.Random(seed)
+    rng, kind = random.Random(seed), uniform_kind(ops)
     while len(chosen) < len(DEGENERATE) + 1 + n:
-        ops = [rng.choice(OPS) for _ in EDGES]
-        if tuple(ops) not in seen:
-            seen.add(tuple(ops))
-            chosen.append(("uniform", ops))
+        cell = [rng.choice(list(ops)) for _ in EDGES]
+        if tuple(cell) not in seen:
+            seen.add(tuple(cell))
+            chosen.append((kind, cell))
     return chosen
 
 
@@ -118,10 +126,11 @@ def train_one(ops: list[str], run: int, args, work: Path) -> dict:
             "config": args.config, "set": [*SCHEDULE, *args.set], "resumed": resume}
 
 
-def uniform_records(records: list[dict]) -> list[dict]:
-    """The runs of the uniform draws: the population a ranking is measured on (the file also holds
-    the fixed cells, and the cells a search found, trained the same way)."""
-    return [r for r in records if r["kind"] == "uniform"]
+def uniform_records(records: list[dict], kind: str = "uniform") -> list[dict]:
+    """The runs of the uniform draws of ``kind`` (`uniform_kind`): the population a ranking is
+    measured on (the file also holds the fixed cells, and the cells a search found, trained the
+    same way)."""
+    return [r for r in records if r["kind"] == kind]
 
 
 def summary(records: list[dict]) -> dict:
@@ -147,6 +156,8 @@ def main() -> int:
     p.add_argument("--archs", type=int, default=50, help="architectures drawn uniformly (besides the fixed ones)")
     p.add_argument("--runs", type=int, default=2, help="trainings of each architecture (seeds 0, 1, ...)")
     p.add_argument("--draw-seed", type=int, default=0, help="seed of the uniform draws")
+    p.add_argument("--ops", nargs="+", choices=OPS, default=list(OPS),
+                   help="the candidate set the uniform draws come from (default: all of the space's ops)")
     p.add_argument("--config", default="fmnist", help="preset or YAML file of the schedule (default fmnist)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override (repeatable)")
     p.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "nb201_ground_truth.jsonl")
@@ -156,12 +167,13 @@ def main() -> int:
     p.add_argument("--summary", action="store_true", help="only summarise --results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
+    pool_kind = uniform_kind(args.ops)
     if args.summary:
-        print(json.dumps(summary(uniform_records(read_results(args.results))), indent=2, allow_nan=False))
+        print(json.dumps(summary(uniform_records(read_results(args.results), pool_kind)), indent=2, allow_nan=False))
         return 0
     done = {(r["arch_string"], r["run"]) for r in read_results(args.results)}
-    todo = [(kind, ops, run) for kind, ops in architectures(args.archs, args.draw_seed) for run in range(args.runs)
-            if (to_string(ops), run) not in done]
+    todo = [(kind, ops, run) for kind, ops in architectures(args.archs, args.draw_seed, args.ops)
+            for run in range(args.runs) if (to_string(ops), run) not in done]
     if args.limit:
         todo = todo[:args.limit]
     print(f"{len(done)} runs in {args.results}; training {len(todo)} now", flush=True)
@@ -174,7 +186,7 @@ def main() -> int:
         append_result(args.results, record)
         print(f"[{i}/{len(todo)}] {kind:<10} run {run}  top1 {record['top1']:.2f}%  {record['mflops']:.2f} MFLOPs  "
               f"{record['wall_s']:.0f}s  {record['arch_string']}", flush=True)
-    print(json.dumps(summary(uniform_records(read_results(args.results))), indent=2, allow_nan=False))
+    print(json.dumps(summary(uniform_records(read_results(args.results), pool_kind)), indent=2, allow_nan=False))
     return 0
 
 

@@ -39,12 +39,13 @@ import torch
 
 from _report import ROOT, machine, write_section
 from _runs import overrides, run_dsnas
-from nb201_ground_truth import SCHEDULE, append_result, claim, architectures, read_results, summary, train_one, uniform_records
+from nb201_ground_truth import (SCHEDULE, append_result, claim, architectures, read_results, summary, train_one,
+                                uniform_kind, uniform_records)
 from quality import bootstrap_tau, percentile
 
 from dsnas.agreement import kendall_tau
 from dsnas.arch import load_arch
-from dsnas.spaces.nb201 import OPS, from_string, to_string
+from dsnas.spaces.nb201 import EDGES, NODES, OPS, from_string, to_string
 
 GROUND_TRUTH = ROOT / "benchmarks" / "nb201_ground_truth.jsonl"
 METHODS = ("dsnas", "dsnas_warmup", "random", "spos")
@@ -64,6 +65,50 @@ COLLAPSE = {
 }
 
 
+# The remedies study: the paper's estimator beside each remedy, and their combinations, each a list of
+# overrides on top of the `dsnas` method's schedule. Every row names credit and never_pick, so that
+# it does not depend on what the space's defaults are.
+NO_NONE = "ops=" + ",".join(op for op in OPS if op != "none")
+# The paper's search in the benchmark's whole space, whatever the space's defaults for a search are:
+# every method and study starts from it, and a row's overrides come after.
+PAPER = ["ops=" + ",".join(OPS), "credit=gate", "never_pick="]
+REMEDIES = {
+    "paper": ["credit=gate", "never_pick="],
+    "darts_rule": ["credit=gate", "never_pick=none"],
+    "no_none": ["credit=gate", "never_pick=", NO_NONE],
+    "loss_credit": ["credit=loss", "never_pick="],
+    "loss_credit_darts_rule": ["credit=loss", "never_pick=none"],
+    "loss_credit_no_none": ["credit=loss", "never_pick=", NO_NONE],
+    "loss_credit_no_none_warmup": ["credit=loss", "never_pick=", NO_NONE, "warmup_epochs=1", "arch_lr=0.03"],
+}
+
+
+DEFAULT_REMEDY = "loss_credit_no_none"  # what a search of the nb201 space does by default (NB201Space)
+POOL_SUPERNETS = {"uniform": [], "uniform_no_none": [NO_NONE]}  # the uniform supernet that ranks each pool
+
+
+def derivable(overrides: list[str]) -> tuple[str, ...]:
+    """The ops a search with ``overrides`` can deliver: its candidate set less its never_pick."""
+    sets = dict(o.split("=", 1) for o in overrides)
+    ops = sets.get("ops", ",".join(OPS)).split(",")
+    never = [n for n in sets.get("never_pick", "").split(",") if n]
+    return tuple(op for op in ops if op not in never)
+
+
+def dead(string: str) -> bool:
+    """Whether every path from the cell's input to its output passes through ``none``."""
+    edges = [(i, j) for (j, i), op in zip(EDGES, from_string(string)) if op != "none"]
+    reached = {0}
+    for i, j in sorted(edges, key=lambda e: e[1]):  # sources precede targets
+        if i in reached:
+            reached.add(j)
+    return NODES - 1 not in reached
+
+
+def parameter_free(string: str) -> bool:
+    return not any(op.startswith("nor_conv") for op in from_string(string))
+
+
 # --- the ground truth -------------------------------------------------------------------------
 def ground_truth(records: list[dict]) -> dict[str, dict]:
     """Per architecture string: its kind, MFLOPs, wall times and top-1 of each run."""
@@ -77,9 +122,10 @@ def ground_truth(records: list[dict]) -> dict[str, dict]:
     return gt
 
 
-def uniform(gt: dict) -> dict:
-    """The uniformly drawn architectures with both runs: the population the percentiles refer to."""
-    return {s: a for s, a in gt.items() if a["kind"] == "uniform" and {0, 1} <= set(a["runs"])}
+def uniform(gt: dict, kind: str = "uniform") -> dict:
+    """The uniformly drawn architectures of ``kind`` (`uniform_kind`) with both runs: the
+    population the percentiles refer to."""
+    return {s: a for s, a in gt.items() if a["kind"] == kind and {0, 1} <= set(a["runs"])}
 
 
 CHANCE = 15.0  # top-1 (%) below which a cell is taken as dead: ten classes, chance is 10%
@@ -121,8 +167,8 @@ class Runner:
 
     def sets(self, seed: int, method: str) -> list[str]:
         a = self.args
-        common = [*SCHEDULE, "space=nb201", f"seed={seed}", "warmup_epochs=0", f"search_epochs={a.search_epochs}",
-                  "eval_bn_recalibrate=1024"]
+        common = [*SCHEDULE, "space=nb201", *PAPER, f"seed={seed}", "warmup_epochs=0",
+                  f"search_epochs={a.search_epochs}", "eval_bn_recalibrate=1024"]
         if method == "dsnas":
             return [*common, f"arch_lr={a.arch_lr}", *a.set]
         if method == "dsnas_warmup":  # weights first under uniform paths, so that α does not reward untrained convs
@@ -154,13 +200,15 @@ class Runner:
                 append_result(self.args.ground_truth, record)
                 print(f"alone {kind} run {run}: top1 {record['top1']:.2f}%  {string}", flush=True)
 
-    def ranking(self, strings: list[str]) -> dict:
+    def ranking(self, strings: list[str], name: str = "supernet", sets: list[str] = ()) -> dict:
         """Inherited held-out top-1 of every architecture of ``strings`` from a uniform supernet
-        (kept in the work folder, so that a rerun only reports)."""
+        (``sets``: its candidate set; kept in the work folder, so that a rerun only reports)."""
         a = self.args
-        sup = self.search(a.seeds[0], "random", "ranking/supernet",
-                          [f"epochs={a.search_epochs}", "candidates=1"])
-        cache = self.work / "ranking/inherited.json"
+        sup = self.search(a.seeds[0], "random", f"ranking/{name}",
+                          [f"epochs={a.search_epochs}", "candidates=1", *sets])
+        cache = self.work / f"ranking/{name}_inherited.json"
+        if name == "supernet" and (self.work / "ranking/inherited.json").exists():  # its earlier name
+            cache = self.work / "ranking/inherited.json"
         scores = json.loads(cache.read_text()) if cache.exists() else {}
         if set(strings) - set(scores):
             scores.update(inherited_scores(self.work / "ranking/supernet", sorted(set(strings) - set(scores))))
@@ -180,8 +228,7 @@ def inherited_scores(run_dir: Path, strings: list[str]) -> dict[str, float]:
     run = prepare(cfg, run_dir, resume=True, quiet=True)
     try:
         held = Loader(run.held, "test", 256, cfg.seed, run.rt.device, 0, 1, train=False, workers=0)
-        return {s: inherited(run, [OPS.index(op) for op in from_string(s)], held, cfg.search_epochs)["top1"]
-                for s in strings}
+        return {s: inherited(run, from_string(s), held, cfg.search_epochs)["top1"] for s in strings}
     finally:
         run.lock.release()
 
@@ -199,7 +246,8 @@ def gate_rewards(run_dir: Path | None, batches: int, seed: int = 0) -> dict[str,
 
     with tempfile.TemporaryDirectory() as tmp:
         if run_dir is None:
-            cfg = load_config("fmnist", [*SCHEDULE, "space=nb201", f"seed={seed}", "warmup_epochs=0", "search_epochs=3"])
+            cfg = load_config("fmnist", [*SCHEDULE, "space=nb201", *PAPER, f"seed={seed}", "warmup_epochs=0",
+                                         "search_epochs=3"])
             run = prepare(cfg, Path(tmp) / "run", resume=False, quiet=True)
         else:
             run = prepare(load_run_config(run_dir), run_dir, resume=True, quiet=True)
@@ -388,6 +436,131 @@ def collapse_runs(r: "Runner", args) -> dict:
     return found
 
 
+def remedy_runs(r: "Runner", args) -> dict:
+    """Every (seed, remedy) of the remedies study, or this worker's share (``--worker K/N``), each
+    searched and its cell trained alone twice."""
+    jobs = [(s, v) for s in args.seeds for v in REMEDIES]
+    if args.worker:
+        k, n = map(int, args.worker.split("/"))
+        jobs = jobs[k::n]
+    found = {}
+    for s, v in jobs:
+        found[s, v] = r.search(s, "dsnas", f"seed{s}/remedy/{v}", REMEDIES[v])
+        r.alone(found[s, v]["arch_string"], f"found_{v}")
+    return found
+
+
+def remedies_section(args, gt: dict, found: dict, rankings: dict) -> str:
+    """Per remedy: what its cells hold, where they rank in the ground truth of the ops it can
+    deliver, and what it delivers, beside random cells of that set trained from scratch."""
+    walls = {kind: statistics.median(w for a in uniform(gt, kind).values() for w in a["wall"])
+             for kind in {uniform_kind(derivable(o)) for o in REMEDIES.values()}}
+    lines = ["## DSNAS remedies in the nb201 space (`benchmarks/nb201_quality.py --parts remedies`)", "",
+             f"Machine: {machine()}; {args.threads} thread(s) per run.",
+             f"Command: `python benchmarks/nb201_quality.py --parts remedies --seeds {' '.join(map(str, args.seeds))}`",
+             "", "Each row is DSNAS on the ground truth's data and network (3 epochs, search from the first step for "
+             f"{args.search_epochs}, arch_lr {args.arch_lr}, early fix 0.3, then the argmax child finetuned) with the "
+             "overrides shown. *Pool*: the uniform cells of the ground truth drawn from the ops the row can deliver "
+             "(its candidate set less `never_pick`), which its percentiles and random baselines come from. *Dead*: "
+             "every path from the cell's input to its output passes through `none`; *no conv*: no convolution on any "
+             "edge. *Alone*: the cell found, trained from scratch twice on the ground truth's schedule. *Random, "
+             "k = 1 / k equal*: the median of the best of k uniform cells of the pool trained from scratch (chosen "
+             "on run 0, scored on run 1), for k = 1 and for the k whose wall time equals the row's.", "",
+             "| remedy | overrides | none % | conv % | dead | no conv | delivered top-1 (%) | alone top-1 (%) | "
+             "percentile per seed | random, k = 1 / k equal (median) | pool |", "|---" * 11 + "|"]
+    for v, overrides_ in REMEDIES.items():
+        rows = [found[s, v] for s in args.seeds if (s, v) in found]
+        if not rows:
+            continue
+        kind = uniform_kind(derivable(overrides_))
+        pool = uniform(gt, kind)
+        pop = [a["mean"] for a in pool.values()]
+        strings = [m["arch_string"] for m in rows]
+        shares = op_counts(strings)
+        alone = [gt[x]["mean"] for x in strings]
+        k_equal = max(1, round(statistics.median(m["wall_s"] for m in rows) / walls[kind]))
+        base = f"{best_of_k(pool, 1)['median']:.2f} / {best_of_k(pool, k_equal)['median']:.2f} (k = {k_equal})"
+        lines.append(f"| {v} | {' '.join(overrides_)} | {shares['none']:.0f} | "
+                     f"{shares['nor_conv_1x1'] + shares['nor_conv_3x3']:.0f} | {sum(map(dead, strings))}/{len(rows)} | "
+                     f"{sum(map(parameter_free, strings))}/{len(rows)} | {_ms([m['top1'] for m in rows])} | {_ms(alone)} | "
+                     f"{', '.join(f'{percentile(x, pop):.0f}' for x in alone)} | {base} | {kind} ({len(pool)}) |")
+    lines += ["", "Per seed:", "", "| seed | remedy | delivered | alone | architecture |", "|---|---|---|---|---|"]
+    for (s, v), m in sorted(found.items(), key=lambda kv: (list(REMEDIES).index(kv[0][1]), kv[0][0])):
+        lines.append(f"| {s} | {v} | {m['top1']:.2f} | {gt[m['arch_string']]['mean']:.2f} | `{m['arch_string']}` |")
+    for kind in POOL_SUPERNETS:
+        pool = uniform(gt, kind)
+        means = sorted(a["mean"] for a in pool.values())
+        noise = statistics.stdev([a["runs"][0] - a["runs"][1] for a in pool.values()]) / math.sqrt(2)
+        lines += ["", f"Pool `{kind}`: {len(pool)} cells trained alone twice (`benchmarks/nb201_ground_truth.py"
+                  f"{'' if kind == 'uniform' else ' --archs 40 --ops ' + ' '.join(derivable(REMEDIES[DEFAULT_REMEDY]))}`), "
+                  f"{len(pool) - len(alive(pool))} at chance; mean {statistics.fmean(means):.2f}%, "
+                  f"from {means[0]:.2f} to {means[-1]:.2f}, 90th percentile {means[int(0.9 * len(means))]:.2f}; "
+                  f"run-to-run noise {noise:.2f}."]
+    lines += ["", remedy_goals(args, gt, found)]
+    for kind, ranking in rankings.items():
+        pool = uniform(gt, kind)
+        strings = [x for x in pool if x in ranking["inherited"]]
+        inh, truth = [ranking["inherited"][x] for x in strings], [pool[x]["mean"] for x in strings]
+        lo, hi = tau_interval(inh, truth)
+        t0, t1 = _runs_of({x: pool[x] for x in strings})
+        slo, shi = tau_interval(t0, t1)
+        lines += ["", f"**Supernet ranking, {kind}.** A uniform supernet of that candidate set, trained for "
+                  f"{args.search_epochs} epoch(s), ranks the pool's {len(strings)} cells by inherited held-out top-1 at "
+                  f"Kendall τ = {kendall_tau(inh, truth):.3f} (bootstrap 95% [{lo:.3f}, {hi:.3f}]); the ground truth's "
+                  f"two runs agree at τ = {kendall_tau(t0, t1):.3f} ([{slo:.3f}, {shi:.3f}])."]
+    return "\n".join(lines)
+
+
+def remedy_goals(args, gt: dict, found: dict) -> str:
+    """The issue's three goals for the space's default remedy, each met or missed, by how much."""
+    v = DEFAULT_REMEDY
+    rows = [found[s, v] for s in args.seeds if (s, v) in found]
+    strings = [m["arch_string"] for m in rows]
+    pool = uniform(gt, uniform_kind(derivable(REMEDIES[v])))
+    pct = [percentile(gt[x]["mean"], [a["mean"] for a in pool.values()]) for x in strings]
+    delivered = statistics.fmean(m["top1"] for m in rows)
+    wall = statistics.median(w for a in pool.values() for w in a["wall"])
+    k = max(1, round(statistics.median(m["wall_s"] for m in rows) / wall))
+    median = best_of_k(pool, k)["median"]
+    bad = sum(dead(x) or parameter_free(x) for x in strings)
+    top = sum(p >= 90 for p in pct)
+    return (f"**Against the goals** (the default, `{v}`). No dead or parameter-free cell: "
+            f"{'met' if not bad else 'missed'} ({bad} of {len(rows)} seeds). At or above the 90th percentile of "
+            f"the matching ground truth in 2 of 3 seeds: {'met' if top >= 2 else 'missed'} ({top} of {len(rows)}; "
+            f"percentiles {', '.join(f'{p:.0f}' for p in pct)}). Delivered child above the median random cell of "
+            f"the same set trained from scratch at equal cost (k = {k}): {'met' if delivered > median else 'missed'} "
+            f"({delivered:.2f}% against {median:.2f}%, {delivered - median:+.2f} points).")
+
+
+def remedies_figure(args, gt: dict, found: dict) -> str:
+    """The ground truth of both pools, and the cell each remedy found in each seed, trained alone."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.6))
+    for kind, color in (("uniform", "0.75"), ("uniform_no_none", "0.45")):
+        pool = alive(uniform(gt, kind))
+        ax.scatter([a["mflops"] for a in pool.values()], [a["mean"] for a in pool.values()], s=12, color=color,
+                   label=f"{kind} cells, trained alone")
+    for i, v in enumerate(REMEDIES):
+        cells = [gt[found[s, v]["arch_string"]] for s in args.seeds if (s, v) in found]
+        ax.scatter([a["mflops"] for a in cells], [a["mean"] for a in cells], s=46, marker="*P^sDXv"[i % 7],
+                   color=f"C{i}", label=v, zorder=3)
+    ax.set_xlabel("MFLOPs")
+    ax.set_ylabel("stand-alone test top-1 (%), mean of 2 runs")
+    ax.set_ylim(64, None)  # dead cells (~10%) would flatten the rest
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    ax.set_title("nb201: the cells DSNAS finds under each remedy")
+    fig.tight_layout()
+    folder = Path(args.work) if args.no_write else ROOT / "benchmarks" / "figures"
+    folder.mkdir(parents=True, exist_ok=True)
+    fig.savefig(folder / "nb201_remedies.png", dpi=110)
+    plt.close(fig)
+    return "![nb201_remedies](benchmarks/figures/nb201_remedies.png)"
+
+
 def reward_study(r: "Runner", args, batches: int = 100) -> dict:
     """`gate_rewards` of a fresh supernet and of the uniform supernet of the ranking part (its
     weights after the search epochs of uniform paths: where a warm-up of that length leaves them);
@@ -489,7 +662,8 @@ def main() -> int:
     p.add_argument("--candidates", type=int, default=40, help="architectures ranked by random and spos")
     p.add_argument("--population", type=int, default=10)
     p.add_argument("--select-images", type=int, default=2000, help="held-out training images (random, spos)")
-    p.add_argument("--parts", nargs="+", choices=["methods", "ranking", "collapse"], default=["methods", "ranking"])
+    p.add_argument("--parts", nargs="+", choices=["methods", "ranking", "collapse", "remedies"],
+                   default=["methods", "ranking"])
     p.add_argument("--worker", help="collapse: take every N-th run from the K-th (K/N, 0-based) and write "
                    "nothing, so that N processes share the study; a run without it reports")
     p.add_argument("--set", action="append", default=[], help="extra config override for every run (a study "
@@ -518,6 +692,19 @@ def main() -> int:
         if not args.no_write:
             write_section("nb201_collapse", text)
         if args.parts == ["collapse"]:
+            return 0
+    if "remedies" in args.parts:
+        found = remedy_runs(r, args)
+        if args.worker:
+            return 0
+        gt = ground_truth(read_results(args.ground_truth))
+        rankings = {kind: r.ranking(sorted(uniform(gt, kind)), "supernet" if kind == "uniform" else kind, sets)
+                    for kind, sets in POOL_SUPERNETS.items()}
+        text = remedies_section(args, gt, found, rankings) + "\n\n" + remedies_figure(args, gt, found)
+        print(text)
+        if not args.no_write:
+            write_section("nb201_remedies", text)
+        if args.parts == ["remedies"]:
             return 0
     gt = ground_truth(read_results(args.ground_truth))
     pool = uniform(gt)

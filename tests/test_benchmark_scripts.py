@@ -41,3 +41,23 @@ def test_synthetic_jpeg_tree(tmp_path, input_pipeline):
     schedule = type("Schedule", (), {"epochs": 240, "search_epochs": 85})
     hours = input_pipeline.projection({"search": 1000.0, "child": 2000.0}, schedule)
     assert hours == pytest.approx((85 / 1000 + 155 / 2000) * 1_281_167 / 3600)
+
+
+@pytest.fixture()
+def nb201_quality(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import nb201_quality
+
+    return nb201_quality
+
+
+def test_the_remedies_study_tells_dead_and_parameter_free_cells_and_each_rows_pool(nb201_quality):
+    q = nb201_quality
+    assert q.dead("|none~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|") is False  # 0 -> 3 directly
+    assert q.dead("|nor_conv_3x3~0|+|none~0|none~1|+|none~0|none~1|none~2|") is True  # nothing reaches node 3
+    assert q.dead("|skip_connect~0|+|none~0|avg_pool_3x3~1|+|none~0|none~1|nor_conv_1x1~2|") is False
+    assert q.parameter_free("|skip_connect~0|+|none~0|avg_pool_3x3~1|+|none~0|none~1|skip_connect~2|")
+    assert not q.parameter_free("|skip_connect~0|+|none~0|avg_pool_3x3~1|+|none~0|none~1|nor_conv_1x1~2|")
+    assert q.uniform_kind(q.derivable(q.REMEDIES["paper"])) == "uniform"
+    for row in ("darts_rule", "no_none", "loss_credit_darts_rule"):
+        assert q.uniform_kind(q.derivable(q.REMEDIES[row])) == "uniform_no_none"

@@ -62,8 +62,25 @@ def test_builtin_presets_listed():
 def test_presets_use_known_keys(path):
     data = yaml.safe_load(path.read_text())
     assert isinstance(data, dict) and data
+    sections = data.pop("spaces", {})
     assert set(data) <= KNOWN, set(data) - KNOWN
+    for space, keys in sections.items():
+        assert set(keys) <= KNOWN, set(keys) - KNOWN
+        load_config(str(path), [f"space={space}"])
     load_config(str(path))  # and validate as a file path too
+
+
+def test_a_file_section_for_the_runs_space_applies_before_the_overrides(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("epochs: 20\nsearch_epochs: 4\nwarmup_epochs: 0\nbudget_mflops: 2.5\nspaces:\n  nb201: {budget_mflops: 0, epochs: 6}\n")
+    assert load_config(str(f)).budget_mflops == 2.5  # the default space: its section does not apply
+    nb201 = load_config(str(f), ["space=nb201"])
+    assert (nb201.budget_mflops, nb201.epochs) == (0.0, 6)
+    assert load_config(str(f), ["space=nb201", "epochs=9"]).epochs == 9
+    f.write_text("spaces: [nb201]\n")
+    assert "spaces" in dsnas_error(load_config, str(f), [])
+    f.write_text("spaces:\n  nb201: {epoch: 3}\n")
+    assert "epoch" in dsnas_error(load_config, str(f), ["space=nb201"])
 
 
 def test_config_file_and_overrides(tmp_path):

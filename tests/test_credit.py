@@ -264,3 +264,50 @@ def test_a_search_writes_the_credit_of_every_epoch(tmp_path):
     per_epoch = sum(int(r["samples"]) for r in rows if r["epoch"] == "1")
     assert per_epoch <= 6 * (256 // 32)  # one sample per open edge and step
     assert (tmp_path / "run" / "credit.png").stat().st_size > 0
+
+
+def test_a_cell_is_collapsed_when_no_convolution_is_on_a_path_from_input_to_output():
+    assert _collapsed(["none", "nor_conv_1x1", "none", "none", "none", "none"])  # the conv feeds nothing
+    assert _collapsed(["avg_pool_3x3", "none", "skip_connect", "avg_pool_3x3", "none", "none"])
+    assert not _collapsed(["none", "none", "none", "nor_conv_3x3", "none", "none"])
+
+
+def test_a_run_saved_before_the_remedies_resumes_with_the_papers_rules(tmp_path):
+    from dsnas.config import load_run_config
+
+    saved = load_config(None, ["space=nb201"]).to_dict()
+    for key in ("credit", "never_pick", "ops"):
+        del saved[key]
+    (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(saved))
+    cfg = load_run_config(tmp_path)
+    assert (cfg.credit, cfg.never_pick) == ("gate", "")
+    assert cfg.space_settings(10, 1, 28)["ops"] == NB201Settings().ops
+
+
+# The issue's command, at the ground truth's size on the embedded data (1 thread, as every test runs).
+GT_SIZE = ["space=nb201", "budget_mflops=0", "channels=8", "cells_per_stage=1", "train_limit=6000", "epochs=4",
+           "search_epochs=3"]
+
+
+def _collapsed(cell: list[str]) -> bool:
+    """No convolution on any edge that a path from the cell's input to its output uses (a dead cell
+    has no such path at all)."""
+    from dsnas.spaces.nb201 import EDGES
+
+    live = [(i, j, op) for (j, i), op in zip(EDGES, cell) if op != "none"]
+    forward, backward = {0}, {3}
+    for i, j, _ in sorted(live, key=lambda e: e[1]):
+        if i in forward:
+            forward.add(j)
+    for i, j, _ in sorted(live, key=lambda e: -e[0]):
+        if j in backward:
+            backward.add(i)
+    return not any(op.startswith("nor_conv") and i in forward and j in backward for i, j, op in live)
+
+
+def _found(tmp_path, name, sets):
+    from dsnas.arch import load_arch
+    from dsnas.train import run_search
+
+    run_search(load_config(None, [*GT_SIZE, *sets]), tmp_path / name, quiet=True)
+    return load_arch(tmp_path / name / "arch.yaml").choices

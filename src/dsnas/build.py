@@ -186,7 +186,7 @@ def _given_arch(cfg: Config, space: nn.Module) -> list[int]:
     arch = load_arch(cfg.arch)
     mine = space.settings.as_dict()
     differ = {k: (arch.settings.get(k), mine.get(k)) for k in {**mine, **arch.settings}
-              if arch.settings.get(k) != mine.get(k)}
+              if arch.settings.get(k) != mine.get(k) and k not in space.child_free_settings}
     if arch.space != space.name:
         raise DsnasError(f"{cfg.arch} is an architecture of the {arch.space} space, this run searches {space.name}")
     # an MMRazor file or an architecture string names ops only: the run's data and settings size the network
@@ -194,7 +194,10 @@ def _given_arch(cfg: Config, space: nn.Module) -> list[int]:
         detail = ", ".join(f"{k} {a} (this run: {b})" for k, (a, b) in differ.items())
         raise DsnasError(f"{cfg.arch} does not fit this run's space: {detail}")
     op_of = dict(zip(arch.labels, arch.choices))
-    return [choice.index(op_of[label]) for label, choice in zip(space.labels, space.choices)]
+    try:
+        return [choice.index(op_of[label]) for label, choice in zip(space.labels, space.choices)]
+    except ValueError as e:  # an op this run's candidates leave out (a child-free setting such as nb201's ops)
+        raise DsnasError(f"{cfg.arch} does not fit this run's space: {e}") from None
 
 
 def weight_groups(model: nn.Module, weight_decay: float) -> list[dict]:

@@ -47,7 +47,8 @@ class Config:
     dropout: float = 0.0               # ShuffleNet: dropout before the classifier
     channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)
     cells_per_stage: int = 5           # nb201 space: N, cells in each of its three stages
-    ops: str = ""                      # nb201 space: every edge's candidates, comma-separated ("": the space's default)
+    ops: str = ""                      # nb201 space: every edge's candidates, comma-separated ("": a search takes
+                                       # the space's choice, without none; a file that names none, all five)
     init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
     init_from: str = ""                # start the supernet from this folder's weights instead (dsnas import
                                        # of a published supernet, or a dsnas run); warm-up may then be 0
@@ -70,8 +71,8 @@ class Config:
     early_fix: float = 0.3             # h: fix a block when top-1 minus top-2 probability >= h
     credit: str = "auto"               # what rewards the sampled op: gate (the paper's dL/dZ) | loss (the step's
                                        # loss, score function) | auto (the space's: gate, nb201 loss)
-    never_pick: str = "auto"           # candidates derive and early fix never choose, comma-separated ("": none;
-                                       # auto: the space's, none for nb201: DARTS's rule)
+    never_pick: str = "auto"           # candidates derive and early fix never choose, comma-separated ("": no
+                                       # candidate; auto: the space's, for nb201 none where it is a candidate)
     cost: str = "mflops"               # what the budget limits: mflops | params | latency (needs latency_table)
     budget_mflops: float = 0.0         # tau for cost mflops: penalise sampled paths at or above this (0 = no budget)
     budget_params_m: float = 0.0       # tau for cost params (millions of parameters)
@@ -146,15 +147,22 @@ class Config:
     def space_settings(self, num_classes: int, in_channels: int, input_size: int) -> dict:
         """The settings of this run's space: the data's shape, and every other setting of the
         space that this config holds a key for (``width``; ``channels``, ``cells_per_stage``)."""
-        keys = {f.name for f in fields(space_class(self.space).Settings)} - set(DATA_SETTINGS)
+        cls = space_class(self.space)
+        keys = {f.name for f in fields(cls.Settings)} - set(DATA_SETTINGS)
+        left = cls.search_settings if get_method(self.method).searches else {}  # "": the space's choice
+        values = {k: getattr(self, k) if getattr(self, k) != "" else left.get(k, "") for k in keys if k in _HINTS}
         return {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
-                **{k: getattr(self, k) for k in sorted(keys) if k in _HINTS and getattr(self, k) != ""}}
+                **{k: v for k, v in sorted(values.items()) if v != ""}}
 
     def search_rules(self, space) -> dict:
-        """The `DSNAS` credit and never_pick of this run, with ``auto`` resolved by the space."""
-        never = space.never_pick if self.never_pick == "auto" else self.never_pick
-        return {"credit": space.credit if self.credit == "auto" else self.credit,
-                "never_pick": [n.strip() for n in never.split(",") if n.strip()]}
+        """The `DSNAS` credit and never_pick of this run, with ``auto`` resolved by the space (its
+        never_pick names that are among the built candidates)."""
+        if self.never_pick == "auto":
+            present = {n for c in space.choices for n in c.names}
+            never = [n for n in space.never_pick.split(",") if n in present]
+        else:
+            never = [n.strip() for n in self.never_pick.split(",") if n.strip()]
+        return {"credit": space.credit if self.credit == "auto" else self.credit, "never_pick": never}
 
 
 @dataclass(frozen=True)
@@ -252,14 +260,29 @@ def builtin_configs() -> dict[str, Path]:
 
 
 def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
-    """Defaults <- preset or YAML file (``config``: a path or a preset name) <- ``key=value`` overrides."""
+    """Defaults <- preset or YAML file (``config``: a path or a preset name) <- the file's section
+    for the run's space (``spaces: {nb201: {...}}``) <- ``key=value`` overrides."""
     cfg = Config()
     name = config or "demo"
     presets = builtin_configs()
     path = presets[name] if name in presets and not Path(name).is_file() else Path(name)  # a file wins
     data = read_yaml(path, "config file")
+    by_space = data.pop("spaces", None) if isinstance(data, dict) else None
     if data is not None:
         apply(cfg, data, f"config file {path}")
+    updates = _parse_overrides(overrides)
+    space = str(updates.get("space", cfg.space))
+    if by_space is not None:
+        if not isinstance(by_space, dict) or not all(isinstance(v, dict) for v in by_space.values()):
+            raise DsnasError(f"config file {path}: spaces must map space names to mappings of config keys")
+        apply(cfg, by_space.get(space, {}), f"config file {path}, spaces.{space}")
+    apply(cfg, updates, "--set")
+    return cfg.validate()
+
+
+def _parse_overrides(overrides: list[str]) -> dict:
+    """``key=value`` items as a mapping (a later one wins), values read as YAML except for string keys."""
+    updates = {}
     for item in overrides:
         if "=" not in item:
             raise DsnasError(f"--set expects key=value, got {quote(item)}")
@@ -270,8 +293,9 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
             value = text
         if key.strip() in _HINTS and _kind(key.strip())[0] is str:
             value = text
-        apply(cfg, {key.strip(): value}, "--set")
-    return cfg.validate()
+        updates.pop(key.strip(), None)
+        updates[key.strip()] = value
+    return updates
 
 
 def load_run_config(run_dir: str | Path) -> Config:
@@ -281,4 +305,14 @@ def load_run_config(run_dir: str | Path) -> Config:
     if not isinstance(saved, dict):
         raise DsnasError(f"{path} is not a run configuration")
     saved.pop("world_size", None)
+    for key, value in _BEFORE_THE_KEY.items():  # a run saved before a key existed continues as it ran
+        saved.setdefault(key, value)
+    space = saved.get("space", DEFAULT_SPACE)
+    if space in SPACES:  # and a space setting it did not name: the setting's default, as its checkpoint
+        for key, value in SPACES[space].Settings().as_dict().items():
+            if key in _HINTS and key not in DATA_SETTINGS:
+                saved.setdefault(key, value)
     return apply(Config(), saved, str(path)).validate()
+
+
+_BEFORE_THE_KEY = {"credit": "gate", "never_pick": ""}  # what runs saved before these keys searched with

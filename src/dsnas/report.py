@@ -232,10 +232,12 @@ def plot_credit(path: Path, rows: list[dict]) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     blocks = sorted({r["block"] for r in rows})
+    first, last = min(r["epoch"] for r in rows), max(r["epoch"] for r in rows)
     names = list(dict.fromkeys(r["candidate"] for r in rows))
-    cols = min(5, len(blocks))
+    cols = min(3 if len(blocks) <= 9 else 5, len(blocks))
     nrows = (len(blocks) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.1 * nrows + 0.6), sharex=True, squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -247,12 +249,15 @@ def plot_credit(path: Path, rows: list[dict]) -> None:
             x = [r["epoch"] for r in mine]
             y = [r["gate_mean"] for r in mine]
             se = [(r["gate_sd"] or 0.0) / r["samples"] ** 0.5 for r in mine]  # one sample: no spread
-            ax.plot(x, y, color=colors[j % len(colors)], lw=1.4, marker=".", label=name)
-            ax.fill_between(x, [a - e for a, e in zip(y, se)], [a + e for a, e in zip(y, se)],
-                            color=colors[j % len(colors)], alpha=0.15, lw=0)
+            ax.errorbar(x, y, yerr=se, color=colors[j % len(colors)], lw=1.4, marker=".", capsize=2, label=name)
         ax.axhline(0, color="0.3", lw=0.7)
         ax.set_title(f"block {b}: {rows[[r['block'] for r in rows].index(b)]['label']}", fontsize=8)
         ax.tick_params(labelsize=7)
+        ax.set_xlim(first - 0.5, last + 0.5)  # whole epochs, one or many
+        if last - first <= 10:
+            ax.set_xticks(range(first, last + 1))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     for ax in axes.flat[len(blocks):]:
         ax.axis("off")

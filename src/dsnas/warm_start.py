@@ -26,7 +26,7 @@ from .spaces import settings_of
 # Settings that change no weight: a supernet trained at 224 px searches at another size, and
 # dropout acts in training only. Every other setting (design, BN, width, classes) must match.
 FREE_SETTINGS = ("input_size", "dropout")
-CONFIG_KEYS = ("design", "bn_affine", "bn_eps", "width", "channels", "cells_per_stage")  # set with --set
+CONFIG_KEYS = ("design", "bn_affine", "bn_eps", "width", "channels", "cells_per_stage", "ops")  # set with --set
 
 
 @dataclasses.dataclass

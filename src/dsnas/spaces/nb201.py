@@ -322,6 +322,7 @@ class NB201Space(SpaceMixin, _CellNet):
 
     Settings = NB201Settings
     ops = OPS
+    child_free_settings = ("ops",)
 
     def __init__(self, settings: NB201Settings | None = None, init: str = "aligned"):
         settings = settings or NB201Settings()

@@ -157,7 +157,10 @@ class SpaceMixin:
     name: str
     settings: object
     credit = "gate"   # the `DSNAS` credit that config ``credit: auto`` gives this space: the paper's
-    never_pick = ""   # candidates its derivation never chooses under ``never_pick: auto``
+    never_pick = ""   # candidates its derivation never chooses under ``never_pick: auto`` (where present)
+    search_settings: dict = {}  # settings a search takes where its config leaves them empty; files
+                                # that do not name them (old runs, architecture strings) take the defaults
+    child_free_settings: tuple = ()  # settings that change the supernet but not a child's network
 
     @property
     def choices(self) -> list:
