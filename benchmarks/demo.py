@@ -15,6 +15,7 @@ alike. Writes the `demo` section of BENCHMARKS.md.
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -22,12 +23,16 @@ from pathlib import Path
 from _report import machine, write_section
 from _runs import overrides, run_dsnas, uniform_architecture
 
+from dsnas.arch import load_arch
+
 
 def run(args, seed: int, extra: list[str], name: str = "") -> dict:
     """One `dsnas search` of the preset with ``seed`` (``extra``: more arguments), in the folder
     seedN[-name] of ``args.work``; its metrics.json (a finished run there is read, not rerun)."""
     out = Path(args.work) / (f"seed{seed}" + (f"-{name}" if name else ""))
-    return run_dsnas(["search", "--quiet", *overrides([f"seed={seed}"]), *extra, *overrides(args.set)], out)
+    m = run_dsnas(["search", "--quiet", *overrides([f"seed={seed}"]), *extra, *overrides(args.set)], out)
+    decisions = load_arch(out / "arch.yaml").decisions
+    return {**m, "blocks": len(decisions), "most_candidates": max(len(c) for _, c in decisions)}
 
 
 def scratch_pick(args, seed: int, budget: float) -> dict:
@@ -105,7 +110,7 @@ def report(args, rows: list, picks: list, scratch: list) -> None:
     for i, (s, r) in enumerate(zip(args.seeds, rows)):
         pick = (f" {picks[i]['top1']:.2f} | {picks[i]['mflops']:.2f} |" if picks else "") + \
             (f" {scratch[i]['top1']:.2f} | {scratch[i]['mflops']:.2f} | {scratch[i]['wall_s']:.0f} |" if scratch else "")
-        lines.append(f"| {s} | {r['top1']:.2f} | {r['top5']:.2f} | {r['search_top1']:.2f} | {r['search_fixed']}/20 | "
+        lines.append(f"| {s} | {r['top1']:.2f} | {r['top5']:.2f} | {r['search_top1']:.2f} | {r['search_fixed']}/{r['blocks']} | "
                      f"{r['search_entropy']:.3f} | {r['mflops']:.2f} | {r['params_m']:.3f} | {r['wall_s']:.0f} |{pick}")
     pick_mean = (f" {stat('top1', picks)} | {stat('mflops', picks)} |" if picks else "") + \
         (f" {stat('top1', scratch)} | {stat('mflops', scratch)} | {stat('wall_s', scratch)} |" if scratch else "")
@@ -113,7 +118,8 @@ def report(args, rows: list, picks: list, scratch: list) -> None:
               f"{stat('search_entropy')} | {stat('mflops')} | {stat('params_m')} | {stat('wall_s')} |{pick_mean}",
               "", "*Search-stage top-1*: the argmax child with the supernet's weights (BN re-estimated) at the end of "
               "the last search epoch; *fixed at switch* and *H(α) at switch*: blocks fixed by early fix, and the mean "
-              "entropy (nats, at most ln 4 = 1.386) of the open blocks, when the child is fixed."
+              f"entropy (nats, at most ln {rows[0]['most_candidates']} = {math.log(rows[0]['most_candidates']):.3f}) of the "
+              "open blocks, when the child is fixed."
               + (" *Random pick*: the same preset with the architecture drawn uniformly within the budget "
                  "(`--method random --set candidates=1`), finetuned for the same epochs." if picks else "")
               + (" *Scratch pick*: an architecture drawn uniformly within the same budget, trained from scratch "

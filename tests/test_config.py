@@ -83,6 +83,11 @@ def test_a_file_section_for_the_runs_space_applies_before_the_overrides(tmp_path
     assert "epoch" in dsnas_error(load_config, str(f), ["space=nb201"])
 
 
+def test_the_demo_runs_in_the_nb201_space_with_nothing_else():
+    cfg = load_config(None, ["space=nb201"])
+    assert cfg.budget_mflops == 0 and cfg.channels < Config().channels
+
+
 def test_config_file_and_overrides(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("epochs: 20\nsearch_epochs: 10\nwarmup_epochs: 2\nlr: 0.05\nwidth: 1\n")

@@ -266,6 +266,16 @@ def test_a_search_writes_the_credit_of_every_epoch(tmp_path):
     assert (tmp_path / "run" / "credit.png").stat().st_size > 0
 
 
+def test_an_nb201_search_leaves_none_out_unless_told_and_a_fixed_cell_keeps_every_op():
+    search = load_config(None, ["space=nb201"])
+    assert search.space_settings(10, 1, 28)["ops"] == NB201Space.search_settings["ops"]
+    assert "none" not in search.space_settings(10, 1, 28)["ops"].split(",")
+    everything = load_config(None, ["space=nb201", "ops=" + ",".join(NB201Settings().candidates())])
+    assert everything.space_settings(10, 1, 28)["ops"].split(",")[0] == "none"
+    fixed = load_config(None, ["space=nb201", "method=fixed", "arch=|none~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|"])
+    assert "ops" not in fixed.space_settings(10, 1, 28)  # the space's default: all five, none included
+
+
 def test_a_cell_is_collapsed_when_no_convolution_is_on_a_path_from_input_to_output():
     assert _collapsed(["none", "nor_conv_1x1", "none", "none", "none", "none"])  # the conv feeds nothing
     assert _collapsed(["avg_pool_3x3", "none", "skip_connect", "avg_pool_3x3", "none", "none"])
@@ -311,3 +321,12 @@ def _found(tmp_path, name, sets):
 
     run_search(load_config(None, [*GT_SIZE, *sets]), tmp_path / name, quiet=True)
     return load_arch(tmp_path / name / "arch.yaml").choices
+
+
+@pytest.mark.slow
+def test_with_the_remedies_off_a_seed_collapses_and_with_the_defaults_no_seed_does(tmp_path):
+    paper = _found(tmp_path, "paper", ["seed=2", "credit=gate", "never_pick=", "ops=" + NB201Settings().ops])
+    assert _collapsed(paper), paper
+    for seed in (0, 1, 2):
+        cell = _found(tmp_path, f"default{seed}", [f"seed={seed}"])
+        assert "none" not in cell and not _collapsed(cell), (seed, cell)

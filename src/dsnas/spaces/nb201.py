@@ -322,6 +322,13 @@ class NB201Space(SpaceMixin, _CellNet):
 
     Settings = NB201Settings
     ops = OPS
+    # A search's defaults here (config ``credit: auto``, ``never_pick: auto``, ``ops`` left empty): the
+    # paper's gate credit collapses this space onto parameter-free cells (README, "A cell space:
+    # NAS-Bench-201"; BENCHMARKS `nb201_remedies`), so the sampled op is rewarded by the step's loss and
+    # the candidates leave out `none` (4**6 cells); where a config puts `none` back, it is never derived.
+    credit = "loss"
+    never_pick = "none"
+    search_settings = {"ops": ",".join(op for op in OPS if op != "none")}
     child_free_settings = ("ops",)
 
     def __init__(self, settings: NB201Settings | None = None, init: str = "aligned"):
