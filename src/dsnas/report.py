@@ -37,6 +37,34 @@ def check_run_dir(out: Path, resume: bool) -> None:
                          "there, or choose another --out")
 
 
+STARTED_ONLY = {"config.yaml", "tensorboard", RunLock.NAME}  # what a run writes before its first checkpoint
+
+
+def run_dir_state(out: Path) -> str:
+    """``finished`` (its results are written), ``checkpointed`` (it can resume) or ``new``."""
+    if (out / "metrics.json").is_file():
+        return "finished"
+    if any((out / "checkpoints" / name).is_file() for name in ("last.pt", "prev.pt")):
+        return "checkpointed"
+    return "new"
+
+
+def clear_unstarted(out: Path) -> None:
+    """Remove what a start that never reached its first checkpoint left in ``out`` (its
+    config.yaml and TensorBoard events), so that the run can start there again; a folder that
+    holds anything else is left to `check_run_dir` to refuse."""
+    import shutil
+
+    if not out.is_dir() or any(p.name not in STARTED_ONLY and not (p.name == "checkpoints" and p.is_dir()
+                                                                   and not any(p.iterdir())) for p in out.iterdir()):
+        return
+    if (out / "checkpoints").is_dir():
+        (out / "checkpoints").rmdir()
+    if (out / "tensorboard").is_dir():
+        shutil.rmtree(out / "tensorboard")
+    (out / "config.yaml").unlink(missing_ok=True)
+
+
 class Logger:
     """Rank 0 writes: epoch lines, TensorBoard scalars."""
 
@@ -208,20 +236,8 @@ def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
             ax.set_title(f"block {b}", fontsize=8)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(blocks):]:
-        ax.axis("off")
-    for ax in axes[-1]:
-        ax.set_xlabel("epoch", fontsize=8)
-    for ax in axes[:, 0]:
-        ax.set_ylabel("probability", fontsize=8)
     handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.suptitle(title or "softmax(alpha) per block", y=0.995, fontsize=11)
-    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=len(ops), fontsize=9,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0, 1, 0.93))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
+    _finish_panels(path, fig, axes, len(blocks), "probability", title or "softmax(alpha) per block", handles, labels)
 
 
 def plot_credit(path: Path, rows: list[dict]) -> None:
@@ -259,16 +275,25 @@ def plot_credit(path: Path, rows: list[dict]) -> None:
         else:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-    for ax in axes.flat[len(blocks):]:
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    shown = [n for n in names if n in handles]
+    _finish_panels(path, fig, axes, len(blocks), "mean dL/dZ",
+                   "gate credit dL/dZ per block and candidate (± standard error)", [handles[n] for n in shown], shown)
+
+
+def _finish_panels(path: Path, fig, axes, used: int, ylabel: str, title: str, handles: list, labels: list) -> None:
+    """Blank the unused panels, label the outer axes, title the figure with one legend, and write it."""
+    import matplotlib.pyplot as plt
+
+    for ax in axes.flat[used:]:
         ax.axis("off")
     for ax in axes[-1]:
         ax.set_xlabel("epoch", fontsize=8)
     for ax in axes[:, 0]:
-        ax.set_ylabel("mean dL/dZ", fontsize=8)
-    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
-    fig.suptitle("gate credit dL/dZ per block and candidate (± standard error)", y=0.995, fontsize=11)
-    fig.legend([handles[n] for n in names if n in handles], [n for n in names if n in handles], loc="upper center",
-               bbox_to_anchor=(0.5, 0.965), ncol=len(names), fontsize=9, frameon=False)
+        ax.set_ylabel(ylabel, fontsize=8)
+    fig.suptitle(title, y=0.995, fontsize=11)
+    fig.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, 0.965), ncol=len(labels), fontsize=9,
+               frameon=False)
     fig.tight_layout(rect=(0, 0, 1, 0.93))
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=110, format="png")

@@ -127,7 +127,7 @@ def check_footprint(name: str, settings, max_model_gb: float = MAX_MODEL_GB, cho
     than ``max_model_gb`` for one image, before any of it is allocated."""
     footprint = space_class(name).footprint(settings, choices)
     if footprint.gigabytes > max_model_gb:
-        shown = ", ".join(f"{k} {quote(v)}" for k, v in settings.as_dict().items())
+        shown = ", ".join(f"{k} {quote(v)}" for k, v in settings.as_dict().items() if not isinstance(v, str))
         raise DsnasError(
             f"the {name} network of these settings ({shown}) would take about {footprint.gigabytes:.1f} GB for "
             f"one image ({footprint.params / 1e6:.1f} M parameters, {footprint.activations / 1e6:.1f} M "
