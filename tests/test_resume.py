@@ -170,3 +170,55 @@ def test_fp16_run_resumes_with_its_loss_scale(tmp_path):
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in ref_history]
     scale = [torch.load(d / "checkpoints" / "last.pt", weights_only=True)["scaler"] for d in (out, ref)]
     assert scale[0] == scale[1] and scale[0]["scale"] > 0
+
+
+# --- one command line that starts or resumes (--out DIR --resume) ------------------------------
+def _here_args(out, settings=SETTINGS):
+    return [*_search_args(out, settings), "--resume"]
+
+
+def test_the_same_command_line_starts_resumes_and_then_leaves_the_run_alone(reference, tmp_path):
+    out = tmp_path / "run"
+    res = _run(_here_args(out), kill=("after_save", 3), check=False)  # the first start dies mid-epoch 2
+    assert res.returncode == -9, res.stderr[-1000:]
+    _run(_here_args(out))  # the same line resumes it
+    arch, search, child, _ = _result(out)
+    assert arch == reference[0]
+    assert all(torch.equal(search["alphas"][k], reference[1]["alphas"][k]) for k in reference[1]["alphas"])
+    assert all(torch.equal(child[k], reference[2][k]) for k in reference[2])
+    stamp = (out / "child.safetensors").stat().st_mtime_ns
+    again = _run(_here_args(out))  # and once it is finished, leaves it as it is
+    assert "finished run" in again.stdout and (out / "child.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_a_start_that_died_before_its_first_checkpoint_starts_again(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("epochs: 1\n")  # what such a start leaves: its config and events
+    (out / "tensorboard").mkdir()
+    settings = [s for s in SETTINGS if not s.startswith(("epochs", "search_epochs", "warmup"))] + \
+        ["epochs=1", "search_epochs=1", "warmup_epochs=0"]
+    _run(_here_args(out, settings))
+    assert (out / "metrics.json").is_file()
+
+
+def test_start_or_resume_refuses_another_configuration_and_a_missing_out(tmp_path):
+    out = tmp_path / "run"
+    res = _run(_here_args(out), kill=("after_save", 1), check=False)
+    assert res.returncode == -9
+    changed = _run(_here_args(out, [*SETTINGS, "lr=0.3"]), check=False)
+    assert changed.returncode == 2 and "lr=" in changed.stderr and len(changed.stderr.strip().splitlines()) == 1
+    bare = _run(["search", "--quiet", "--resume"], check=False)
+    assert bare.returncode == 2 and "--out" in bare.stderr
+
+
+def test_a_run_resumes_only_on_the_process_count_it_started_on(tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    res = _run(_search_args(out), kill=("after_save", 1), check=False)
+    assert res.returncode == -9
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    (out / "config.yaml").write_text(yaml.safe_dump({**saved, "world_size": 2}))
+    refused = _run(["search", "--quiet", "--resume", str(out)], check=False)
+    assert refused.returncode == 2 and "2 process" in refused.stderr and "has 1" in refused.stderr

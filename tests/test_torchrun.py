@@ -27,11 +27,14 @@ DYING = textwrap.dedent("""
     import dsnas.search as search
     real = search.DSNAS.compute_arch_grads
     calls = {"n": 0}
-    def dying(self):
+    once = os.environ.get("DIE_ONCE")  # a file: rank 1 dies only where it does not exist yet, and makes it
+    def dying(self, *args, **kwargs):
         calls["n"] += 1
-        if os.environ.get("RANK") == "1" and calls["n"] == 6:
+        if os.environ.get("RANK") == "1" and calls["n"] == 6 and not (once and os.path.exists(once)):
+            if once:
+                open(once, "w").close()
             os._exit(17)
-        return real(self)
+        return real(self, *args, **kwargs)
     search.DSNAS.compute_arch_grads = dying
     from dsnas.cli import main
     sys.exit(main(sys.argv[1:]))
@@ -44,10 +47,12 @@ def _port():
         return str(s.getsockname()[1])
 
 
-def _torchrun(args, tmp_path, script=None):
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
-    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", _port(),
-                "--max-restarts", "0"]
+def _torchrun(args, tmp_path, script=None, restarts=0, env=None):
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", **(env or {})}
+    # a group that restarts meets again through c10d rendezvous (--standalone), as on a cluster
+    where = ["--standalone"] if restarts else ["--master-port", _port()]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", *where,
+                "--max-restarts", str(restarts)]
     if script is None:
         cmd = launcher + ["-m", "dsnas", *args]
     else:
@@ -92,6 +97,15 @@ def test_dead_rank_stops_run_and_resume_matches(reference, tmp_path):
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     resumed = _torchrun(["search", "--quiet", "--resume", str(tmp_path / "run")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_result(reference, tmp_path / "run")
+
+
+def test_torchrun_restarts_a_dead_worker_with_the_same_command_line(reference, tmp_path):
+    once = tmp_path / "died"
+    run = _torchrun([*_search(tmp_path / "run"), "--resume"], tmp_path, script=DYING, restarts=1,
+                    env={"DIE_ONCE": str(once)})
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert once.exists()  # rank 1 did die, and the restarted group resumed from the last checkpoint
     _same_result(reference, tmp_path / "run")
 
 

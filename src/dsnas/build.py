@@ -16,7 +16,7 @@ from torch import nn
 from . import __version__
 from .arch import load_arch
 from .checkpoint import RUN_KEYS, RunState, check_run_payload, checkpoint_limits, load_checkpoint, restore_run
-from .config import COSTS, Config
+from .config import COSTS, Config, run_world_size
 from .cost import UNITS, CostTable
 from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
@@ -24,7 +24,7 @@ from .files import RunLock
 from .latency import load_latency
 from .methods import Method, method_of
 from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
-from .runtime import Runtime, precision_label, setup_runtime
+from .runtime import Runtime, check_same_on_every_rank, precision_label, setup_runtime
 from .search import DSNAS
 from .warm_start import start_from
 from . import spaces
@@ -74,9 +74,12 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     """Runtime, data, supernet, optimizers and loaders; restored from the checkpoint on resume."""
     started = time.time()
     rt = setup_runtime(cfg)
+    check_same_on_every_rank(int(resume), rt, "whether to resume")
     method = method_of(cfg)
     if out is not None and (rt.main or resume):  # refuse a used folder before the data is read
         check_run_dir(Path(out), resume)
+        if resume and (Path(out) / "config.yaml").is_file():
+            _check_world(Path(out), rt.world)
     data, held = _run_data(cfg, method, rt)
     out = Path(out) if out is not None else new_run_dir(data.name)
     torch.manual_seed(cfg.seed)
@@ -112,6 +115,16 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     if started_from is not None:
         run.log.line(f"supernet weights from {started_from}")
     return run
+
+
+def _check_world(out: Path, world: int) -> None:
+    """A run resumes on as many processes as it started on: each rank restores its own path sampler
+    and BN statistics, and the batches are split by rank, so another count would continue with
+    other numerics."""
+    started = run_world_size(out)
+    if started is not None and started != world:
+        raise DsnasError(f"{out} was started on {started} process(es) and this launch has {world}; resume it with "
+                         f"{started} (torchrun --nproc-per-node, --nnodes), or start a new run")
 
 
 def _run_data(cfg: Config, method: Method, rt: Runtime) -> tuple[Data, Data | None]:

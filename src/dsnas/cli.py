@@ -245,11 +245,16 @@ def cmd_export(args) -> int:
     return 0
 
 
+HERE = "\0out"  # --resume with no folder: the --out folder, resumed where it holds a run, else started
+
+
 def cmd_search(args) -> int:
-    from .config import load_config, load_run_config
+    from .config import load_run_config
 
     if getattr(args, "train", False) and not args.arch and not args.resume:
         raise DsnasError("dsnas train needs an architecture file: dsnas train ARCH")
+    if args.resume == HERE:
+        return _start_or_resume(args)
     if args.resume and args.out and args.resume != args.out:
         raise DsnasError("give the run directory once: --resume DIR (without --out)")
     out = args.resume or args.out
@@ -259,17 +264,57 @@ def cmd_search(args) -> int:
                              "cannot change it")
         cfg = load_run_config(args.resume)
     else:
-        cfg = load_config(args.config, args.set)
-        if args.data:
-            cfg.data = args.data
-        if getattr(args, "arch", None):  # dsnas train ARCH
-            cfg = dataclasses.replace(cfg, method="fixed", arch=args.arch)
-        elif getattr(args, "method", None):
-            cfg = dataclasses.replace(cfg, method=args.method)
-        cfg.validate()
+        cfg = _config_from_args(args)
     from .train import run_search
 
     run_search(cfg, Path(out) if out else None, resume=bool(args.resume), quiet=args.quiet)
+    return 0
+
+
+def _config_from_args(args):
+    """The configuration a command line gives: preset or file, --set, --data, and the method."""
+    from .config import load_config
+
+    cfg = load_config(args.config, args.set)
+    if args.data:
+        cfg.data = args.data
+    if getattr(args, "arch", None):  # dsnas train ARCH
+        cfg = dataclasses.replace(cfg, method="fixed", arch=args.arch)
+    elif getattr(args, "method", None):
+        cfg = dataclasses.replace(cfg, method=args.method)
+    return cfg.validate()
+
+
+def _start_or_resume(args) -> int:
+    """``--out DIR --resume``: one command line for a first start, a rerun, torchrun's restarts and
+    a requeued job. DIR's last checkpoint is resumed (the command line must give the run's own
+    configuration), a finished run is left as it is, and otherwise the run starts in DIR."""
+    from .config import load_run_config
+    from .report import clear_unstarted, run_dir_state
+    from .runtime import launch_env
+
+    if not args.out:
+        raise DsnasError("--resume without a folder resumes or starts --out DIR: give --out (or --resume DIR)")
+    out, cfg = Path(args.out), _config_from_args(args)
+    state = run_dir_state(out)
+    if state == "finished":
+        if launch_env()[1] == 0:
+            print(f"{out} holds a finished run (metrics.json); nothing to train (dsnas eval --run {out} evaluates it)")
+        return 0
+    if state == "checkpointed":
+        saved = load_run_config(out)
+        differ = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        if differ:
+            k = differ[0]
+            raise DsnasError(f"{out} holds a run started with {k}={getattr(saved, k)!r}, this command line gives "
+                             f"{k}={getattr(cfg, k)!r}; rerun the run's own command line to resume it, or choose "
+                             "another --out")
+        cfg = saved
+    elif launch_env()[1] == 0:
+        clear_unstarted(out)  # what a start that never reached its first checkpoint left
+    from .train import run_search
+
+    run_search(cfg, out, resume=state == "checkpointed", quiet=args.quiet)
     return 0
 
 
@@ -375,7 +420,10 @@ def _run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", help="dataset: 'embedded', an IDX folder, a CIFAR-10 folder or an ImageFolder tree "
                    "(same as --set data=...)")
     p.add_argument("--out", help="run directory (default: a new folder under runs/)")
-    p.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
+    p.add_argument("--resume", metavar="DIR", nargs="?", const=HERE,
+                   help="continue the run in DIR from its last checkpoint; with no DIR, with --out DIR: resume DIR "
+                   "where it holds a checkpoint, leave a finished run as it is, start there otherwise (the same "
+                   "command line for a first start, a rerun, torchrun's restarts and a requeued job)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
     p.set_defaults(func=cmd_search)
 

@@ -315,4 +315,11 @@ def load_run_config(run_dir: str | Path) -> Config:
     return apply(Config(), saved, str(path)).validate()
 
 
+def run_world_size(run_dir: str | Path) -> int | None:
+    """How many processes the run in ``run_dir`` was started on (None: not recorded)."""
+    saved = read_yaml(Path(run_dir) / "config.yaml", "run config")
+    world = saved.get("world_size") if isinstance(saved, dict) else None
+    return world if isinstance(world, int) and not isinstance(world, bool) else None
+
+
 _BEFORE_THE_KEY = {"credit": "gate", "never_pick": ""}  # what runs saved before these keys searched with

@@ -76,8 +76,19 @@ def setup_runtime(cfg: Config) -> Runtime:
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=_attempt_store(rank, world),
+                                rank=rank, world_size=world)
     return Runtime(rank, world, device, autocast_dtype(cfg.amp, device), set_tf32(device))
+
+
+def _attempt_store(rank: int, world: int):
+    """torchrun's store, with its keys under this attempt of the group: a group that torchrun
+    restarts (--max-restarts) may meet in the same store, where the dead group's addresses would
+    still be found."""
+    from torch.distributed.rendezvous import rendezvous
+
+    store, _, _ = next(rendezvous("env://", rank, world))
+    return dist.PrefixStore(f"dsnas/attempt{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", store)
 
 
 def use_deterministic_algorithms() -> None:
@@ -141,6 +152,16 @@ def check_consistent(search: DSNAS, epoch: int) -> None:
     if bad:
         raise DsnasError(f"ranks {bad} hold a different alpha or fixed set than rank 0 after epoch {epoch + 1}; "
                          "the architecture state diverged, stopping")
+
+
+def check_same_on_every_rank(value: int, rt: Runtime, what: str) -> None:
+    """Stop, in one line, unless every rank holds the same ``value`` (a decision each took alone)."""
+    if rt.world == 1:
+        return
+    t = torch.tensor([value, -value], dtype=torch.int64, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    if int(t[0]) != -int(t[1]):
+        raise DsnasError(f"the {rt.world} processes disagree on {what}: the run folder changed while they started")
 
 
 def wrap_ddp(model: torch.nn.Module, rt: Runtime, find_unused: bool) -> torch.nn.Module:
