@@ -47,12 +47,6 @@ def resource_alpha_grad(alpha: torch.Tensor, sampled: int, cost: float) -> torch
     return (p[sampled] * cost * (onehot - p)).to(alpha.dtype)
 
 
-def _credit_row(gate: torch.Tensor, credit: torch.Tensor) -> torch.Tensor:
-    """One sample's row of `STAT_COLUMNS` (zeros for a step whose gradients overflowed under fp16)."""
-    row = torch.stack((torch.ones_like(gate), gate, gate * gate, credit, credit * credit)).float()
-    return torch.where(torch.isfinite(row).all(), row, torch.zeros_like(row))
-
-
 def _excluded(choices, names: set[str]) -> list[set[int]]:
     """Per block, the indices of its candidates named in ``names``; every name must be some
     block's candidate, and no block may lose all of its candidates."""
@@ -126,8 +120,10 @@ class DSNAS:
             raise ValueError(f"credit must be one of {', '.join(CREDITS)}, got {credit!r}")
         self.credit, self.baseline_decay = credit, float(baseline_decay)
         self.excluded = _excluded(self.choices, set(never_pick))
-        # per block and candidate, on the device: the columns of STAT_COLUMNS summed since `take_credit_stats`
-        self.credit_stats = [torch.zeros(len(c), len(STAT_COLUMNS), device=device) for c in self.choices]
+        # one row per block and candidate (block after block), on the device: the columns of STAT_COLUMNS
+        # summed since `take_credit_stats`
+        self.credit_stats = torch.zeros(sum(len(c) for c in self.choices), len(STAT_COLUMNS), device=device)
+        self._offsets = [sum(len(c) for c in self.choices[:i]) for i in range(len(self.choices))]
         self.baseline = torch.zeros(2, device=device)  # (running mean of the loss, bias correction 1 - decay^t)
 
     # --- sampling -------------------------------------------------------------------------
@@ -191,25 +187,38 @@ class DSNAS:
         penalize = self.costs is not None and self.penalty > 0 and (
             self.budget is None or self.path_cost() >= self.budget)
         loss_credit = self._loss_credit(loss) if self.credit == "loss" else None
-        grads, stats = [], []
+        grads, slots, gates = [], [], []
         for i, (choice, alpha) in enumerate(zip(self.choices, self.alphas)):
-            g, step_stats = torch.zeros_like(alpha), torch.zeros_like(self.credit_stats[i])
+            g = torch.zeros_like(alpha)
             if choice.fixed is None and choice.mask is not None and choice.mask.grad is not None:
                 s, gate = choice.active, choice.mask.grad
-                reward = gate if loss_credit is None else loss_credit * loss_scale
-                g = dsnas_alpha_grad(alpha, s, reward)
+                g = dsnas_alpha_grad(alpha, s, gate if loss_credit is None else loss_credit * loss_scale)
                 if penalize:
                     g = g + self.penalty * resource_alpha_grad(alpha, s, self.costs[i][s]) * loss_scale
-                step_stats[s] = _credit_row(gate / loss_scale, reward / loss_scale)
+                slots.append(self._offsets[i] + s)
+                gates.append(gate)
             grads.append(g)
-            stats.append(step_stats)
-        grads, stats, mean_loss = self._reduce(grads, stats, loss)
-        for choice, alpha, g, total, step_stats in zip(self.choices, self.alphas, grads, self.credit_stats, stats):
+        step_stats = self._step_stats(slots, gates, loss_credit, loss_scale)
+        grads, step_stats, mean_loss = self._reduce(grads, step_stats, loss)
+        for choice, alpha, g in zip(self.choices, self.alphas, grads):
             alpha.grad = None if choice.fixed is not None else g.clone()
-            total += step_stats
+        self.credit_stats += step_stats
         if loss_credit is not None:
             self.baseline.mul_(self.baseline_decay).add_(
                 torch.stack((mean_loss.float(), torch.ones_like(self.baseline[1]))), alpha=1 - self.baseline_decay)
+
+    def _step_stats(self, slots: list[int], gates: list, loss_credit, loss_scale) -> torch.Tensor:
+        """This step's rows of `STAT_COLUMNS` at the sampled candidates' slots (unscaled; zeros for a
+        step whose gradients overflowed under fp16)."""
+        stats = torch.zeros_like(self.credit_stats)
+        if not slots:
+            return stats
+        gate = torch.stack(gates).float() / loss_scale
+        credit = gate if loss_credit is None else loss_credit.expand_as(gate)
+        rows = torch.stack((torch.ones_like(gate), gate, gate * gate, credit, credit * credit), dim=1)
+        if isinstance(loss_scale, torch.Tensor):
+            rows = torch.where(torch.isfinite(rows).all(dim=1, keepdim=True), rows, torch.zeros_like(rows))
+        return stats.index_add_(0, torch.tensor(slots, device=stats.device), rows)
 
     def _loss_credit(self, loss: torch.Tensor | None) -> torch.Tensor:
         """The step's loss minus the bias-corrected running mean of earlier steps' (0 at the first)."""
@@ -218,28 +227,27 @@ class DSNAS:
         mean, weight = self.baseline[0], self.baseline[1]
         return loss.detach().float() - torch.where(weight > 0, mean / weight.clamp_min(1e-12), loss.detach().float())
 
-    def _reduce(self, grads: list, stats: list, loss: torch.Tensor | None) -> tuple[list, list, torch.Tensor]:
+    def _reduce(self, grads: list, stats: torch.Tensor, loss: torch.Tensor | None) -> tuple[list, torch.Tensor, torch.Tensor]:
         """Average the alpha-gradients and the loss over ranks, and sum the credit statistics, in
         one all-reduce (a no-op in one process)."""
         loss = torch.zeros((), device=self.baseline.device) if loss is None else loss.detach().float().reshape(())
         if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
             return grads, stats, loss
         world = dist.get_world_size()
-        flat = torch.cat([*grads, *(t.reshape(-1) for t in stats), loss.reshape(1)])
+        flat = torch.cat([*grads, stats.reshape(-1), loss.reshape(1)])
         dist.all_reduce(flat)
-        sizes = [len(a) for a in self.alphas] + [t.numel() for t in stats] + [1]
-        parts = flat.split(sizes)
-        n = len(grads)
-        return ([g / world for g in parts[:n]], [p.view_as(t) for p, t in zip(parts[n:2 * n], stats)],
-                parts[-1][0] / world)
+        parts = flat.split([*(len(a) for a in self.alphas), stats.numel(), 1])
+        return [g / world for g in parts[:-2]], parts[-2].view_as(stats), parts[-1][0] / world
 
     def take_credit_stats(self) -> list[torch.Tensor]:
         """The credit statistics since the last call (per block, a (candidates, `STAT_COLUMNS`)
         tensor on the CPU), and start new ones."""
-        taken = [t.detach().cpu().clone() for t in self.credit_stats]
-        for t in self.credit_stats:
-            t.zero_()
+        taken = self._per_block(self.credit_stats.detach().cpu())
+        self.credit_stats.zero_()
         return taken
+
+    def _per_block(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        return [t.clone() for t in flat.split([len(c) for c in self.choices])]
 
     # --- early fix and derivation ---------------------------------------------------------
     def fixed(self) -> list[int | None]:
@@ -337,14 +345,14 @@ class DSNAS:
         return {"alphas": {label: a.detach().cpu().clone() for label, a in zip(self.labels, self.alphas)},
                 "fixed": {label: -1 if f is None else f for label, f in zip(self.labels, self.fixed())},
                 "candidates": {label: list(c.names) for label, c in zip(self.labels, self.choices)},
-                "credit": {"stats": {label: t.detach().cpu().clone() for label, t in zip(self.labels, self.credit_stats)},
+                "credit": {"stats": dict(zip(self.labels, self._per_block(self.credit_stats.detach().cpu()))),
                            "baseline": self.baseline.detach().cpu().clone()}}
 
     def load_state_dict(self, state: dict) -> None:
         """Load a `state_dict`, matched by label (older ones hold lists, in block order, and no
         credit statistics: those start from zero)."""
         alphas, fixed = state["alphas"], state["fixed"]
-        credit = state.get("credit", {"stats": {k: torch.zeros_like(t) for k, t in zip(self.labels, self.credit_stats)},
+        credit = state.get("credit", {"stats": dict(zip(self.labels, self._per_block(torch.zeros_like(self.credit_stats)))),
                                       "baseline": torch.zeros_like(self.baseline)})
         if isinstance(alphas, dict):
             if set(alphas) != set(self.labels) or set(fixed) != set(self.labels):
@@ -358,8 +366,7 @@ class DSNAS:
         with torch.no_grad():
             for alpha, saved in zip(self.alphas, alphas):
                 alpha.copy_(saved)
-            for label, total in zip(self.labels, self.credit_stats):
-                total.copy_(credit["stats"][label])
+            self.credit_stats.copy_(torch.cat([credit["stats"][label] for label in self.labels]))
             self.baseline.copy_(credit["baseline"])
         for choice, f in zip(self.choices, fixed):
             f = int(f)
