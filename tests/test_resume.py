@@ -65,8 +65,8 @@ KILLER = textwrap.dedent("""
 """)
 
 
-def _run(args, kill=None, check=True):
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+def _run(args, kill=None, check=True, threads=1):
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": str(threads)}
     if kill is None:
         cmd = [sys.executable, "-m", "dsnas", *args]
     else:
@@ -222,3 +222,15 @@ def test_a_run_resumes_only_on_the_process_count_it_started_on(tmp_path):
     (out / "config.yaml").write_text(yaml.safe_dump({**saved, "world_size": 2}))
     refused = _run(["search", "--quiet", "--resume", str(out)], check=False)
     assert refused.returncode == 2 and "2 process" in refused.stderr and "has 1" in refused.stderr
+
+
+def test_a_resume_keeps_the_thread_count_the_run_started_with(reference, tmp_path):
+    import yaml
+
+    out = tmp_path / "run"
+    res = _run(_search_args(out), kill=("after_save", 3), check=False)  # started with one thread
+    assert res.returncode == -9
+    assert yaml.safe_load((out / "config.yaml").read_text())["threads"] == 1
+    _run(["search", "--quiet", "--resume", str(out)], threads=2)  # resumed where the launcher gives two
+    arch, search, child, _ = _result(out)
+    assert arch == reference[0] and all(torch.equal(child[k], reference[2][k]) for k in reference[2])

@@ -109,19 +109,31 @@ def test_torchrun_restarts_a_dead_worker_with_the_same_command_line(reference, t
     _same_result(reference, tmp_path / "run")
 
 
-def test_two_nodes_match_one_node(reference, tmp_path):
+# Each node's launcher environment: torchrun sets OMP_NUM_THREADS=1 only on a node of several ranks,
+# so nodes of one rank each may differ. Rank 0's count (or --set threads) holds for every rank.
+LAYOUTS = {"both_one_thread": ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "1"}, []),
+           "node_1_two_threads": ({"OMP_NUM_THREADS": "1"}, {"OMP_NUM_THREADS": "2"}, []),
+           "unset_but_threads_set": ({}, {}, ["--set", "threads=1"])}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_two_nodes_match_one_node(reference, tmp_path, layout):
     """Two launchers on this host, each a node with one process (static rendezvous): global
-    ranks 0 and 1 with LOCAL_RANK 0 on both. Only global rank 0 writes the run's files."""
-    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    ranks 0 and 1 with LOCAL_RANK 0 on both. Only global rank 0 writes the run's files, and every
+    rank takes one thread count, so the result is that of one node with two ranks."""
+    base = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
     port = _port()
     out = tmp_path / "nodes"
+    *envs, extra = LAYOUTS[layout]
     procs = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(node),
                                "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port,
-                               "--max-restarts", "0", "-m", "dsnas", *_search(out)],
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               "--max-restarts", "0", "-m", "dsnas", *_search(out), *extra],
+                              env={**base, "PYTHONPATH": SRC, **envs[node]}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for node in (0, 1)]
     results = [p.communicate(timeout=600) for p in procs]
     for p, (_, err) in zip(procs, results):
         assert p.returncode == 0, err[-2000:]
     _same_result(reference, out)
-    assert yaml.safe_load((out / "config.yaml").read_text())["world_size"] == 2
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["world_size"] == 2 and saved["threads"] == 1

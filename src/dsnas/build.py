@@ -24,7 +24,7 @@ from .files import RunLock
 from .latency import load_latency
 from .methods import Method, method_of
 from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
-from .runtime import Runtime, check_same_on_every_rank, precision_label, setup_runtime
+from .runtime import Runtime, check_same_on_every_rank, precision_label, set_threads, setup_runtime
 from .search import DSNAS
 from .warm_start import start_from
 from . import spaces
@@ -75,6 +75,7 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     started = time.time()
     rt = setup_runtime(cfg)
     check_same_on_every_rank(int(resume), rt, "whether to resume")
+    threads = set_threads(cfg.threads, rt)
     method = method_of(cfg)
     if out is not None and (rt.main or resume):  # refuse a used folder before the data is read
         check_run_dir(Path(out), resume)
@@ -104,7 +105,7 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
         run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
     else:
         run.state.alpha_rows = alpha_rows(run.search, 0, "init")
-        run.files.config({**cfg.to_dict(), "world_size": rt.world})
+        run.files.config({**cfg.to_dict(), "threads": threads, "world_size": rt.world})
     run.log = Logger(out, rt.main, quiet)
     if not resume:
         b = space.costs.bounds()

@@ -303,7 +303,8 @@ def _start_or_resume(args) -> int:
         return 0
     if state == "checkpointed":
         saved = load_run_config(out)
-        differ = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v]
+        # threads 0 leaves the count to the run, which recorded the one it took
+        differ = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v and not (k == "threads" and v == 0)]
         if differ:
             k = differ[0]
             raise DsnasError(f"{out} holds a run started with {k}={getattr(saved, k)!r}, this command line gives "

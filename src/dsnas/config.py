@@ -97,6 +97,8 @@ class Config:
     channels_last: bool = True         # channels-last memory format (faster on CPU and GPU)
     compile: bool = False              # torch.compile the model (CUDA only)
     deterministic: bool = False        # deterministic algorithms only: CUDA runs repeat (and resume) bitwise, slower
+    threads: int = 0                   # intra-op CPU threads of every process (0: rank 0's OMP_NUM_THREADS, else torch's
+                                       # default); config.yaml records the count, so a resume keeps the numerics
 
     def validate(self) -> "Config":
         """Refuse, in one line, a config whose values are out of range or do not fit together."""
@@ -206,6 +208,7 @@ RANGES = {  # every int and float key of Config (a key missing here fails every 
     "channels": Range(1, 4096), "cells_per_stage": Range(1, 1000),
     "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
     "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
+    "threads": Range(0, 1024),
     "max_model_gb": MODEL_GB,
 }
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
@@ -322,4 +325,4 @@ def run_world_size(run_dir: str | Path) -> int | None:
     return world if isinstance(world, int) and not isinstance(world, bool) else None
 
 
-_BEFORE_THE_KEY = {"credit": "gate", "never_pick": ""}  # what runs saved before these keys searched with
+_BEFORE_THE_KEY = {"credit": "gate", "never_pick": "", "threads": 0}  # what runs saved before these keys searched with

@@ -154,6 +154,19 @@ def check_consistent(search: DSNAS, epoch: int) -> None:
                          "the architecture state diverged, stopping")
 
 
+def set_threads(wanted: int, rt: Runtime) -> int:
+    """Use ``wanted`` intra-op threads (0: OMP_NUM_THREADS or torch's default, as rank 0 sees them)
+    in every process, and return the count: one count for all ranks whatever each node's launcher
+    set, which the run records so that a resume sums in the same order."""
+    count = wanted or torch.get_num_threads()
+    if rt.world > 1 and not wanted:  # rank 0's environment decides for every rank
+        t = torch.tensor([count if rt.rank == 0 else 0], dtype=torch.int64, device=rt.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        count = int(t)
+    torch.set_num_threads(count)
+    return count
+
+
 def check_same_on_every_rank(value: int, rt: Runtime, what: str) -> None:
     """Stop, in one line, unless every rank holds the same ``value`` (a decision each took alone)."""
     if rt.world == 1:
