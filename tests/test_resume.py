@@ -234,3 +234,39 @@ def test_a_resume_keeps_the_thread_count_the_run_started_with(reference, tmp_pat
     _run(["search", "--quiet", "--resume", str(out)], threads=2)  # resumed where the launcher gives two
     arch, search, child, _ = _result(out)
     assert arch == reference[0] and all(torch.equal(child[k], reference[2][k]) for k in reference[2])
+
+
+# --- preemption: SIGTERM / SIGUSR1 checkpoint the step reached -----------------------------------
+SIGNALLER = textwrap.dedent("""
+    import os, signal, sys
+    import dsnas.train as train
+    name, k = sys.argv[1], int(sys.argv[2])
+    real, calls = train.train_step, {"n": 0}
+    def step_then_signal(*a, **kw):
+        out = real(*a, **kw)
+        calls["n"] += 1
+        if calls["n"] == k:  # as SLURM or torchrun would send it, from outside, mid-step
+            os.kill(os.getpid(), getattr(signal, name))
+        return out
+    train.train_step = step_then_signal
+    from dsnas.cli import main
+    sys.exit(main(sys.argv[3:]))
+""")
+
+
+@pytest.mark.parametrize("name, code, at", [("SIGTERM", 143, 3), ("SIGUSR1", 138, 5), ("SIGTERM", 143, 4)],
+                         ids=["sigterm-mid-epoch", "sigusr1-mid-epoch", "sigterm-at-an-epoch-end"])
+def test_a_preempted_run_checkpoints_the_step_it_reached_and_resumes_exactly(reference, tmp_path, name, code, at):
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", SIGNALLER, name, str(at), *_search_args(out)], capture_output=True,
+                         text=True, env=env)
+    assert res.returncode == code, res.stderr[-2000:]
+    line = res.stderr.strip().splitlines()
+    assert len(line) == 1 and name in line[0] and f"--resume {out}" in line[0], res.stderr
+    progress = torch.load(out / "checkpoints" / "last.pt", weights_only=True)["progress"]
+    assert progress["global_step"] == at  # no step's work is lost (4 steps an epoch)
+    _run(["search", "--quiet", "--resume", str(out)])
+    arch, search, child, _ = _result(out)
+    assert arch == reference[0] and all(torch.equal(child[k], reference[2][k]) for k in reference[2])
+    assert all(torch.equal(search["alphas"][k], reference[1]["alphas"][k]) for k in reference[1]["alphas"])

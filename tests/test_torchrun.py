@@ -41,6 +41,22 @@ DYING = textwrap.dedent("""
 """)
 
 
+# rank 1 has the launcher signalled at its 5th architecture step, as SLURM signals a job's launcher
+SIGNALLING = textwrap.dedent("""
+    import os, signal, sys
+    import dsnas.search as search
+    real, calls = search.DSNAS.compute_arch_grads, {"n": 0}
+    def signalling(self, *args, **kwargs):
+        calls["n"] += 1
+        if os.environ.get("RANK") == "1" and calls["n"] == 5:
+            os.kill(os.getppid(), signal.SIGTERM)
+        return real(self, *args, **kwargs)
+    search.DSNAS.compute_arch_grads = signalling
+    from dsnas.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
 def _port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -95,6 +111,16 @@ def test_dead_rank_stops_run_and_resume_matches(reference, tmp_path):
     assert died.returncode != 0
     assert not (tmp_path / "run" / "child.safetensors").exists()
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    resumed = _torchrun(["search", "--quiet", "--resume", str(tmp_path / "run")], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    _same_result(reference, tmp_path / "run")
+
+
+def test_sigterm_to_the_launcher_stops_every_rank_at_one_checkpointed_step(reference, tmp_path):
+    stopped = _torchrun(_search(tmp_path / "run"), tmp_path, script=SIGNALLING)
+    assert stopped.returncode != 0
+    assert stopped.stderr.count("SIGTERM: stopped before step") == 1, stopped.stderr[-2000:]  # rank 0 says it
+    assert not (tmp_path / "run" / "child.safetensors").exists()
     resumed = _torchrun(["search", "--quiet", "--resume", str(tmp_path / "run")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _same_result(reference, tmp_path / "run")

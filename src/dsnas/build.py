@@ -7,7 +7,7 @@ import math
 import time
 from functools import partial
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,7 @@ from .config import COSTS, Config, run_world_size
 from .cost import UNITS, CostTable
 from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
-from .files import RunLock
+from .files import PreemptionSignals, RunLock
 from .latency import load_latency
 from .methods import Method, method_of
 from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
@@ -59,6 +59,7 @@ class Run:
     child: nn.Module | None = None     # the fixed child, from the switch on
     ddp: nn.Module | None = None
     compiled: tuple | None = None      # (network, its torch.compile'd form)
+    signals: PreemptionSignals = field(default_factory=PreemptionSignals)  # what the loop stops on
 
     @property
     def precision(self) -> str:

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DsnasError, one_line
+from .errors import DsnasError, Preempted, one_line
 from .files import json_text
 
 
@@ -550,6 +550,10 @@ def main(argv: list[str] | None = None) -> int:
         return 143
     except DsnasError as e:
         print(f"dsnas: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Preempted as e:  # the step reached is checkpointed; the message says how to continue
+        if e.show:
+            print(e, file=sys.stderr)
         return e.exit_code
     except OSError as e:  # the file system refused (permissions, disk full, a folder in the way)
         where = f" {e.filename}" if e.filename else ""

@@ -15,6 +15,15 @@ class DsnasError(Exception):
         super().__init__(one_line(str(message)))
 
 
+class Preempted(Exception):
+    """A run that stopped on a preemption signal (SIGTERM, SIGUSR1) after checkpointing the step it
+    had reached: the CLI prints the message (from rank 0) and exits 128 + the signal's number."""
+
+    def __init__(self, message: str, signum: int, show: bool = True):
+        super().__init__(one_line(message))
+        self.exit_code, self.show = 128 + signum, show
+
+
 def one_line(text: str) -> str:
     """``text`` with every unprintable character escaped as Python writes it (a newline as
     ``\\n``): a file name holding a newline must not split a message over two lines."""

@@ -110,6 +110,44 @@ def sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
+class PreemptionSignals:
+    """While active (a ``with`` block in the main thread): SIGTERM and SIGUSR1, the signals SLURM
+    and torchrun send ahead of a kill, are only recorded (``signum``), for the training loop to
+    stop at an agreed step; a forked worker still dies as the signal would kill it."""
+
+    NAMES = ("SIGTERM", "SIGUSR1")
+
+    def __init__(self):
+        self.signum = 0
+        self._previous = {}
+
+    def __enter__(self) -> "PreemptionSignals":
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return self  # only the main thread may take signals: a run in another thread keeps the defaults
+        owner = os.getpid()
+
+        def record(signum, frame):
+            if os.getpid() != owner:
+                signal.signal(signum, signal.SIG_DFL)
+                os.kill(os.getpid(), signum)
+                return
+            self.signum = signum
+
+        for name in self.NAMES:
+            sig = getattr(signal, name)
+            self._previous[sig] = signal.signal(sig, record)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        import signal
+
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+
+
 def _temporary_prefix(path: Path) -> str:
     """``.<name>.<host>-<pid>.``: the temporaries of ``path`` say which process made them."""
     return f".{path.name}.{socket.gethostname()}-{os.getpid()}."

@@ -167,6 +167,15 @@ def set_threads(wanted: int, rt: Runtime) -> int:
     return count
 
 
+def largest_over_ranks(value: int, rt: Runtime) -> int:
+    """The largest of every rank's ``value`` (a signal one rank received, for all to act on)."""
+    if rt.world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=rt.device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return int(t)
+
+
 def check_same_on_every_rank(value: int, rt: Runtime, what: str) -> None:
     """Stop, in one line, unless every rank holds the same ``value`` (a decision each took alone)."""
     if rt.world == 1:

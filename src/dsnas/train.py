@@ -8,6 +8,7 @@ network of its stage (`enter_stage`), train it (`train_epoch`), evaluate, record
 from __future__ import annotations
 
 import dataclasses
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,11 +23,12 @@ from .arch import Architecture
 from .build import Run, prepare
 from .checkpoint import bn_buffers, run_payload, save_checkpoint
 from .config import Config
-from .errors import DsnasError
+from .errors import DsnasError, Preempted
+from .files import PreemptionSignals
 from .evaluate import accuracy, recalibrate_bn, reset_bn_stats, sync_bn_stats
 from .methods import inherited
 from .report import alpha_rows, credit_rows
-from .runtime import check_consistent, mean_over_ranks, stage_autocast, wrap_ddp
+from .runtime import check_consistent, largest_over_ranks, mean_over_ranks, stage_autocast, wrap_ddp
 from .search import DSNAS
 
 
@@ -76,12 +78,14 @@ def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet
     ``out`` (rank 0 writes them)."""
     run = prepare(cfg, out, resume, quiet)
     try:
-        for epoch in range(run.state.epoch, cfg.epochs):
-            stage = run.method.stage(epoch, cfg)
-            start_step = run.state.step if epoch == run.state.epoch else 0
-            net = enter_stage(run, stage, epoch, start_step)
-            loss_sum, seen = train_epoch(run, net, stage, epoch, start_step)
-            end_epoch(run, stage, epoch, loss_sum, seen)
+        with PreemptionSignals() as run.signals:  # SIGTERM, SIGUSR1: checkpoint the step reached, then stop
+            for epoch in range(run.state.epoch, cfg.epochs):
+                stage = run.method.stage(epoch, cfg)
+                start_step = run.state.step if epoch == run.state.epoch else 0
+                net = enter_stage(run, stage, epoch, start_step)
+                loss_sum, seen = train_epoch(run, net, stage, epoch, start_step)
+                end_epoch(run, stage, epoch, loss_sum, seen)
+                stop_if_preempted(run, epoch + 1, 0)
         return finish(run)
     finally:
         if run.lock is not None:
@@ -146,13 +150,28 @@ def train_epoch(run: Run, net: nn.Module, stage: str, epoch: int, start_step: in
         seen += 1
         state.global_step += 1
         bar.update(1)
-        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
+        due = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0
+        preempted = step + 1 < steps and bool(largest_over_ranks(run.signals.signum, rt))  # at the epoch's end:
+        if (due or preempted) and step + 1 < steps:                                 # end_epoch checkpoints
             _check_finite(first_bad, epoch, run.out)
             state.epoch_loss, state.epoch_seen = loss_sum.detach().cpu().clone(), seen
             checkpoint(run, epoch, step + 1)
+            if preempted:
+                stop_if_preempted(run, epoch, step + 1)
     bar.close()
     _check_finite(first_bad, epoch, run.out)
     return loss_sum, seen
+
+
+def stop_if_preempted(run: Run, epoch: int, step: int) -> None:
+    """After the checkpoint of (``epoch``, ``step``): stop every rank if any received a preemption
+    signal, with the command that continues."""
+    signum = largest_over_ranks(run.signals.signum, run.rt)
+    if signum:
+        name = signal.Signals(signum).name
+        raise Preempted(f"dsnas: {name}: stopped before step {step + 1} of epoch {epoch + 1}, checkpointed in "
+                        f"{run.out / 'checkpoints'}; continue with: dsnas search --resume {run.out}", signum,
+                        show=run.rt.main)
 
 
 def end_epoch(run: Run, stage: str, epoch: int, loss_sum: torch.Tensor, seen: int) -> None:
