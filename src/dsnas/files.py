@@ -88,22 +88,33 @@ class Terminated(BaseException):
     ``finally`` runs: temporaries are removed, the run lock released."""
 
 
+def _in_this_process_only(handler):
+    """``handler`` for this process; a process forked from it (a DataLoader worker) that gets the
+    signal dies as the signal would kill it."""
+    import signal
+
+    owner = os.getpid()
+
+    def handle(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        handler(signum, frame)
+
+    return handle
+
+
 @contextlib.contextmanager
 def sigterm_unwinds():
     """Turn SIGTERM into `Terminated` in this process (a forked DataLoader worker still dies as
     the signal would kill it), restoring the previous handler afterwards."""
     import signal
 
-    owner = os.getpid()
-
     def handler(signum, frame):
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
         raise Terminated
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = signal.signal(signal.SIGTERM, _in_this_process_only(handler))
     try:
         yield
     finally:
@@ -127,18 +138,12 @@ class PreemptionSignals:
 
         if threading.current_thread() is not threading.main_thread():
             return self  # only the main thread may take signals: a run in another thread keeps the defaults
-        owner = os.getpid()
-
         def record(signum, frame):
-            if os.getpid() != owner:
-                signal.signal(signum, signal.SIG_DFL)
-                os.kill(os.getpid(), signum)
-                return
             self.signum = signum
 
         for name in self.NAMES:
             sig = getattr(signal, name)
-            self._previous[sig] = signal.signal(sig, record)
+            self._previous[sig] = signal.signal(sig, _in_this_process_only(record))
         return self
 
     def __exit__(self, *exc) -> None:
