@@ -207,8 +207,6 @@ class Runner:
         sup = self.search(a.seeds[0], "random", f"ranking/{name}",
                           [f"epochs={a.search_epochs}", "candidates=1", *sets])
         cache = self.work / f"ranking/{name}_inherited.json"
-        if name == "supernet" and (self.work / "ranking/inherited.json").exists():  # its earlier name
-            cache = self.work / "ranking/inherited.json"
         scores = json.loads(cache.read_text()) if cache.exists() else {}
         if set(strings) - set(scores):
             scores.update(inherited_scores(self.work / "ranking/supernet", sorted(set(strings) - set(scores))))

@@ -150,14 +150,15 @@ def train_epoch(run: Run, net: nn.Module, stage: str, epoch: int, start_step: in
         seen += 1
         state.global_step += 1
         bar.update(1)
-        due = bool(cfg.checkpoint_every) and (step + 1) % cfg.checkpoint_every == 0
-        preempted = step + 1 < steps and bool(largest_over_ranks(run.signals.signum, rt))  # at the epoch's end:
-        if (due or preempted) and step + 1 < steps:                                 # end_epoch checkpoints
+        if step + 1 == steps:  # end_epoch checkpoints the epoch's end, and stops there if a signal came
+            continue
+        signum = largest_over_ranks(run.signals.signum, rt)
+        if signum or (cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0):
             _check_finite(first_bad, epoch, run.out)
             state.epoch_loss, state.epoch_seen = loss_sum.detach().cpu().clone(), seen
             checkpoint(run, epoch, step + 1)
-            if preempted:
-                stop_if_preempted(run, epoch, step + 1)
+        if signum:
+            raise _preempted(run, signum, epoch, step + 1)
     bar.close()
     _check_finite(first_bad, epoch, run.out)
     return loss_sum, seen
@@ -168,10 +169,14 @@ def stop_if_preempted(run: Run, epoch: int, step: int) -> None:
     signal, with the command that continues."""
     signum = largest_over_ranks(run.signals.signum, run.rt)
     if signum:
-        name = signal.Signals(signum).name
-        raise Preempted(f"dsnas: {name}: stopped before step {step + 1} of epoch {epoch + 1}, checkpointed in "
-                        f"{run.out / 'checkpoints'}; continue with: dsnas search --resume {run.out}", signum,
-                        show=run.rt.main)
+        raise _preempted(run, signum, epoch, step)
+
+
+def _preempted(run: Run, signum: int, epoch: int, step: int) -> Preempted:
+    name = signal.Signals(signum).name
+    return Preempted(f"dsnas: {name}: stopped before step {step + 1} of epoch {epoch + 1}, checkpointed in "
+                     f"{run.out / 'checkpoints'}; continue with: dsnas search --resume {run.out}", signum,
+                     show=run.rt.main)
 
 
 def end_epoch(run: Run, stage: str, epoch: int, loss_sum: torch.Tensor, seen: int) -> None:
