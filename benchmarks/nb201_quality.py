@@ -217,18 +217,15 @@ class Runner:
 def inherited_scores(run_dir: Path, strings: list[str]) -> dict[str, float]:
     """Held-out top-1 of each architecture with the weights of the finished supernet run ``run_dir``
     (restored from its last checkpoint; BN re-estimated per architecture, as the baselines rank)."""
-    from dsnas.build import prepare
     from dsnas.config import load_run_config
     from dsnas.data import Loader
-    from dsnas.methods import inherited
+    from dsnas.run import open_run
+    from dsnas.train import inherited
 
     cfg = load_run_config(run_dir)
-    run = prepare(cfg, run_dir, resume=True, quiet=True)
-    try:
+    with open_run(cfg, run_dir, resume=True, quiet=True) as run:
         held = Loader(run.held, "test", 256, cfg.seed, run.rt.device, 0, 1, train=False, workers=0)
         return {s: inherited(run, from_string(s), held, cfg.search_epochs)["top1"] for s in strings}
-    finally:
-        run.lock.release()
 
 
 def gate_rewards(run_dir: Path | None, batches: int, seed: int = 0) -> dict[str, dict]:
@@ -239,17 +236,17 @@ def gate_rewards(run_dir: Path | None, batches: int, seed: int = 0) -> dict[str,
     positive reward lowers that op's α). ``none`` outputs zeros, so its reward is 0 by construction."""
     import tempfile
 
-    from dsnas.build import prepare
     from dsnas.config import load_config, load_run_config
+    from dsnas.run import open_run
 
     with tempfile.TemporaryDirectory() as tmp:
         if run_dir is None:
             cfg = load_config("fmnist", [*SCHEDULE, "space=nb201", *PAPER, f"seed={seed}", "warmup_epochs=0",
                                          "search_epochs=3"])
-            run = prepare(cfg, Path(tmp) / "run", resume=False, quiet=True)
+            opened = open_run(cfg, Path(tmp) / "run", resume=False, quiet=True)
         else:
-            run = prepare(load_run_config(run_dir), run_dir, resume=True, quiet=True)
-        try:
+            opened = open_run(load_run_config(run_dir), run_dir, resume=True, quiet=True)
+        with opened as run:
             net, search, rewards = run.space.train(), run.search, {op: [] for op in OPS}
             for alpha in search.alphas:  # uniform paths, whatever α the run ended with
                 alpha.data.zero_()
@@ -263,9 +260,6 @@ def gate_rewards(run_dir: Path | None, batches: int, seed: int = 0) -> dict[str,
                 for choice in search.choices:
                     if choice.mask is not None and choice.mask.grad is not None:
                         rewards[choice.names[choice.active]].append(float(choice.mask.grad))
-        finally:
-            if run.lock is not None:
-                run.lock.release()
     return {op: {"mean": statistics.fmean(r), "se": statistics.stdev(r) / math.sqrt(len(r)),
                  "positive": statistics.fmean(v > 0 for v in r), "n": len(r)} for op, r in rewards.items() if len(r) > 1}
 

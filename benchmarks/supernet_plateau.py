@@ -33,7 +33,7 @@ from _report import machine, write_section
 from dsnas.data import Loader, load_data
 from dsnas.search import DSNAS
 from dsnas import spaces
-from dsnas.spaces import INIT_SCHEMES
+from dsnas.spaces.shufflenet import INIT_SCHEMES
 
 MODES = ("fixed", "per network", "per block")
 LEFT_CHANCE = 2.0  # a 20-step mean loss below this has left chance (ln 10 = 2.303)

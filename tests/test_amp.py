@@ -83,11 +83,13 @@ def test_bf16_autocast_step_runs_and_reaches_alpha():
 
 
 def test_auto_precision_keeps_the_search_stage_in_fp32():
-    for stage in ("warmup", "supernet", "finetune", "train"):
-        assert stage_autocast("auto", torch.bfloat16, stage) is torch.bfloat16
-    assert stage_autocast("auto", torch.bfloat16, "search") is None
-    assert stage_autocast("bf16", torch.bfloat16, "search") is torch.bfloat16  # asked for explicitly
-    assert stage_autocast("fp16", torch.float16, "search") is torch.float16
+    from dsnas.methods import FINETUNE, SEARCH, SUPERNET, TRAIN, WARMUP
+
+    for stage in (WARMUP, SUPERNET, FINETUNE, TRAIN):
+        assert stage_autocast("auto", torch.bfloat16, stage.full_precision) is torch.bfloat16
+    assert stage_autocast("auto", torch.bfloat16, SEARCH.full_precision) is None
+    assert stage_autocast("bf16", torch.bfloat16, SEARCH.full_precision) is torch.bfloat16  # asked for explicitly
+    assert stage_autocast("fp16", torch.float16, SEARCH.full_precision) is torch.float16
 
 
 def test_autocast_dtype_choices():

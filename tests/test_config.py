@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from conftest import assert_one_line_error, dsnas_error, run_cli_many
-from dsnas.config import Config, builtin_configs, load_config
+from dsnas.config import Config, builtin_configs, load_config, load_run_config
+from dsnas.plan import check_run, full_space_settings
 
 CONFIGS = Path(str(resources.files("dsnas") / "configs"))
 KNOWN = {f.name for f in dataclasses.fields(Config)}
@@ -23,13 +24,22 @@ def preset(name: str) -> dict:
 DEMO = preset("demo")
 
 
-def assert_matches(cfg: Config, expected: dict) -> None:
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        want = expected.get(f.name, getattr(defaults, f.name))
-        got = getattr(cfg, f.name)
-        assert got == pytest.approx(want) if isinstance(want, float) else got == want, (f.name, got, want)
-        assert isinstance(got, type(getattr(defaults, f.name))), (f.name, got)
+def assert_matches(cfg: Config, preset: dict) -> None:
+    """``cfg`` holds the defaults, overridden by ``preset`` and its section for ``cfg``'s space."""
+    data = dict(preset)
+    sections = data.pop("spaces", {})
+    want = Config().to_dict()
+    for mapping in (data, sections.get(cfg.space, {})):
+        for key, value in mapping.items():
+            if key == "space":
+                want["space"] = {**want["space"], **value} if isinstance(value, dict) else {"name": value}
+            else:
+                want[key] = value
+    got, defaults = cfg.to_dict(), Config().to_dict()
+    assert set(got) == set(want)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value) if isinstance(value, float) else got[key] == value, (key, got[key])
+        assert isinstance(got[key], type(defaults[key])), (key, got[key])
 
 
 # --- presets --------------------------------------------------------------------------------------
@@ -85,14 +95,16 @@ def test_a_file_section_for_the_runs_space_applies_before_the_overrides(tmp_path
 
 def test_the_demo_runs_in_the_nb201_space_with_nothing_else():
     cfg = load_config(None, ["space=nb201"])
-    assert cfg.budget_mflops == 0 and cfg.channels < Config().channels
+    assert cfg.budget_mflops == 0 and cfg.space_settings == {"channels": 8, "cells_per_stage": 1}
+    assert "width" not in check_run(cfg).space_settings  # the demo's width is ShuffleNet's
 
 
 def test_config_file_and_overrides(tmp_path):
     f = tmp_path / "mine.yaml"
     f.write_text("epochs: 20\nsearch_epochs: 10\nwarmup_epochs: 2\nlr: 0.05\nwidth: 1\n")
     cfg = load_config(str(f), ["lr=0.3"])
-    assert cfg.epochs == 20 and cfg.width == 1.0 and isinstance(cfg.width, float)
+    width = check_run(cfg).space_settings["width"]
+    assert cfg.epochs == 20 and width == 1.0 and isinstance(width, float)
     assert cfg.lr == 0.3
     assert cfg.batch_size == Config().batch_size  # keys a file leaves out keep the defaults, not demo's
 
@@ -133,9 +145,10 @@ def test_set_str():
 
 
 def test_set_later_wins_and_int_to_float():
-    cfg = load_config(None, ["lr=0.1", "lr=0.2", "width=1"])
+    cfg = load_config(None, ["lr=0.1", "lr=0.2", "space.width=1"])
     assert cfg.lr == 0.2
-    assert cfg.width == 1.0 and isinstance(cfg.width, float)
+    width = check_run(cfg).space_settings["width"]
+    assert width == 1.0 and isinstance(width, float)
 
 
 # --- errors ---------------------------------------------------------------------------------------
@@ -177,7 +190,6 @@ def test_set_without_equals():
     ("momentum=-0.5", "momentum"),
     ("device=gpu", "device"),
     ("amp=fp8", "amp"),
-    ("init=xavier", "init"),
 ])
 def test_out_of_range(item, key):
     msg = dsnas_error(load_config, None, [item])
@@ -261,3 +273,63 @@ def test_cli_existing_run_untouched(cli_errors):
     existing = base / "existing"
     assert [p.name for p in existing.iterdir()] == ["metrics.json"]
     assert (existing / "metrics.json").read_text() == METRICS
+
+
+# --- the space's settings, under its name -----------------------------------------------------------
+def test_space_settings_nest_under_the_space_in_files_and_on_the_command_line(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("space: {name: nb201, channels: 8, ops: 'nor_conv_3x3,skip_connect'}\n")
+    cfg = check_run(load_config(str(f), ["space.cells_per_stage=2"]))
+    assert (cfg.space, cfg.space_settings) == ("nb201", {"cells_per_stage": 2, "channels": 8,
+                                                         "ops": "nor_conv_3x3,skip_connect"})
+    assert cfg.to_dict()["space"] == {"name": "nb201", "cells_per_stage": 2, "channels": 8,
+                                      "ops": "nor_conv_3x3,skip_connect"}
+    assert check_run(load_config(None, ["space.width=0.5"])).space_settings == {"width": 0.5}
+    # naming another space drops what the file gave for the one before; the line's own settings are the space's
+    assert load_config(None, ["space=nb201"]).space_settings == {"channels": 8, "cells_per_stage": 1}
+    assert "no setting 'width'" in dsnas_error(check_run, load_config(None, ["space.width=0.5", "space=nb201"]))
+
+
+@pytest.mark.parametrize("items, words", [
+    (["init=xavier"], ["init", "xavier", "aligned"]),
+    (["space=nb201", "space.width=0.5"], ["nb201", "no setting", "width", "channels"]),
+    (["space.width=0"], ["width", "(0, 8]"]),
+    (["space.num_classes=3"], ["num_classes", "data"]),
+    (["space=nosuch"], ["space", "nosuch", "shufflenet"]),
+    (["space.design=fancy"], ["design", "fancy"]),
+    (["jpeg_decode=gpu"], ["jpeg_decode", "gpu"]),
+])
+def test_the_space_checks_its_own_settings_in_one_line(items, words):
+    msg = dsnas_error(check_run, load_config(None, items))
+    assert all(w in msg for w in words), msg
+
+
+@pytest.mark.parametrize("item", ["space.=1", "space.a.b=1", "space.width=[1]", "space.width=.nan"])
+def test_malformed_space_keys_are_config_errors(item):
+    assert "space" in dsnas_error(load_config, None, [item])
+
+
+def test_the_flat_keys_of_older_files_still_load(tmp_path):
+    f = tmp_path / "old.yaml"
+    f.write_text("space: nb201\nwidth: 0.25\nchannels: 8\ncells_per_stage: 1\nops: ''\nbn_eps: 0.01\n")
+    cfg = check_run(load_config(str(f)))
+    assert cfg.space_settings == {"cells_per_stage": 1, "channels": 8}  # width and bn_eps are ShuffleNet's
+    assert check_run(load_config(None, ["width=0.5"])).space_settings == {"width": 0.5}
+    # the later of a flat key and its nested form wins
+    assert check_run(load_config(None, ["width=0.5", "space.width=0.75"])).space_settings == {"width": 0.75}
+    assert check_run(load_config(None, ["space.width=0.75", "width=0.5"])).space_settings == {"width": 0.5}
+
+
+def test_an_old_run_config_resumes_with_the_settings_it_ran_with(tmp_path):
+    old = {k: v for k, v in Config().to_dict().items() if k != "space"}
+    old.update(space="nb201", width=1.0, design="mmrazor", bn_affine=True, bn_eps=0.01, dropout=0.0, channels=8,
+               cells_per_stage=1, credit="loss", never_pick="none")  # no ops: it predates the key
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    cfg = check_run(load_run_config(tmp_path))
+    assert cfg.space_settings["ops"].split(",")[0] == "none"  # all five, as it searched
+    assert full_space_settings(cfg) == {**full_space_settings(check_run(load_config(None, [
+        "space=nb201", "space.channels=8", "space.cells_per_stage=1", "space.ops=" + cfg.space_settings["ops"]]))),
+        "bn_affine": True}
+    # what a run writes now loads as it was written
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    assert check_run(load_run_config(tmp_path)).to_dict() == cfg.to_dict()

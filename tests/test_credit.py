@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from conftest import dsnas_error
+from dsnas.plan import check_run, search_rules, space_settings
 from dsnas import DSNAS, Choice
 from dsnas.config import load_config
 from dsnas.spaces import build
@@ -240,10 +241,10 @@ def test_credit_and_never_pick_resolve_by_space_and_are_checked(tmp_path):
     shufflenet = build("shufflenet", {"width": 0.25, "input_size": 28, "in_channels": 1})
     nb201 = build("nb201", {"channels": 4, "cells_per_stage": 1})
     cfg = load_config(None, [])
-    assert cfg.search_rules(shufflenet) == {"credit": "gate", "never_pick": []}
-    assert cfg.search_rules(nb201) == {"credit": NB201Space.credit,
+    assert search_rules(check_run(cfg), shufflenet) == {"credit": "gate", "never_pick": []}
+    assert search_rules(check_run(cfg), nb201) == {"credit": NB201Space.credit,
                                        "never_pick": [n for n in NB201Space.never_pick.split(",") if n]}
-    assert load_config(None, ["credit=gate", "never_pick="]).search_rules(nb201) == {"credit": "gate",
+    assert search_rules(check_run(load_config(None, ["credit=gate", "never_pick="])), nb201) == {"credit": "gate",
                                                                                       "never_pick": []}
     assert "credit" in dsnas_error(load_config, None, ["credit=exact"])
 
@@ -268,12 +269,12 @@ def test_a_search_writes_the_credit_of_every_epoch(tmp_path):
 
 def test_an_nb201_search_leaves_none_out_unless_told_and_a_fixed_cell_keeps_every_op():
     search = load_config(None, ["space=nb201"])
-    assert search.space_settings(10, 1, 28)["ops"] == NB201Space.search_settings["ops"]
-    assert "none" not in search.space_settings(10, 1, 28)["ops"].split(",")
+    assert space_settings(check_run(search), 10, 1, 28)["ops"] == NB201Space.search_settings["ops"]
+    assert "none" not in space_settings(check_run(search), 10, 1, 28)["ops"].split(",")
     everything = load_config(None, ["space=nb201", "ops=" + ",".join(NB201Settings().candidates())])
-    assert everything.space_settings(10, 1, 28)["ops"].split(",")[0] == "none"
+    assert space_settings(check_run(everything), 10, 1, 28)["ops"].split(",")[0] == "none"
     fixed = load_config(None, ["space=nb201", "method=fixed", "arch=|none~0|+|none~0|none~1|+|nor_conv_3x3~0|none~1|none~2|"])
-    assert "ops" not in fixed.space_settings(10, 1, 28)  # the space's default: all five, none included
+    assert "ops" not in space_settings(check_run(fixed), 10, 1, 28)  # the space's default: all five, none included
 
 
 def test_a_cell_is_collapsed_when_no_convolution_is_on_a_path_from_input_to_output():
@@ -286,12 +287,13 @@ def test_a_run_saved_before_the_remedies_resumes_with_the_papers_rules(tmp_path)
     from dsnas.config import load_run_config
 
     saved = load_config(None, ["space=nb201"]).to_dict()
-    for key in ("credit", "never_pick", "ops"):
+    saved.update(space="nb201", channels=8, cells_per_stage=1, width=0.25)  # the top-level keys of that time
+    for key in ("credit", "never_pick"):
         del saved[key]
     (tmp_path / "config.yaml").write_text(__import__("yaml").safe_dump(saved))
     cfg = load_run_config(tmp_path)
     assert (cfg.credit, cfg.never_pick) == ("gate", "")
-    assert cfg.space_settings(10, 1, 28)["ops"] == NB201Settings().ops
+    assert space_settings(check_run(cfg), 10, 1, 28)["ops"] == NB201Settings().ops
 
 
 # The command, at the ground truth's size on the embedded data (1 thread, as every test runs).

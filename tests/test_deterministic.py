@@ -27,10 +27,10 @@ def restore_switches(monkeypatch):
 
 def test_the_setting_is_applied():
     assert load_config(None, []).deterministic is False
-    setup_runtime(load_config(None, ["device=cpu"]))
+    setup_runtime("cpu")
     assert not torch.are_deterministic_algorithms_enabled()
     torch.backends.cudnn.benchmark = True
-    setup_runtime(load_config(None, ["device=cpu", "deterministic=true"]))
+    setup_runtime("cpu", deterministic=True)
     assert torch.are_deterministic_algorithms_enabled()
     assert torch.backends.cudnn.deterministic and not torch.backends.cudnn.benchmark
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"

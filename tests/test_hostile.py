@@ -460,7 +460,8 @@ def test_an_arch_file_asking_for_a_huge_classifier_is_refused_before_allocating(
 def test_the_readme_cifar_example_fits_the_default_budget():
     # `dsnas search --data path/to/cifar` runs the demo preset on a 32 px, 3-channel, 10-class space
     from dsnas.config import load_config
+    from dsnas.plan import check_run
 
-    cfg = load_config()
-    cheapest = ShuffleNetSpace(10, 3, 32, cfg.width).costs.bounds()["min"]
+    cfg = check_run(load_config())
+    cheapest = ShuffleNetSpace(10, 3, 32, cfg.space_settings["width"]).costs.bounds()["min"]
     assert cfg.budget_mflops >= cheapest

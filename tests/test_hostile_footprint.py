@@ -145,7 +145,8 @@ def test_search_train_resume_and_latency_refuse_past_the_configs_limit(tmp_path,
     assert not (tmp_path / "search").exists() and not (tmp_path / "train").exists()
     run = tmp_path / "resumed"
     (run / "checkpoints").mkdir(parents=True)  # a run whose config.yaml was edited to a huge network
-    saved = {**Config(width=8.0, max_model_gb=0.001, train_limit=64, test_limit=32, batch_size=32).to_dict()}
+    saved = {**Config(max_model_gb=0.001, train_limit=64, test_limit=32, batch_size=32).to_dict(),
+             "space": {"name": "shufflenet", "width": 8.0}}
     (run / "config.yaml").write_text(yaml.safe_dump(saved))
     r = dsnas_main("search", "--resume", run, "--quiet")
     assert "GB limit" in assert_one_line_error(r.returncode, r.stderr)

@@ -7,14 +7,15 @@ from __future__ import annotations
 import pytest
 
 from conftest import BLOCK_KEYS, assert_one_line_error, dsnas_error
+from dsnas.plan import check_run
 from dsnas.arch import load_arch
 from dsnas.config import load_config, load_run_config
 from dsnas.errors import QUOTE_LIMIT, quote
 from dsnas.files import YAML_MAX_BYTES, dump_yaml, parse_yaml, read_yaml
 from dsnas.latency import load_latency
 
-READERS = {"config": lambda p: load_config(str(p)), "arch": load_arch, "latency": load_latency,
-           "run config": lambda p: load_run_config(p.parent)}
+READERS = {"config": lambda p: check_run(load_config(str(p))), "arch": load_arch, "latency": load_latency,
+           "run config": lambda p: check_run(load_run_config(p.parent))}
 
 
 def _write(tmp_path, text: str, name: str = "config.yaml"):

@@ -19,8 +19,8 @@ from test_resume import _run
 
 pytestmark = pytest.mark.slow  # full-width supernets at 224 px
 
-# What the imported supernet is (DESIGN.md section 10), and a search of two steps per epoch.
-FITS = ["width=1", "design=official", "bn_affine=false", "bn_eps=1e-5", "budget_mflops=0"]
+# What the imported supernet is (the SPOS layout: official design, BN without affine), and a search of two steps per epoch.
+FITS = ["space.width=1", "space.design=official", "space.bn_affine=false", "space.bn_eps=1e-5", "budget_mflops=0"]
 SHORT = ["warmup_epochs=0", "search_epochs=1", "epochs=1", "batch_size=4", "lr_warmup_epochs=0", "workers=0",
          "eval_bn_recalibrate=4", "checkpoint_every=1", "init=torch", "seed=3", "arch_lr=0.05"]
 

@@ -7,8 +7,8 @@ import pytest
 from dsnas import DsnasError
 from dsnas.config import Config
 from dsnas.report import check_run_dir
-from dsnas.build import lr_factor
-from dsnas.methods import METHODS, method_of
+from dsnas.methods import METHODS, get_method
+from dsnas.run import lr_factor
 
 
 def _cfg(**kw) -> Config:
@@ -26,9 +26,9 @@ def _cfg(**kw) -> Config:
 ])
 def test_stage_of_every_method(method, want):
     cfg = _cfg(method=method, epochs=5, warmup_epochs=1, search_epochs=3)
-    rules = method_of(cfg)
-    assert [rules.stage(e, cfg) for e in range(5)] == want
-    assert set(want) <= set(rules.stages)
+    rules = get_method(cfg.method)
+    assert [rules.stage(e, cfg).name for e in range(5)] == want
+    assert set(want) <= {s.name for s in rules.stages}
     assert rules.switch_epoch(cfg) == (0 if method == "fixed" else 3)
 
 
@@ -39,9 +39,22 @@ def test_every_method_has_its_stage_rules():
     assert [m for m, rules in METHODS.items() if not rules.searches] == ["fixed"]
 
 
+def test_what_each_stage_does():
+    """The loop asks the stage, not its name: only the search gates, learns alpha and asks for fp32;
+    the child stages train one fixed network; a baseline's supernet has no argmax child yet."""
+    stages = {s.name: s for m in METHODS.values() for s in m.stages}
+    assert sorted(stages) == ["finetune", "search", "supernet", "train", "warmup"]
+    assert [n for n, s in stages.items() if s.gates] == ["search"]
+    assert [n for n, s in stages.items() if s.learns_alpha] == ["search"]
+    assert [n for n, s in stages.items() if s.full_precision] == ["search"]
+    assert sorted(n for n, s in stages.items() if s.trains_child) == ["finetune", "train"]
+    assert sorted(n for n, s in stages.items() if s.samples_path) == ["search", "supernet", "warmup"]
+    assert [n for n, s in stages.items() if not s.has_child] == ["supernet"]
+
+
 def test_stage_of_search_only_run_never_finetunes():
     cfg = _cfg(method="dsnas", epochs=3, warmup_epochs=0, search_epochs=3)
-    assert [method_of(cfg).stage(e, cfg) for e in range(3)] == ["search"] * 3
+    assert [get_method(cfg.method).stage(e, cfg).name for e in range(3)] == ["search"] * 3
 
 
 def test_lr_factor_warms_up_linearly_then_cosine_to_zero():

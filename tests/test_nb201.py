@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from conftest import assert_one_line_error, dsnas_error
+from dsnas.plan import check_run, search_rules, space_settings
 from dsnas import spaces
 from dsnas.arch import Architecture, load_arch, parse_arch_string, save_arch
 from dsnas.cost import count
@@ -195,7 +196,7 @@ def test_bn_affine_false_drops_the_cells_bn_parameters_only_and_reaches_the_chil
     with torch.no_grad():
         assert torch.equal(net.child(arch).eval()(x), net(x))
     cfg = load_config(None, TINY_RUN + ["bn_affine=false"])
-    assert cfg.space_settings(10, 1, 28)["bn_affine"] is False
+    assert space_settings(check_run(cfg), 10, 1, 28)["bn_affine"] is False
     with pytest.raises(DsnasError, match="bn_affine must be true or false"):
         spaces.settings_of("nb201", {**SMALL, "bn_affine": "no"})
 

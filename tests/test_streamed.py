@@ -152,6 +152,7 @@ def test_undecodable_jpeg_on_the_device_is_one_line_error(tmp_path):
 
 def test_jpeg_decode_setting_is_checked():
     from dsnas.config import load_config
+    from dsnas.plan import check_run
 
     with pytest.raises(DsnasError, match="jpeg_decode must be one of workers, device"):
-        load_config("demo", ["jpeg_decode=gpu"])
+        check_run(load_config("demo", ["jpeg_decode=gpu"]))

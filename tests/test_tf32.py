@@ -30,7 +30,7 @@ def _fake_cuda(monkeypatch):
 
 def test_a_cuda_run_sets_both_switches_and_says_fp32(monkeypatch):
     _fake_cuda(monkeypatch)
-    rt = setup_runtime(load_config(None, ["device=cuda"]))
+    rt = setup_runtime("cuda")
     assert rt.device.type == "cuda" and rt.amp_dtype is torch.bfloat16
     assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
     assert rt.tf32 is False
@@ -49,5 +49,5 @@ def test_if_tf32_is_chosen_the_label_says_so(monkeypatch):
 
 
 def test_the_cpu_leaves_the_switches_alone():
-    rt = setup_runtime(load_config(None, ["device=cpu"]))
+    rt = setup_runtime("cpu")
     assert rt.tf32 is False and torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32

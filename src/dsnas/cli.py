@@ -61,8 +61,7 @@ def _child_args(p: argparse.ArgumentParser) -> None:
 
 def _model_limit_arg(p: argparse.ArgumentParser) -> None:
     """--max-model-gb: the commands without a config (runs and `latency` take max_model_gb from theirs)."""
-    from .config import MODEL_GB
-    from .spaces import MAX_MODEL_GB
+    from .config import MAX_MODEL_GB, MODEL_GB
 
     p.add_argument("--max-model-gb", type=_number(float, lambda v: v in MODEL_GB, f"a number {MODEL_GB}"),
                    default=MAX_MODEL_GB, metavar="GB", help="refuse a network that would take more than GB for one "
@@ -99,6 +98,10 @@ def cmd_info(args) -> int:
     from . import spaces
     from .arch import load_arch
 
+    if args.spaces:
+        if args.arch or args.latency or args.space:
+            raise DsnasError("--spaces lists every space; it takes no --arch, --latency or --space")
+        return _info_spaces(args)
     arch, lut = load_arch(args.arch) if args.arch else None, None
     if args.latency:
         from .latency import load_latency
@@ -119,6 +122,33 @@ def cmd_info(args) -> int:
     else:
         _info_space(args, space, table)
     return 0
+
+
+def _info_spaces(args) -> int:
+    """Every space dsnas can build (its own and installed packages'), one line each: name, where
+    it comes from, and what it is."""
+    from .spaces import DATA_SETTINGS, space_class, space_names
+
+    listed = {}
+    for name in space_names():
+        cls = space_class(name)
+        defaults = cls.Settings()
+        settings = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
+        listed[name] = {"description": _description(cls), "module": cls.__module__,
+                        "settings": {k: v for k, v in settings.items() if k not in DATA_SETTINGS}}
+    if args.json:
+        print(json_text(listed))
+        return 0
+    width = max(map(len, listed))
+    for name, facts in listed.items():
+        print(f"{name:<{width}}  {facts['description']} ({facts['module']})")
+    return 0
+
+
+def _description(cls) -> str:
+    """A space's one-line description: its ``description``, else its docstring's first line."""
+    text = getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]
+    return text.strip() or "(no description)"
 
 
 def _info_arch(args, arch, space, table, lut) -> None:
@@ -303,13 +333,7 @@ def _start_or_resume(args) -> int:
         return 0
     if state == "checkpointed":
         saved = load_run_config(out)
-        # threads 0 leaves the count to the run, which recorded the one it took
-        differ = [k for k, v in cfg.to_dict().items() if saved.to_dict()[k] != v and not (k == "threads" and v == 0)]
-        if differ:
-            k = differ[0]
-            raise DsnasError(f"{out} holds a run started with {k}={getattr(saved, k)!r}, this command line gives "
-                             f"{k}={getattr(cfg, k)!r}; rerun the run's own command line to resume it, or choose "
-                             "another --out")
+        _check_same_run(out, saved, cfg)
         cfg = saved
     elif launch_env()[1] == 0:
         clear_unstarted(out)  # what a start that never reached its first checkpoint left
@@ -317,6 +341,25 @@ def _start_or_resume(args) -> int:
 
     run_search(cfg, out, resume=state == "checkpointed", quiet=args.quiet)
     return 0
+
+
+def _check_same_run(out: Path, saved, given) -> None:
+    """Refuse to resume the run in ``out`` (config ``saved``) with a command line that configures
+    another one (``given``): the first key that differs, however each says it."""
+    from .plan import check_run, full_space_settings
+
+    def keys(cfg) -> dict:
+        cfg = check_run(cfg)
+        flat = {k: v for k, v in cfg.to_dict().items() if k != "space"}
+        return {**flat, "space": cfg.space, **{f"space.{k}": v for k, v in full_space_settings(cfg).items()}}
+
+    mine, theirs = keys(saved), keys(given)
+    # threads 0 leaves the count to the run, which recorded the one it took
+    differ = [k for k, v in theirs.items() if mine.get(k) != v and not (k == "threads" and v == 0)]
+    if differ:
+        k = differ[0]
+        raise DsnasError(f"{out} holds a run started with {k}={mine.get(k)!r}, this command line gives "
+                         f"{k}={theirs[k]!r}; rerun the run's own command line to resume it, or choose another --out")
 
 
 def cmd_eval(args) -> int:
@@ -370,16 +413,17 @@ def cmd_latency(args) -> int:
     from .config import load_config
     from .data import load_data
     from .latency import measure_latency, save_latency
+    from .plan import check_run, space_settings
     from . import spaces
 
     _check_outputs([args.out], args.force)
-    cfg = load_config(args.config, args.set)
+    cfg = check_run(load_config(args.config, args.set))
     shape = (args.num_classes, args.in_channels, args.input_size or cfg.input_size or None)
     if None in shape:  # the data gives what the flags leave out; a target device need not hold it
         data = load_data(args.data or cfg.data, shape[2])
         shape = tuple(given or found for given, found in zip(shape, (data.num_classes, data.in_channels,
                                                                      data.input_size)))
-    space = spaces.build(cfg.space, cfg.space_settings(*shape), init="torch", max_model_gb=cfg.max_model_gb)
+    space = spaces.build(cfg.space, space_settings(cfg, *shape), init="torch", max_model_gb=cfg.max_model_gb)
     bar = tqdm(desc=f"timing {space.num_blocks} blocks, rounds", disable=args.quiet or None)
 
     def progress(done: int, total: int) -> None:
@@ -502,6 +546,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="architecture file (dsnas arch.yaml or MMRazor subnet YAML), or a "
                    "NAS-Bench-201 string '|op~0|+|op~0|op~1|+|op~0|op~1|op~2|'")
     p.add_argument("--space", help="the space to describe (default shufflenet; an --arch names its own)")
+    p.add_argument("--spaces", action="store_true", help="list every space, with installed packages' (entry point "
+                   "group dsnas.spaces), one line each")
     _settings_args(p)
     _model_limit_arg(p)
     p.add_argument("--latency", metavar="FILE", help="latency table (dsnas latency): add the predicted latency")

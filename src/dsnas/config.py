@@ -1,14 +1,18 @@
-"""Run configuration: one flat dataclass, YAML files under configs/, ``--set key=value`` overrides.
+"""Run configuration: one dataclass, YAML files under configs/, ``--set key=value`` overrides.
 
-Every key is typed; unknown keys, wrong types and out-of-range values are one-line errors.
+Every key is typed; unknown keys, wrong types and out-of-range values are one-line errors. The
+search space's own settings sit under its name (``space: {name: nb201, channels: 8}``,
+``--set space.channels=8``) and are the space's to check (`dsnas.plan.check_run`), so this
+module knows no space, method or tensor: it imports neither PyTorch nor the rest of dsnas.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
 
@@ -16,11 +20,14 @@ import yaml
 
 from .errors import DsnasError, quote
 from .files import parse_yaml, read_yaml
-from .images import DECODERS
-from .methods import get_method
-from .search import CREDITS
-from .spaces import DATA_SETTINGS, DEFAULT_SPACE, MAX_MODEL_GB, SPACES, space_class
-from .spaces.shufflenet import INIT_SCHEMES, SETTING_MAX
+
+DEFAULT_SPACE = "shufflenet"  # the space of a file that names none (an MMRazor subnet, a run before spaces)
+MAX_MODEL_GB = 2.0   # default limit on a network's memory for one image (`spaces.Footprint.gigabytes`)
+# Space settings that files held at the top level before they moved under ``space``, with the value
+# such a file wrote when the user left them alone: they still load (`resolve_flat_keys`).
+FLAT_SPACE_KEYS = {"width": 1.0, "design": "mmrazor", "bn_affine": True, "bn_eps": 0.01, "dropout": 0.0,
+                   "channels": 16, "cells_per_stage": 5, "ops": ""}
+CREDITS = ("gate", "loss")  # what rewards the sampled op: the paper's dL/dZ, or the step's loss (score function)
 
 
 def _need(cond: bool, msg: str) -> None:
@@ -39,17 +46,13 @@ class Config:
     jpeg_decode: str = "workers"       # streamed JPEGs: decoded by PIL in the workers, or on the run's device (nvJPEG)
     augment: bool = True               # in-memory data: padded random crop (2 px) and horizontal flip
     # space and method
-    space: str = DEFAULT_SPACE         # the search space (spaces.SPACES); the data sets its classes, channels, size
-    width: float = 1.0                 # channel width multiplier of the ShuffleNet space
-    design: str = "mmrazor"            # ShuffleNet block design: mmrazor | official (Megvii SPOS, DSNAS authors)
-    bn_affine: bool = True             # BN with weight and bias (nb201: the cells' BN only)
-    bn_eps: float = 0.01               # ShuffleNet: eps of every BN
-    dropout: float = 0.0               # ShuffleNet: dropout before the classifier
-    channels: int = 16                 # nb201 space: C, the first stage's channels (then 2C, 4C)
-    cells_per_stage: int = 5           # nb201 space: N, cells in each of its three stages
-    ops: str = ""                      # nb201 space: every edge's candidates, comma-separated ("": a search takes
-                                       # the space's choice, without none; a file that names none, all five)
-    init: str = "aligned"              # aligned (a block's candidates start as one function) | kaiming | torch
+    space: str = DEFAULT_SPACE         # the search space, by name; the data sets its classes, channels, size
+    space_settings: dict = field(default_factory=dict)  # the space's other settings given (space.KEY=VALUE);
+                                       # those left out take the space's defaults, or its search_settings
+    flat_space_settings: dict = field(default_factory=dict, repr=False)  # FLAT_SPACE_KEYS an older file gave at
+                                       # the top level: `plan.check_run` keeps those of the run's space
+    init: str = "aligned"              # how the supernet starts: one of its space's init_schemes (ShuffleNet:
+                                       # aligned, a block's candidates start as one function; kaiming; torch)
     init_from: str = ""                # start the supernet from this folder's weights instead (dsnas import
                                        # of a published supernet, or a dsnas run); warm-up may then be 0
     method: str = "dsnas"              # dsnas | spos | random (baselines) | fixed (train `arch` from scratch)
@@ -109,7 +112,7 @@ class Config:
     def _check_ranges(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if _kind(f.name)[0] in (int, float) and value is not None:  # every number has a range: RANGES
+            if _kind(_HINTS[f.name])[0] in (int, float) and value is not None:  # every number has a range: RANGES
                 r = RANGES[f.name]
                 _need(value in r, f"{f.name} must be {r}, got {value}")
         _need(self.warmup_epochs <= self.search_epochs,
@@ -120,13 +123,10 @@ class Config:
               f"lr_warmup_epochs ({self.lr_warmup_epochs}) must be <= epochs ({self.epochs})")
 
     def _check_choices(self) -> None:
+        """The choices this module owns; the method, space, init, credit and decoder names are
+        checked by the modules that define them (`dsnas.plan.check_run`)."""
         _need(self.device in ("auto", "cpu", "cuda") or self.device.startswith("cuda:"),
               f"device must be auto, cpu or cuda[:N], got {quote(self.device)}")
-        _need(self.space in SPACES, f"space must be one of {', '.join(SPACES)}, got {quote(self.space)}")
-        get_method(self.method).check(self)
-        _need(self.init in INIT_SCHEMES, f"init must be one of {', '.join(INIT_SCHEMES)}, got {quote(self.init)}")
-        _need(self.jpeg_decode in DECODERS,
-              f"jpeg_decode must be one of {', '.join(DECODERS)}, got {quote(self.jpeg_decode)}")
         _need(self.amp in ("auto", "off", "bf16", "fp16"), f"amp must be auto, off, bf16 or fp16, got {quote(self.amp)}")
         _need(self.cost in COSTS, f"cost must be one of {', '.join(COSTS)}, got {quote(self.cost)}")
         _need(self.credit in ("auto", *CREDITS), f"credit must be auto, {', '.join(CREDITS)}, got {quote(self.credit)}")
@@ -144,27 +144,11 @@ class Config:
         return getattr(self, COSTS[self.cost][1]) or None
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def space_settings(self, num_classes: int, in_channels: int, input_size: int) -> dict:
-        """The settings of this run's space: the data's shape, and every other setting of the
-        space that this config holds a key for (``width``; ``channels``, ``cells_per_stage``)."""
-        cls = space_class(self.space)
-        keys = {f.name for f in fields(cls.Settings)} - set(DATA_SETTINGS)
-        left = cls.search_settings if get_method(self.method).searches else {}  # "": the space's choice
-        values = {k: getattr(self, k) if getattr(self, k) != "" else left.get(k, "") for k in keys if k in _HINTS}
-        return {"num_classes": num_classes, "in_channels": in_channels, "input_size": input_size,
-                **{k: v for k, v in sorted(values.items()) if v != ""}}
-
-    def search_rules(self, space) -> dict:
-        """The `DSNAS` credit and never_pick of this run, with ``auto`` resolved by the space (its
-        never_pick names that are among the built candidates)."""
-        if self.never_pick == "auto":
-            present = {n for c in space.choices for n in c.names}
-            never = [n for n in space.never_pick.split(",") if n in present]
-        else:
-            never = [n.strip() for n in self.never_pick.split(",") if n.strip()]
-        return {"credit": space.credit if self.credit == "auto" else self.credit, "never_pick": never}
+        """The configuration as files hold it: the space's settings under ``space``."""
+        out = dataclasses.asdict(self)
+        flat, given = out.pop("flat_space_settings"), out.pop("space_settings")
+        out = {k: ({"name": v, **given} if k == "space" else v) for k, v in out.items()}
+        return {**out, **{k: v for k, v in flat.items() if v is not SPACE_DEFAULT}}
 
 
 @dataclass(frozen=True)
@@ -197,15 +181,13 @@ EPOCHS = Range(0, 100_000)
 FRACTION = Range(0, 1, open_high=True)
 MODEL_GB = Range(0, 1e6, open_low=True)  # max_model_gb; also the range of the --max-model-gb flag
 RANGES = {  # every int and float key of Config (a key missing here fails every validate)
-    "input_size": Range(0, SETTING_MAX["input_size"]), "train_limit": COUNT, "test_limit": COUNT,
-    "workers": Range(0, 128), "width": Range(0, SETTING_MAX["width"], open_low=True),
+    "input_size": Range(0, 4096), "train_limit": COUNT, "test_limit": COUNT, "workers": Range(0, 128),
     "epochs": Range(1, EPOCHS.high), "warmup_epochs": EPOCHS, "search_epochs": EPOCHS,
     "batch_size": Range(1, 1 << 20), "lr": Range(0, 100, open_low=True), "lr_warmup_epochs": EPOCHS,
     "momentum": FRACTION, "weight_decay": Range(0, 1), "label_smoothing": FRACTION,
     "arch_lr": Range(0, 10), "arch_beta1": FRACTION, "arch_beta2": FRACTION, "early_fix": Range(0, 1, open_low=True),
     "budget_mflops": Range(0, 1e9), "budget_params_m": Range(0, 1e6), "budget_ms": Range(0, 1e7),
-    "penalty": Range(0, 1e4), "bn_eps": Range(0, 1, open_low=True), "dropout": FRACTION,
-    "channels": Range(1, 4096), "cells_per_stage": Range(1, 1000),
+    "penalty": Range(0, 1e4),
     "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
     "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
     "threads": Range(0, 1024),
@@ -214,17 +196,20 @@ RANGES = {  # every int and float key of Config (a key missing here fails every 
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),
          "latency": ("latency_ms", "budget_ms")}  # cost -> (cost-table metric, budget key)
 _HINTS = typing.get_type_hints(Config)
+_KEYS = set(_HINTS) - {"space_settings", "flat_space_settings"}  # what files and --set name
+SPACE_DEFAULT = object()  # a flat space setting an older run file left out: the space's default, not a search's
 
 
-def _kind(key: str) -> tuple[type, bool]:
-    """The type of config key ``key``, and whether it may be None (``int | None``)."""
-    hint = _HINTS[key]
+def _kind(hint) -> tuple[type, bool]:
+    """The type a hint names, and whether it may be None (``int | None``)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     return (args[0] if args else hint), type(None) in typing.get_args(hint)
 
 
-def _coerce(key: str, value):
-    kind, optional = _kind(key)
+def coerce(key: str, hint, value, where: str = "config"):
+    """``value`` as the type ``hint`` names (YAML and the command line give ints for floats, strings
+    for numbers such as '1e-3'), else a one-line error naming ``key``."""
+    kind, optional = _kind(hint)
     if value is None and optional:
         return None
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -235,25 +220,65 @@ def _coerce(key: str, value):
         except ValueError:
             pass
     if kind is float and isinstance(value, float) and not math.isfinite(value):
-        raise DsnasError(f"config: {key} must be a finite number, got {quote(value)}")
+        raise DsnasError(f"{where}: {key} must be a finite number, got {quote(value)}")
     if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise DsnasError(f"config: {key} must be {kind.__name__}, got {quote(value)}")
+        raise DsnasError(f"{where}: {key} must be {kind.__name__}, got {quote(value)}")
     return value
 
 
 def apply(cfg: Config, updates: dict, source: str) -> Config:
+    """``updates`` (a file's mapping, or --set items) applied to ``cfg`` in order: a later value
+    wins, also between a flat space key and its ``space.KEY`` form."""
     if not isinstance(updates, dict):
         raise DsnasError(f"{source}: expected a mapping of config keys")
-    known = set(_HINTS)
     for key, value in updates.items():
-        if key not in known:
-            close = [k for k in known if k.split("_")[0] == str(key).split("_")[0]]
-            hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+        key = str(key)
+        if key == "space":
+            _apply_space(cfg, value, source)
+        elif key.startswith("space."):
+            _set_space_setting(cfg, key[len("space."):], value, source)
+        elif key in FLAT_SPACE_KEYS:
+            cfg.space_settings.pop(key, None)
+            cfg.flat_space_settings[key] = value
+        elif key in _KEYS:
+            setattr(cfg, key, coerce(key, _HINTS[key], value))
+        else:
+            close = {k for k in _KEYS if k.split("_")[0] == key.split("_")[0]}
+            close |= set(difflib.get_close_matches(key, _KEYS, n=3, cutoff=0.8))
+            hint = (f" (did you mean {', '.join(sorted(close))}?)" if close
+                    else " (a setting of the space goes under it: space.KEY)")
             raise DsnasError(f"{source}: unknown config key {quote(key)}{hint}")
-        setattr(cfg, key, _coerce(key, value))
     return cfg
+
+
+def _apply_space(cfg: Config, value, source: str) -> None:
+    """``space: NAME`` or ``space: {name: NAME, KEY: VALUE, ...}``; naming another space than the
+    one before drops the settings given for that one."""
+    if isinstance(value, dict):
+        settings = dict(value)
+        if "name" in settings:
+            _apply_space(cfg, settings.pop("name"), source)
+        for key, setting in settings.items():
+            _set_space_setting(cfg, str(key), setting, source)
+        return
+    if not isinstance(value, str) or not value:
+        raise DsnasError(f"{source}: space must be a space name, or a mapping of name and the space's settings, "
+                         f"got {quote(value)}")
+    if value != cfg.space:
+        cfg.space, cfg.space_settings = value, {}
+
+
+def _set_space_setting(cfg: Config, key: str, value, source: str) -> None:
+    if not key or "." in key or key == "name":
+        raise DsnasError(f"{source}: space.{key} names no space setting")
+    if not (value is None or isinstance(value, (str, bool, int, float))):
+        raise DsnasError(f"{source}: space.{key} must be a number, a string, true or false, got {quote(value)}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise DsnasError(f"{source}: space.{key} must be a finite number, got {quote(value)}")
+    cfg.flat_space_settings.pop(key, None)
+    cfg.space_settings[key] = value
 
 
 def builtin_configs() -> dict[str, Path]:
@@ -264,7 +289,8 @@ def builtin_configs() -> dict[str, Path]:
 
 def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
     """Defaults <- preset or YAML file (``config``: a path or a preset name) <- the file's section
-    for the run's space (``spaces: {nb201: {...}}``) <- ``key=value`` overrides."""
+    for the run's space (``spaces: {nb201: {...}}``) <- ``key=value`` overrides. The space a
+    --set names is chosen first, so that the file's section for it applies."""
     cfg = Config()
     name = config or "demo"
     presets = builtin_configs()
@@ -274,11 +300,12 @@ def load_config(config: str | None = None, overrides: list[str] = ()) -> Config:
     if data is not None:
         apply(cfg, data, f"config file {path}")
     updates = _parse_overrides(overrides)
-    space = str(updates.get("space", cfg.space))
+    if isinstance(updates.get("space"), str):
+        apply(cfg, {"space": updates["space"]}, "--set")
     if by_space is not None:
         if not isinstance(by_space, dict) or not all(isinstance(v, dict) for v in by_space.values()):
             raise DsnasError(f"config file {path}: spaces must map space names to mappings of config keys")
-        apply(cfg, by_space.get(space, {}), f"config file {path}, spaces.{space}")
+        apply(cfg, by_space.get(cfg.space, {}), f"config file {path}, spaces.{cfg.space}")
     apply(cfg, updates, "--set")
     return cfg.validate()
 
@@ -294,7 +321,7 @@ def _parse_overrides(overrides: list[str]) -> dict:
             value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError:
             value = text
-        if key.strip() in _HINTS and _kind(key.strip())[0] is str:
+        if key.strip() in _KEYS and _kind(_HINTS[key.strip()])[0] is str:
             value = text
         updates.pop(key.strip(), None)
         updates[key.strip()] = value
@@ -310,12 +337,12 @@ def load_run_config(run_dir: str | Path) -> Config:
     saved.pop("world_size", None)
     for key, value in _BEFORE_THE_KEY.items():  # a run saved before a key existed continues as it ran
         saved.setdefault(key, value)
-    space = saved.get("space", DEFAULT_SPACE)
-    if space in SPACES:  # and a space setting it did not name: the setting's default, as its checkpoint
-        for key, value in SPACES[space].Settings().as_dict().items():
-            if key in _HINTS and key not in DATA_SETTINGS:
-                saved.setdefault(key, value)
-    return apply(Config(), saved, str(path)).validate()
+    cfg = apply(Config(), saved, str(path))
+    if not isinstance(saved.get("space", DEFAULT_SPACE), dict):  # settings at the top level: one they left
+        for key in FLAT_SPACE_KEYS:                               # out takes the space's default, as it did
+            if key not in saved:
+                cfg.flat_space_settings[key] = SPACE_DEFAULT
+    return cfg.validate()
 
 
 def run_world_size(run_dir: str | Path) -> int | None:

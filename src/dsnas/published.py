@@ -6,7 +6,7 @@ convention), ``child.safetensors`` and, for a supernet, ``supernet.safetensors``
 the file has it). Every tensor of the network must be found with the right shape, and every
 key left over must be one the format explains; anything else is a one-line error naming the key.
 
-Layouts (DESIGN.md section 10): ``dsnas-supernet`` (``features.<block>.<op>.…`` for all four
+Layouts, as the DSNAS and SPOS authors' code and MMRazor write them: ``dsnas-supernet`` (``features.<block>.<op>.…`` for all four
 ops, plus ``log_alpha``), ``dsnas-child`` (one op per block, its index kept in the key),
 ``spos-supernet`` (all four ops, BN without affine; the architecture comes from ``--arch``),
 ``spos-child`` (``features.<block>.…``: the op is read from the shapes) and ``mmrazor`` (a

@@ -4,14 +4,13 @@ of each stage, and the check that every rank holds the same architecture state."
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from .config import Config
 from .errors import DsnasError, quote
-from .search import DSNAS
 
 
 # fp32 on CUDA means IEEE fp32. cuDNN runs fp32 convolutions in TF32 by default (a 10-bit mantissa,
@@ -62,23 +61,24 @@ def launch_env(env=os.environ) -> tuple[int, int, int]:
     return world, rank, local_rank
 
 
-def setup_runtime(cfg: Config) -> Runtime:
-    """Join the torchrun process group when launched by torchrun; pick device and precision."""
+def setup_runtime(device: str = "auto", amp: str = "auto", deterministic: bool = False) -> Runtime:
+    """Join the torchrun process group when launched by torchrun; pick the device (``auto``,
+    ``cpu``, ``cuda`` or ``cuda:N``) and the autocast precision (a config's ``amp``)."""
     world, rank, local_rank = launch_env()
-    want_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
-        raise DsnasError(f"device {cfg.device!r} requested but CUDA is not available")
-    if cfg.deterministic:
+        raise DsnasError(f"device {device!r} requested but CUDA is not available")
+    if deterministic:
         use_deterministic_algorithms()
     if want_cuda:
-        device = torch.device(cfg.device if ":" in cfg.device else f"cuda:{local_rank}")
+        device = torch.device(device if ":" in device else f"cuda:{local_rank}")
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=_attempt_store(rank, world),
                                 rank=rank, world_size=world)
-    return Runtime(rank, world, device, autocast_dtype(cfg.amp, device), set_tf32(device))
+    return Runtime(rank, world, device, autocast_dtype(amp, device), set_tf32(device))
 
 
 def _attempt_store(rank: int, world: int):
@@ -122,29 +122,31 @@ def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     return {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
 
 
-def precision_label(amp: str, dtype: torch.dtype | None, stages: tuple[str, ...], tf32: bool = False) -> str:
-    """How a run through ``stages`` computes, for the log and metrics.json: ``fp32``, ``bf16``,
-    ``fp16 (scaled)``, or ``bf16, search stage fp32`` under ``amp: auto``; ``tf32`` in place of
-    fp32 when that runs in TF32."""
+def precision_label(amp: str, dtype: torch.dtype | None, stages: tuple, tf32: bool = False) -> str:
+    """How a run through ``stages`` (`methods.Stage`) computes, for the log and metrics.json:
+    ``fp32``, ``bf16``, ``fp16 (scaled)``, or ``bf16, search stage fp32`` under ``amp: auto``;
+    ``tf32`` in place of fp32 when that runs in TF32."""
     full = "tf32" if tf32 else "fp32"
     name = {torch.bfloat16: "bf16", torch.float16: "fp16 (scaled)"}.get(dtype, full)
-    if dtype is not None and "search" in stages and stage_autocast(amp, dtype, "search") is None:
-        name += f", search stage {full}"
+    for stage in stages:
+        if dtype is not None and stage_autocast(amp, dtype, stage.full_precision) is None:
+            name += f", {stage.name} stage {full}"
     return name
 
 
-def stage_autocast(amp: str, dtype: torch.dtype | None, stage: str) -> torch.dtype | None:
+def stage_autocast(amp: str, dtype: torch.dtype | None, full_precision: bool) -> torch.dtype | None:
     """The autocast dtype of a training step. Under ``amp: auto`` the search stage runs in fp32:
     a gate's reward <dL/dy, y> is a small difference of large sums (cancellation of 1e2-1e4 on
     ShuffleNet blocks), and with bf16 activations its error is as large as its spread over
     batches and paths (benchmarks/reward_precision.py). An explicit ``bf16``/``fp16`` is kept."""
-    return None if amp == "auto" and stage == "search" else dtype
+    return None if amp == "auto" and full_precision else dtype
 
 
-def check_consistent(search: DSNAS, epoch: int) -> None:
-    """All ranks must hold bitwise the same alpha and fixed set; abort with a clear error if not."""
-    alpha = torch.cat([a.detach().flatten().float() for a in search.alphas])
-    fixed = torch.tensor([-1 if f is None else f for f in search.fixed()], dtype=torch.float32, device=alpha.device)
+def check_consistent(alphas: list[torch.Tensor], fixed: list[int | None], epoch: int) -> None:
+    """All ranks must hold bitwise the same alpha and fixed set (a search's ``alphas`` and
+    ``fixed()``); abort with a clear error if not."""
+    alpha = torch.cat([a.detach().flatten().float() for a in alphas])
+    fixed = torch.tensor([-1 if f is None else f for f in fixed], dtype=torch.float32, device=alpha.device)
     mine = torch.cat([alpha, fixed])
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
@@ -188,10 +190,17 @@ def check_same_on_every_rank(value: int, rt: Runtime, what: str) -> None:
 
 def wrap_ddp(model: torch.nn.Module, rt: Runtime, find_unused: bool) -> torch.nn.Module:
     """``model`` under DistributedDataParallel. Buffers are not broadcast: each rank keeps its own
-    BN statistics until they are averaged at the epoch's end (`evaluate.sync_bn_stats`)."""
-    return torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
-        find_unused_parameters=find_unused, broadcast_buffers=False)
+    BN statistics until they are averaged at the epoch's end (`evaluate.sync_bn_stats`).
+
+    torch 2.13 deprecates ``broadcast_buffers`` for ``forward_sync_buffers``, but the new flag
+    still copies rank 0's buffers into every rank when the wrapper is built, which would
+    overwrite the per-rank statistics a resumed run restores; only ``broadcast_buffers=False``
+    skips that copy (and torch 2.11 has no other flag), so it stays, without its warning."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"`broadcast_buffers` is deprecated", FutureWarning)
+        return torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None,
+            find_unused_parameters=find_unused, broadcast_buffers=False)
 
 
 def mean_over_ranks(value: float, rt: Runtime) -> float:

@@ -19,6 +19,7 @@ import torch.distributed as dist
 from torch import nn
 
 from .choice import Choice, labelled_choices
+from .config import CREDITS
 
 
 def dsnas_alpha_grad(alpha: torch.Tensor, sampled: int, reward: torch.Tensor) -> torch.Tensor:
@@ -34,7 +35,6 @@ def dsnas_alpha_grad(alpha: torch.Tensor, sampled: int, reward: torch.Tensor) ->
     return ((onehot - p) * reward.float()).to(alpha.dtype)
 
 
-CREDITS = ("gate", "loss")  # what rewards the sampled op: the paper's dL/dZ, or the step's loss
 STAT_COLUMNS = ("samples", "gate_sum", "gate_sq", "credit_sum", "credit_sq")  # per candidate, per epoch
 
 

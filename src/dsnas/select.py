@@ -131,16 +131,6 @@ def evolution_search(sizes: list[int], cost: Callable[[Arch], float], budget: fl
     return pool.order
 
 
-def select(method: str, sizes: list[int], cost: Callable[[Arch], float], budget: float | None,
-           score: Callable[[Arch], float], n: int, population: int, mutation_prob: float,
-           seed: int) -> list[Candidate]:
-    if method == "random":
-        return random_search(sizes, cost, budget, score, n, seed)
-    if method == "spos":
-        return evolution_search(sizes, cost, budget, score, n, population, mutation_prob, seed)
-    raise ValueError(f"unknown selection method {method!r}")
-
-
 def selection_summary(method: str, found: list[Candidate], held_out_images: int, wall_s: float,
                       metric: str = "mflops") -> dict:
     """What a ranking found, for ``metrics.json``; the best candidate's cost is ``best_<metric>``."""

@@ -1,13 +1,14 @@
 """The training loop: warm-up, search and finetune ("search-from-search") in one run, on CPU,
 one GPU or many (torchrun + DistributedDataParallel).
 
-`run_search` reads top to bottom: build the run (`prepare`), then for every epoch pick the
+`run_search` reads top to bottom: open the run (`open_run`), then for every epoch pick the
 network of its stage (`enter_stage`), train it (`train_epoch`), evaluate, record and checkpoint
 (`end_epoch`), and finally write the chosen child (`finish`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import signal
 import time
 from dataclasses import dataclass
@@ -20,14 +21,15 @@ from tqdm import tqdm
 
 from . import __version__
 from .arch import Architecture
-from .build import Run, prepare
 from .checkpoint import bn_buffers, run_payload, save_checkpoint
 from .config import Config
+from .data import Loader
 from .errors import DsnasError, Preempted
 from .files import PreemptionSignals
 from .evaluate import accuracy, recalibrate_bn, reset_bn_stats, sync_bn_stats
-from .methods import inherited
+from .methods import Stage, Switch
 from .report import alpha_rows, credit_rows
+from .run import Run, open_run, run_loader
 from .runtime import check_consistent, largest_over_ranks, mean_over_ranks, stage_autocast, wrap_ddp
 from .search import DSNAS
 
@@ -61,9 +63,6 @@ def train_step(net: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion, opti
     return loss.detach()
 
 
-CHILD_STAGES = ("finetune", "train")  # stages that train one fixed child
-
-
 # --- the run ------------------------------------------------------------------------------------
 @dataclass
 class RunResult:
@@ -76,49 +75,44 @@ class RunResult:
 def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet: bool = False) -> RunResult:
     """Run a DSNAS search (or a baseline, or a fixed architecture) with ``cfg``; files go to
     ``out`` (rank 0 writes them)."""
-    run = prepare(cfg, out, resume, quiet)
-    try:
-        with PreemptionSignals() as run.signals:  # SIGTERM, SIGUSR1: checkpoint the step reached, then stop
-            for epoch in range(run.state.epoch, cfg.epochs):
-                stage = run.method.stage(epoch, cfg)
-                start_step = run.state.step if epoch == run.state.epoch else 0
-                net = enter_stage(run, stage, epoch, start_step)
-                loss_sum, seen = train_epoch(run, net, stage, epoch, start_step)
-                end_epoch(run, stage, epoch, loss_sum, seen)
-                stop_if_preempted(run, epoch + 1, 0)
+    with open_run(cfg, out, resume, quiet) as run, PreemptionSignals() as run.signals:
+        for epoch in range(run.state.epoch, run.cfg.epochs):  # SIGTERM, SIGUSR1: checkpoint, then stop
+            stage = run.method.stage(epoch, run.cfg)
+            start_step = run.state.step if epoch == run.state.epoch else 0
+            net = enter_stage(run, stage, epoch, start_step)
+            loss_sum, seen = train_epoch(run, net, stage, epoch, start_step)
+            end_epoch(run, stage, epoch, loss_sum, seen)
+            stop_if_preempted(run, epoch + 1, 0)
         return finish(run)
-    finally:
-        if run.lock is not None:
-            run.lock.release()
 
 
-def enter_stage(run: Run, stage: str, epoch: int, start_step: int) -> nn.Module:
+def enter_stage(run: Run, stage: Stage, epoch: int, start_step: int) -> nn.Module:
     """The network this epoch trains: the supernet, or from the switch on the fixed child (BN
     statistics reset at the switch), wrapped in DDP and compiled when the run asks for it."""
     cfg, search = run.cfg, run.search
     model = run.space
-    if stage == "search" and start_step == 0:
+    if stage.learns_alpha and start_step == 0:
         search.early_fix()
-    if stage in CHILD_STAGES:
+    if stage.trains_child:
         if run.child is None:
             at_switch = epoch == run.method.switch_epoch(cfg) and start_step == 0
             if at_switch:
-                search.fix_all(run.method.choose(run))
+                search.fix_all(choose_child(run))
             run.child = run.space.child(search.derive(), share=True)
             if at_switch:
                 reset_bn_stats(run.child)
         model = run.child
     if run.rt.world > 1 and (run.ddp is None or run.ddp.module is not model):
-        run.ddp = wrap_ddp(model, run.rt, find_unused=stage not in CHILD_STAGES)
+        run.ddp = wrap_ddp(model, run.rt, find_unused=not stage.trains_child)
     net = run.ddp if run.rt.world > 1 else model
-    if cfg.compile and run.rt.device.type == "cuda" and stage in CHILD_STAGES:
+    if cfg.compile and run.rt.device.type == "cuda" and stage.trains_child:
         if run.compiled is None or run.compiled[0] is not net:  # compile the fixed child once
             run.compiled = (net, torch.compile(net))
         net = run.compiled[1]
     return net
 
 
-def train_epoch(run: Run, net: nn.Module, stage: str, epoch: int, start_step: int) -> tuple[torch.Tensor, int]:
+def train_epoch(run: Run, net: nn.Module, stage: Stage, epoch: int, start_step: int) -> tuple[torch.Tensor, int]:
     """Train one epoch from ``start_step``; returns the summed loss and the steps it covers.
     Checkpoints every ``checkpoint_every`` steps; stops at the first non-finite loss."""
     cfg, rt, search, state = run.cfg, run.rt, run.search, run.state
@@ -132,12 +126,12 @@ def train_epoch(run: Run, net: nn.Module, stage: str, epoch: int, start_step: in
     steps = len(run.train_loader)
     bar = tqdm(total=steps, initial=start_step, desc=f"epoch {epoch + 1}/{cfg.epochs} {stage}", leave=False,
                disable=None if run.log.enabled else True, dynamic_ncols=True)
-    arch_optimizer = run.arch_optimizer if stage == "search" else None
-    amp = stage_autocast(cfg.amp, rt.amp_dtype, stage)
+    arch_optimizer = run.arch_optimizer if stage.learns_alpha else None
+    amp = stage_autocast(cfg.amp, rt.amp_dtype, stage.full_precision)
     for step, (x, y) in enumerate(run.train_loader, start=start_step):
-        if stage not in CHILD_STAGES:
+        if stage.samples_path:
             try:
-                search.sample(gate=stage == "search")
+                search.sample(gate=stage.gates)
             except FloatingPointError:  # alpha took a non-finite step from a non-finite loss
                 _check_finite(first_bad, epoch, run.out)
                 raise DsnasError("the architecture logits became NaN or infinite; training stopped") from None
@@ -179,27 +173,27 @@ def _preempted(run: Run, signum: int, epoch: int, step: int) -> Preempted:
                      show=run.rt.main)
 
 
-def end_epoch(run: Run, stage: str, epoch: int, loss_sum: torch.Tensor, seen: int) -> None:
+def end_epoch(run: Run, stage: Stage, epoch: int, loss_sum: torch.Tensor, seen: int) -> None:
     """Evaluate the argmax child, record the epoch (history, alpha, log, TensorBoard) and checkpoint."""
     cfg, rt, search, state = run.cfg, run.rt, run.search, run.state
     if rt.world > 1:
-        check_consistent(search, epoch)
+        check_consistent(search.alphas, search.fixed(), epoch)
         sync_bn_stats(run.space)  # the evaluated, checkpointed and saved statistics are the same on every rank
     metrics, mflops = _evaluate_epoch(run, stage, epoch)
     train_loss = mean_over_ranks(float(loss_sum) / max(seen, 1), rt)
     fixed = sum(f is not None for f in search.fixed())
-    record = {"epoch": epoch + 1, "stage": stage, "train_loss": round(train_loss, 4),
+    record = {"epoch": epoch + 1, "stage": stage.name, "train_loss": round(train_loss, 4),
               "top1": _round(metrics["top1"]), "top5": _round(metrics["top5"]),
               "entropy": round(search.entropy(), 4), "fixed": fixed, "mflops": _round(mflops, 3),
               "lr": run.scheduler.get_last_lr()[0], "elapsed_s": round(time.time() - run.started, 1)}
     state.history.append(record)
-    state.alpha_rows += alpha_rows(search, epoch + 1, stage)
-    credit = credit_rows(search, search.take_credit_stats(), epoch + 1, stage)
+    state.alpha_rows += alpha_rows(search, epoch + 1, stage.name)
+    credit = credit_rows(search, search.take_credit_stats(), epoch + 1, stage.name)
     state.credit_rows += credit
-    shown = "(no child yet)" if stage == "supernet" else (
+    shown = "(no child yet)" if not stage.has_child else (
         f"top1 {metrics['top1']:5.2f}%  H(alpha) {record['entropy']:.3f}  fixed {fixed:2d}/"
         f"{len(search.choices)}  child {mflops:.2f} MFLOPs")
-    run.log.line(f"epoch {epoch + 1:3d}/{cfg.epochs} {stage:<8} loss {train_loss:.3f}  {shown}  "
+    run.log.line(f"epoch {epoch + 1:3d}/{cfg.epochs} {stage.name:<8} loss {train_loss:.3f}  {shown}  "
                  f"{record['elapsed_s']:.0f}s")
     run.log.scalars(epoch + 1, {"train/loss": train_loss, "eval/top1": metrics["top1"], "eval/top5": metrics["top5"],
                                 "alpha/entropy": record["entropy"], "alpha/fixed": fixed, "child/mflops": mflops,
@@ -212,14 +206,14 @@ def end_epoch(run: Run, stage: str, epoch: int, loss_sum: torch.Tensor, seen: in
         run.files.credit(state.credit_rows)
 
 
-def _evaluate_epoch(run: Run, stage: str, epoch: int) -> tuple[dict, float | None]:
+def _evaluate_epoch(run: Run, stage: Stage, epoch: int) -> tuple[dict, float | None]:
     """Test accuracy and MFLOPs of the argmax child (a supernet without alpha has none until
     the selection); during the search with BN statistics re-estimated for that child."""
-    if stage == "supernet":
+    if not stage.has_child:
         return {"top1": None, "top5": None}, None
     arch = run.search.derive()  # fixed blocks give their fixed op
     child = run.child if run.child is not None else run.space.child(arch, share=True)
-    if stage not in CHILD_STAGES and run.cfg.eval_bn_recalibrate:
+    if not stage.trains_child and run.cfg.eval_bn_recalibrate:
         run.train_loader.set_epoch(epoch)
         recalibrate_bn(child, run.train_loader, run.cfg.eval_bn_recalibrate // run.rt.world)
     return accuracy(child, run.test_loader, run.rt.amp_dtype), run.costs.total(arch)
@@ -242,7 +236,7 @@ def checkpoint(run: Run, epoch: int, step: int) -> None:
 def finish(run: Run) -> RunResult:
     """The chosen child, its metrics and the run's files."""
     cfg, rt, search, state, table = run.cfg, run.rt, run.search, run.state, run.costs
-    arch_idx = search.derive() if None not in search.fixed() else run.method.choose(run)  # no finetune: choose now
+    arch_idx = search.derive() if None not in search.fixed() else choose_child(run)  # no finetune: choose now
     result = dict(state.history[-1]) if state.history else {}
     if state.history and result["top1"] is None:  # ended on a supernet: the chosen child, inherited
         m = inherited(run, arch_idx, run.test_loader, cfg.epochs)
@@ -266,10 +260,34 @@ def finish(run: Run) -> RunResult:
                           state.credit_rows if run.method.learns_alpha else None)
         run.log.line(f"done in {metrics['wall_s']:.0f}s: child top1 {metrics['top1']}%  top5 {metrics['top5']}%  "
                      f"{costs['mflops']:.2f} MFLOPs  {costs['params_m']:.3f} M params -> {run.out}")
-    run.log.close()
     if rt.world > 1:
         dist.barrier()
     return RunResult(metrics, run.out, run.space, search)
+
+
+def choose_child(run: Run) -> list[int]:
+    """The method's choice at the switch, and what a ranking found recorded (metrics, candidates.csv, log)."""
+    cfg, score, held_images = run.cfg, None, 0
+    if run.method.holds_out:
+        held = run_loader(cfg, run.rt, run.held, "test", train=False)
+        score, held_images = functools.partial(inherited, run, loader=held, epoch=cfg.search_epochs), len(run.held.test)
+    switch = Switch(run.search, cfg, functools.partial(run.costs.total, metric=cfg.cost_metric), run.given, score,
+                    held_images, progress=run.log.enabled)
+    chosen = run.method.choose(switch)
+    if chosen.summary is not None:
+        run.state.selection = chosen.summary
+        run.files.candidates(chosen.found, [c.names for c in run.search.choices], chosen.losses, cfg.cost_metric)
+    if chosen.line:
+        run.log.line(chosen.line)
+    return chosen.choices
+
+
+def inherited(run: Run, arch: list[int], loader: Loader, epoch: int) -> dict:
+    """Accuracy of ``arch`` with the supernet's weights, BN re-estimated on the training images of ``epoch``."""
+    candidate = run.space.child(list(arch), share=True)
+    run.train_loader.set_epoch(epoch)
+    recalibrate_bn(candidate, run.train_loader, max(1, run.cfg.eval_bn_recalibrate // run.rt.world))
+    return accuracy(candidate, loader, run.rt.amp_dtype)
 
 
 def _round(value, digits: int = 2):

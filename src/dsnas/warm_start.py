@@ -21,12 +21,11 @@ from .checkpoint import LAST, PREV, checkpoint_limits, load_checkpoint
 from .errors import DsnasError, quote
 from .export import load_checked
 from .files import check_readable
-from .spaces import settings_of
+from .spaces import DATA_SETTINGS, settings_of
 
 # Settings that change no weight: a supernet trained at 224 px searches at another size, and
 # dropout acts in training only. Every other setting (design, BN, width, classes) must match.
 FREE_SETTINGS = ("input_size", "dropout")
-CONFIG_KEYS = ("design", "bn_affine", "bn_eps", "width", "channels", "cells_per_stage", "ops")  # set with --set
 
 
 @dataclasses.dataclass
@@ -90,7 +89,7 @@ def check_fits(source: Source, space: torch.nn.Module, folder) -> None:
     if differ:
         theirs = ", ".join(f"{k} {quote(source.settings.get(k))}" for k in differ)
         ours = ", ".join(f"{k} {quote(mine[k])}" for k in differ)
-        hint = " ".join(f"--set {k}={_yaml(source.settings[k])}" for k in differ if k in CONFIG_KEYS)
+        hint = " ".join(f"--set space.{k}={_yaml(source.settings[k])}" for k in differ if k not in DATA_SETTINGS)
         raise DsnasError(f"init_from {folder}: its supernet has {theirs}; this run has {ours}"
                          + (f" (start the run with {hint})" if hint else " (from the run's data)"))
 

@@ -3,13 +3,12 @@ the ShuffleNetV2 space of DSNAS and SPOS, the NAS-Bench-201 cell space, and the 
 they yield."""
 
 from .registry import (DATA_SETTINGS, MAX_MODEL_GB, SPACES, Footprint, SpaceMixin, build, build_child, register_space,
-                       settings_of, space_class)
+                       settings_of, space_class, space_names)
 from . import shufflenet  # noqa: E402  (registers the space)
 from . import nb201  # noqa: E402,F401  (registers the space)
-from .shufflenet import INIT_SCHEMES, OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
+from .shufflenet import OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
+from ..config import DEFAULT_SPACE  # what a file that names no space (an MMRazor subnet) is read in
 
-DEFAULT_SPACE = ShuffleNetSpace.name  # what a file that names no space (an MMRazor subnet) is read in
-
-__all__ = ["DATA_SETTINGS", "DEFAULT_SPACE", "Footprint", "INIT_SCHEMES", "MAX_MODEL_GB", "OPS", "SPACES",
+__all__ = ["DATA_SETTINGS", "DEFAULT_SPACE", "Footprint", "MAX_MODEL_GB", "OPS", "SPACES",
            "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace", "SpaceMixin", "build", "build_child",
-           "init_weights", "register_space", "settings_of", "space_class"]
+           "init_weights", "register_space", "settings_of", "space_class", "space_names"]

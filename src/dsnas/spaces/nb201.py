@@ -322,6 +322,7 @@ class NB201Space(SpaceMixin, _CellNet):
 
     Settings = NB201Settings
     ops = OPS
+    init_schemes = INIT_SCHEMES
     # A search's defaults here (config ``credit: auto``, ``never_pick: auto``, ``ops`` left empty): the
     # paper's gate credit collapses this space onto parameter-free cells (README, "A cell space:
     # NAS-Bench-201"; BENCHMARKS `nb201_remedies`), so the sampled op is rewarded by the step's loss and

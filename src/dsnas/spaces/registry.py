@@ -28,12 +28,14 @@ and one import line in ``spaces/__init__.py``.
 
 from __future__ import annotations
 
+import importlib.metadata
 from dataclasses import dataclass
 from functools import cached_property
 
 import torch
 
 from ..choice import labelled_choices
+from ..config import MAX_MODEL_GB
 from ..errors import DsnasError, quote
 
 SPACES: dict[str, type] = {}
@@ -41,7 +43,6 @@ DATA_SETTINGS = ("num_classes", "in_channels", "input_size")  # what a dataset f
 
 # Settings that are each in range can still describe a network of hundreds of gigabytes (100,000
 # classes x 8 times the width x 4096 px): `check_footprint` bounds the product, from the settings alone.
-MAX_MODEL_GB = 2.0   # default limit on `Footprint.gigabytes`; a config's max_model_gb, a flag's --max-model-gb
 BYTES_PER_ELEMENT = 4  # float32, the dtype every network is built in
 
 
@@ -56,7 +57,39 @@ def register_space(name: str):
     return register
 
 
+ENTRY_POINTS = "dsnas.spaces"  # the group through which an installed package adds its spaces
+_installed_loaded = False
+
+
+def load_installed_spaces() -> None:
+    """Import the spaces of installed packages, once: each entry point of group ``dsnas.spaces``
+    names a space and the object whose import registers it (``tiny = tiny_space:TinySpace``). A
+    package that fails to import, or registers no space of that name, is a one-line error."""
+    global _installed_loaded
+    if _installed_loaded:
+        return
+    _installed_loaded = True
+    for entry in importlib.metadata.entry_points(group=ENTRY_POINTS):
+        if entry.name in SPACES:
+            continue
+        where = f"the {entry.name} space of {entry.dist.name if entry.dist else 'an installed package'} ({entry.value})"
+        try:
+            entry.load()
+        except Exception as e:  # a broken package must not take the command down with a traceback
+            raise DsnasError(f"{where} cannot be imported: {type(e).__name__}: {e}") from None
+        if entry.name not in SPACES:
+            raise DsnasError(f"{where} registers no space named {entry.name!r} (register_space({entry.name!r}))")
+
+
+def space_names() -> list[str]:
+    """Every space dsnas can build: its own and the installed packages'."""
+    load_installed_spaces()
+    return list(SPACES)
+
+
 def space_class(name: str) -> type:
+    if name not in SPACES:
+        load_installed_spaces()
     if name not in SPACES:
         raise DsnasError(f"unknown space {name!r} (known: {', '.join(SPACES)})")
     return SPACES[name]
@@ -156,6 +189,7 @@ class SpaceMixin:
 
     name: str
     settings: object
+    init_schemes: tuple = ("torch",)  # the ``init`` values `from_settings` takes (a config's init)
     credit = "gate"   # the `DSNAS` credit that config ``credit: auto`` gives this space: the paper's
     never_pick = ""   # candidates its derivation never chooses under ``never_pick: auto`` (where present)
     search_settings: dict = {}  # settings a search takes where its config leaves them empty; files

@@ -407,6 +407,7 @@ class ShuffleNetSpace(SpaceMixin, _ShuffleNet):
 
     Settings = ShuffleNetSettings
     ops = OPS
+    init_schemes = INIT_SCHEMES
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
                  width: float = 1.0, small_input: bool | None = None, init: str = "aligned", **design):

@@ -1,13 +1,17 @@
 """Everything a run builds before its first step: runtime, data, supernet, search, optimizers
-and loaders (`Run`), either fresh or restored from the run's checkpoint."""
+and loaders (`Run`), either fresh or restored from the run's checkpoint. `open_run` builds it,
+after `plan.check_run` has checked the whole configuration, and owns the run folder's lock and
+the logger, which it releases whatever happens."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-from functools import partial
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -22,7 +26,8 @@ from .data import Data, Loader, Split, hold_out, load_data
 from .errors import DsnasError
 from .files import PreemptionSignals, RunLock
 from .latency import load_latency
-from .methods import Method, method_of
+from .methods import Method, get_method
+from .plan import check_run, search_rules, space_settings
 from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, check_same_on_every_rank, precision_label, set_threads, setup_runtime
 from .search import DSNAS
@@ -34,7 +39,7 @@ from . import spaces
 class Run:
     """Everything one run builds, and the network each stage trains."""
 
-    cfg: Config
+    cfg: Config                        # checked (`plan.check_run`)
     method: Method
     rt: Runtime
     data: Data
@@ -51,11 +56,11 @@ class Run:
     train_loader: Loader
     test_loader: Loader
     given: list[int] | None            # method fixed: the architecture to train
-    state: RunState
-    started: float
-    log: Logger | None = None
-    files: RunFiles | None = None      # what the run writes into its folder (rank 0)
-    lock: RunLock | None = None        # rank 0 holds the run folder's lock
+    state: RunState                    # where the run is, restored on resume
+    started: float                     # wall clock of the start, less the time before an interruption
+    log: Logger
+    files: RunFiles                    # what the run writes into its folder (rank 0)
+    # what the training loop sets as it goes
     child: nn.Module | None = None     # the fixed child, from the switch on
     ddp: nn.Module | None = None
     compiled: tuple | None = None      # (network, its torch.compile'd form)
@@ -67,25 +72,38 @@ class Run:
 
     @property
     def parts(self) -> dict:
-        return {"model": self.space, "search": self.search, "optimizer": self.optimizer,
-                "arch_optimizer": self.arch_optimizer, "scheduler": self.scheduler, "scaler": self.scaler}
+        return _parts(self.space, self.search, self.optimizer, self.arch_optimizer, self.scheduler, self.scaler)
 
 
-def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
-    """Runtime, data, supernet, optimizers and loaders; restored from the checkpoint on resume."""
+def _parts(model, search, optimizer, arch_optimizer, scheduler, scaler) -> dict:
+    """What a checkpoint saves and restores, by name (`checkpoint.STATEFUL`)."""
+    return {"model": model, "search": search, "optimizer": optimizer, "arch_optimizer": arch_optimizer,
+            "scheduler": scheduler, "scaler": scaler}
+
+
+@contextlib.contextmanager
+def open_run(cfg: Config, out: Path | None = None, resume: bool = False, quiet: bool = False) -> Iterator[Run]:
+    """The `Run` of ``cfg`` in ``out`` (a new folder under runs/ if None), restored from its
+    checkpoint on ``resume``. Rank 0 holds the folder's lock and the logger until the block ends,
+    however it ends."""
+    with contextlib.ExitStack() as held:
+        yield _prepare(check_run(cfg), out, resume, quiet, held)
+
+
+def _prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool, held: contextlib.ExitStack) -> Run:
     started = time.time()
-    rt = setup_runtime(cfg)
+    rt = setup_runtime(cfg.device, cfg.amp, cfg.deterministic)
     check_same_on_every_rank(int(resume), rt, "whether to resume")
     threads = set_threads(cfg.threads, rt)
-    method = method_of(cfg)
+    method = get_method(cfg.method)
     if out is not None and (rt.main or resume):  # refuse a used folder before the data is read
         check_run_dir(Path(out), resume)
         if resume and (Path(out) / "config.yaml").is_file():
             _check_world(Path(out), rt.world)
-    data, held = _run_data(cfg, method, rt)
+    data, held_out = _run_data(cfg, method, rt)
     out = Path(out) if out is not None else new_run_dir(data.name)
     torch.manual_seed(cfg.seed)
-    space = spaces.build(cfg.space, cfg.space_settings(data.num_classes, data.in_channels, data.input_size), cfg.init,
+    space = spaces.build(cfg.space, space_settings(cfg, data.num_classes, data.in_channels, data.input_size), cfg.init,
                          cfg.max_model_gb)
     started_from = None
     if cfg.init_from and not resume:  # on resume the checkpoint holds the weights the run has trained since
@@ -93,30 +111,43 @@ def prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool) -> Run:
     given = None if method.searches else _given_arch(cfg, space)
     costs = _cost_table(cfg, space)
     _check_budget(cfg, method, costs, space)
-    run = _build(cfg, method, rt, data, held, out, space, costs, given, started)
-    run.files = RunFiles(out, rt.main)
+    training = _training(cfg, rt, data, space, costs)
     if rt.main:  # one writer per run folder, from here to the end of the run
-        run.lock = RunLock(out).acquire()
+        held.callback(RunLock(out).acquire().release)
         check_run_dir(out, resume)  # under the lock: another writer may have used the folder since the first check
+    files = RunFiles(out, rt.main)
     if resume:
-        fits = partial(check_run_payload, parts=run.parts, epochs=cfg.epochs, steps_per_epoch=len(run.train_loader))
-        ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS, space=space.name,
-                               limits=checkpoint_limits(space), check=fits)
-        run.state = restore_run(ckpt, run.parts, rt.rank)
-        run.started = time.time() - run.state.elapsed  # wall time counts the work before the interruption
+        state = _restored(cfg, out, space, training, rt)
+        started = time.time() - state.elapsed  # wall time counts the work before the interruption
     else:
-        run.state.alpha_rows = alpha_rows(run.search, 0, "init")
-        run.files.config({**cfg.to_dict(), "threads": threads, "world_size": rt.world})
-    run.log = Logger(out, rt.main, quiet)
+        state = RunState(alpha_rows=alpha_rows(training["search"], 0, "init"))
+        files.config({**cfg.to_dict(), "threads": threads, "world_size": rt.world})
+    log = Logger(out, rt.main, quiet)
+    held.callback(log.close)
+    run = Run(cfg=cfg, method=method, rt=rt, data=data, held=held_out, out=out, space=space, costs=costs, given=given,
+              state=state, started=started, log=log, files=files, **training)
     if not resume:
-        b = space.costs.bounds()
-        run.log.line(f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
-                     f"{data.num_classes} classes, {data.input_size} px; method {run.method.name}; space "
-                     f"{space.costs.num_blocks} blocks x {max(map(len, space.costs.names))} ops, {b['min']:.2f}-{b['max']:.2f} MFLOPs; "
-                     f"{rt.world} x {rt.device.type}, {run.precision}; run dir {out}")
+        log.line(_first_line(run))
     if started_from is not None:
-        run.log.line(f"supernet weights from {started_from}")
+        log.line(f"supernet weights from {started_from}")
     return run
+
+
+def _restored(cfg: Config, out: Path, space: nn.Module, training: dict, rt: Runtime) -> RunState:
+    """The state of the run's last checkpoint, restored into ``training``'s parts."""
+    parts = _parts(space, *(training[k] for k in ("search", "optimizer", "arch_optimizer", "scheduler", "scaler")))
+    fits = partial(check_run_payload, parts=parts, epochs=cfg.epochs, steps_per_epoch=len(training["train_loader"]))
+    ckpt = load_checkpoint(out / "checkpoints", space.settings.as_dict(), required=RUN_KEYS, space=space.name,
+                           limits=checkpoint_limits(space), check=fits)
+    return restore_run(ckpt, parts, rt.rank)
+
+
+def _first_line(run: Run) -> str:
+    data, space, b = run.data, run.space, run.space.costs.bounds()
+    return (f"dsnas {__version__}: {data.name}, {len(data.train)} train / {len(data.test)} test images, "
+            f"{data.num_classes} classes, {data.input_size} px; method {run.method.name}; space "
+            f"{space.costs.num_blocks} blocks x {max(map(len, space.costs.names))} ops, {b['min']:.2f}-{b['max']:.2f} "
+            f"MFLOPs; {run.rt.world} x {run.rt.device.type}, {run.precision}; run dir {run.out}")
 
 
 def _check_world(out: Path, world: int) -> None:
@@ -167,15 +198,15 @@ def _check_budget(cfg: Config, method: Method, costs: CostTable, space: nn.Modul
                          f"({cheapest:.3f} {unit} at {space.settings.input_size} px, {shape})")
 
 
-def _build(cfg: Config, method: Method, rt: Runtime, data: Data, held, out: Path, space: nn.Module, costs: CostTable, given,
-           started) -> Run:
+def _training(cfg: Config, rt: Runtime, data: Data, space: nn.Module, costs: CostTable) -> dict:
+    """The search, optimizers, scheduler, scaler, loss and loaders of a run, by `Run` field name."""
     space.to(rt.device)
     if cfg.channels_last:
         space.to(memory_format=torch.channels_last)
     try:
         search = DSNAS(space, costs=costs, metric=cfg.cost_metric, budget=cfg.budget, penalty=cfg.penalty,
                        early_fix=cfg.early_fix, generator=torch.Generator().manual_seed(cfg.seed * 7919 + rt.rank),
-                       **cfg.search_rules(space))
+                       **search_rules(cfg, space))
     except ValueError as e:  # a never_pick that names no candidate of this space
         raise DsnasError(f"config: {e}") from None
     optimizer = torch.optim.SGD(weight_groups(space, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
@@ -184,15 +215,23 @@ def _build(cfg: Config, method: Method, rt: Runtime, data: Data, held, out: Path
     scaler = torch.amp.GradScaler(rt.device.type, enabled=rt.amp_dtype == torch.float16)
     if scaler.is_enabled():  # a step skipped for an inf gradient is expected under fp16, not a mistake
         warnings.filterwarnings("ignore", r"Detected call of `lr_scheduler\.step\(\)` before `optimizer\.step\(\)`")
-    batch = cfg.batch_size // rt.world
-    train_loader = Loader(data, "train", batch, cfg.seed, rt.device, rt.rank, rt.world, train=True,
-                          workers=cfg.workers, pad=2 if cfg.augment else 0, jpeg_decode=cfg.jpeg_decode)
-    test_loader = Loader(data, "test", max(batch, 256), cfg.seed, rt.device, rt.rank, rt.world,
-                         train=False, workers=cfg.workers, jpeg_decode=cfg.jpeg_decode)
+    train_loader = run_loader(cfg, rt, data, "train", train=True)
     steps = len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, steps, cfg))
-    return Run(cfg, method, rt, data, held, out, space, costs, search, optimizer, arch_optimizer, scheduler, scaler, criterion,
-               train_loader, test_loader, given, RunState(), started)
+    return {"search": search, "optimizer": optimizer, "arch_optimizer": arch_optimizer, "scheduler": scheduler,
+            "scaler": scaler, "criterion": criterion, "train_loader": train_loader,
+            "test_loader": run_loader(cfg, rt, data, "test", train=False)}
+
+
+def run_loader(cfg: Config, rt: Runtime, data: Data, split: str, train: bool) -> Loader:
+    """This rank's batches of ``data``'s ``split``: the run's batch (augmented, shuffled per
+    epoch) for training; for evaluation at least 256 images a batch, in order."""
+    batch = cfg.batch_size // rt.world
+    if train:
+        return Loader(data, split, batch, cfg.seed, rt.device, rt.rank, rt.world, train=True, workers=cfg.workers,
+                      pad=2 if cfg.augment else 0, jpeg_decode=cfg.jpeg_decode)
+    return Loader(data, split, max(batch, 256), cfg.seed, rt.device, rt.rank, rt.world, train=False,
+                  workers=cfg.workers, jpeg_decode=cfg.jpeg_decode)
 
 
 def _given_arch(cfg: Config, space: nn.Module) -> list[int]:
