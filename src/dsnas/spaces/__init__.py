@@ -2,8 +2,8 @@
 the ShuffleNetV2 space of DSNAS and SPOS, the NAS-Bench-201 cell space, and the child networks
 they yield."""
 
-from .registry import (DATA_SETTINGS, MAX_MODEL_GB, SPACES, Footprint, SpaceMixin, build, build_child, register_space,
-                       settings_of, space_class)
+from .registry import (DATA_SETTINGS, MAX_MODEL_GB, SPACES, Footprint, SpaceMixin, SpaceSettings, build, build_child,
+                       register_space, settings_of, space_class)
 from . import shufflenet  # noqa: E402  (registers the space)
 from . import nb201  # noqa: E402,F401  (registers the space)
 from .shufflenet import INIT_SCHEMES, OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
@@ -11,5 +11,5 @@ from .shufflenet import INIT_SCHEMES, OPS, ShuffleNetChild, ShuffleNetSettings, 
 DEFAULT_SPACE = ShuffleNetSpace.name  # what a file that names no space (an MMRazor subnet) is read in
 
 __all__ = ["DATA_SETTINGS", "DEFAULT_SPACE", "Footprint", "INIT_SCHEMES", "MAX_MODEL_GB", "OPS", "SPACES",
-           "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace", "SpaceMixin", "build", "build_child",
-           "init_weights", "register_space", "settings_of", "space_class"]
+           "ShuffleNetChild", "ShuffleNetSettings", "ShuffleNetSpace", "SpaceMixin", "SpaceSettings", "build",
+           "build_child", "init_weights", "register_space", "settings_of", "space_class"]
