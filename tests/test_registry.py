@@ -3,7 +3,6 @@ arch files, cost tables, the search loop, child weights) without any edit to the
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import pytest
@@ -14,13 +13,13 @@ from conftest import dsnas_error
 from dsnas import Choice, spaces
 from dsnas.arch import Architecture, load_arch, parse_arch
 from dsnas.errors import DsnasError
-from dsnas.spaces import SpaceMixin, register_space
+from dsnas.spaces import SpaceMixin, SpaceSettings, register_space
 
 TOY_OPS = ("conv3", "conv1")
 
 
 @dataclass(frozen=True)
-class ToySettings:
+class ToySettings(SpaceSettings):
     num_classes: int = 10
     in_channels: int = 1
     input_size: int = 28
@@ -29,19 +28,6 @@ class ToySettings:
     def __post_init__(self):
         if self.channels < 1:
             raise ValueError(f"channels must be >= 1, got {self.channels}")
-
-    @classmethod
-    def from_mapping(cls, value: dict) -> "ToySettings":
-        unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown space setting(s): {', '.join(sorted(unknown))}")
-        return cls(**value)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "ToySettings":
-        return dataclasses.replace(self, **changes)
 
 
 def _op(name: str, c: int) -> nn.Module:
@@ -71,6 +57,8 @@ class _ToyNet(nn.Module):
 @register_space("toy")
 class ToySpace(SpaceMixin, _ToyNet):
     Settings = ToySettings
+    init_schemes = ("aligned",)
+    description = "two convolution blocks, for the registry's tests"
 
     def __init__(self, settings: ToySettings):
         super().__init__(settings, [Choice({op: _op(op, settings.channels) for op in TOY_OPS}, label)

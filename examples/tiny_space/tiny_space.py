@@ -7,21 +7,21 @@ the package is installed, ``dsnas search --set space=tiny`` (or ``dsnas info --s
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 from torch import nn
 
-from dsnas import Choice
-from dsnas.spaces import SpaceMixin, register_space
+from dsnas import Choice, freeze
+from dsnas.spaces import SpaceMixin, SpaceSettings, register_space
 
 OPS = ("conv3x3", "conv1x1", "skip")
 LABELS = ("block1", "block2")
 
 
 @dataclass(frozen=True)
-class TinySettings:
-    """What fixes the network's shape: the data's three settings, and the blocks' width."""
+class TinySettings(SpaceSettings):
+    """What fixes the network's shape: the data's three settings, and the blocks' width.
+    `SpaceSettings` reads them from files and writes them back (from_mapping, as_dict, replace)."""
 
     num_classes: int = 10
     in_channels: int = 3
@@ -29,23 +29,9 @@ class TinySettings:
     channels: int = 16
 
     def __post_init__(self):
-        for f in dataclasses.fields(self):
-            value = getattr(self, f.name)
+        for key, value in self.as_dict().items():
             if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 4096:
-                raise ValueError(f"{f.name} must be an integer in 1..4096, got {value!r}")
-
-    @classmethod
-    def from_mapping(cls, mapping: dict) -> "TinySettings":
-        unknown = set(mapping) - {f.name for f in dataclasses.fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown space setting(s): {', '.join(sorted(map(str, unknown)))}")
-        return cls(**mapping)
-
-    def as_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes) -> "TinySettings":
-        return dataclasses.replace(self, **changes)
+                raise ValueError(f"{key} must be an integer in 1..4096, got {value!r}")
 
 
 def make_op(name: str, channels: int) -> nn.Module:
@@ -79,8 +65,6 @@ class TinyNet(nn.Module):
 
 @register_space("tiny")
 class TinySpace(SpaceMixin, TinyNet):
-    """Two blocks of a 3x3 or 1x1 convolution or a skip (an example space from another package)"""
-
     Settings = TinySettings
     init_schemes = ("torch",)
     description = "two blocks of a 3x3 or 1x1 convolution or a skip (an example space from another package)"
@@ -101,18 +85,7 @@ class TinySpace(SpaceMixin, TinyNet):
     def child_from(choices, settings: TinySettings, init: str = "torch") -> TinyNet:
         return TinyNet(settings, [make_op(op, settings.channels) for op in choices])
 
-    def child(self, choices, share: bool = False) -> TinyNet:
-        """The plain network of ``choices`` (op names or indices), with this supernet's modules
-        (``share``) or copies of their weights."""
-        choices = getattr(choices, "choices", choices)
-        ops = [block.candidates[block.index(c)] for block, c in zip(self.choices, choices)]
-        if share:
-            child = TinyNet.__new__(TinyNet)
-            nn.Module.__init__(child)
-            child.settings, child.stem, child.classifier = self.settings, self.stem, self.classifier
-            child.blocks = nn.Sequential(*ops)
-            return child
-        names = [block.names[block.index(c)] for block, c in zip(self.choices, choices)]
-        child = self.child_from(names, self.settings).to(next(self.parameters()).device)
-        child.load_state_dict(self.child(choices, share=True).state_dict())
-        return child
+    def child(self, choices, share: bool = False) -> nn.Module:
+        """The plain network of ``choices`` (op names or indices): this supernet's modules with
+        ``share``, else a copy of them."""
+        return freeze(self, getattr(choices, "choices", choices), share=share)

@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _EXPORTS = {
     "Architecture": "arch", "load_arch": "arch", "save_arch": "arch",
-    "Choice": "choice",
+    "Choice": "choice", "active_path": "choice", "freeze": "choice",
     "CostTable": "cost", "cost_table": "cost",
     "DsnasError": "errors",
     "DSNAS": "search",

@@ -10,11 +10,17 @@ Choice modules that carry the same label are one decision (`decisions`): they sh
 that a search sets (the active and fixed candidate and the gate mask) while each keeps its own
 weights. A cell stacked many times with one architecture is built this way; since every tied
 module gates its output with the same mask tensor, autograd sums their rewards into its gradient.
+
+`active_path` runs a model on one path for the length of a ``with`` block (what a cost or a
+latency table counts on) and puts the search's state back after it; `freeze` turns a model into
+the plain network of one architecture, with each `Choice` replaced by its chosen candidate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import copy
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -166,3 +172,69 @@ def labelled_choices(model: nn.Module) -> list[tuple[str, Choice]]:
     """One `Choice` per decision of ``model`` (the first module of its label), with its label:
     what a search samples, fixes and derives. Files name decisions by these labels."""
     return [(label, tied[0]) for label, tied in decisions(model)]
+
+
+def _picked(found: list[tuple[str, list[Choice]]], choices: Sequence[str | int] | None) -> list[int]:
+    """The candidate index of each decision in ``found``: ``choices`` holds one name or index per
+    decision, in order; None takes the first candidate of every decision."""
+    if choices is None:
+        return [0] * len(found)
+    if isinstance(choices, (str, bytes)) or not isinstance(choices, Sequence):
+        raise ValueError(f"choices must be a list of candidate names or indices, got {type(choices).__name__}")
+    if len(choices) != len(found):
+        raise ValueError(f"expected {len(found)} choices (one per decision), got {len(choices)}")
+    return [tied[0].index(c) for (_, tied), c in zip(found, choices)]
+
+
+@contextmanager
+def active_path(model: nn.Module, choices: Sequence[str | int] | None = None) -> Iterator[list]:
+    """Run ``model`` on one path inside the ``with`` block: every decision takes its candidate
+    of ``choices`` (names or indices, one per decision in `decisions` order; None: the first
+    candidate everywhere), ungated. Each decision's active and fixed candidate and gate mask
+    are put back on exit, an exception included, so that counting or timing a path leaves a
+    search where it was. Yields the model's `decisions`."""
+    found = decisions(model)
+    picked = _picked(found, choices)  # a bad choice is refused before any state changes
+    saved = [(tied[0].active, tied[0].fixed, tied[0].mask) for _, tied in found]
+    try:
+        for (_, tied), index in zip(found, picked):
+            tied[0].active, tied[0].mask = index, None
+        yield found
+    finally:
+        for (_, tied), (active, fixed, mask) in zip(found, saved):
+            tied[0].active, tied[0].fixed, tied[0].mask = active, fixed, mask
+
+
+def freeze(model: nn.Module, choices: Sequence[str | int], share: bool = True) -> nn.Module:
+    """The plain network of one architecture of ``model``: each `Choice` module replaced by its
+    candidate of ``choices`` (names or indices, one per decision in `decisions` order; every
+    module of a tied label takes the same candidate, each keeping its own weights).
+
+    ``share=True`` keeps the model's own modules (no copy: training the network trains the
+    model's chosen candidates); the modules on the way from the root to a `Choice` are shallow
+    copies, so the model itself stays as it was. ``share=False`` deep-copies what the network
+    holds. A model that is itself a `Choice` gives its chosen candidate."""
+    found = decisions(model)
+    chosen = {id(m): m.candidates[index] for (_, tied), index in zip(found, _picked(found, choices)) for m in tied}
+    frozen = _without_choices(model, chosen, {})
+    return frozen if share else copy.deepcopy(frozen)
+
+
+def _without_choices(module: nn.Module, chosen: dict[int, nn.Module], done: dict[int, nn.Module]) -> nn.Module:
+    """``module`` with each `Choice` inside it replaced by its entry of ``chosen``: the module
+    itself where it holds none, else a shallow copy whose children are replaced in turn (``done``
+    keeps a module reached twice one module)."""
+    if id(module) in done:
+        return done[id(module)]
+    if isinstance(module, Choice):
+        result = _without_choices(chosen[id(module)], chosen, done)
+    elif not any(isinstance(m, Choice) for m in module.modules()):
+        result = module
+    else:
+        result = copy.copy(module)
+        # its own dicts, so that replacing a child here leaves the model's module as it was
+        result.__dict__.update({k: copy.copy(v) for k, v in module.__dict__.items() if isinstance(v, dict)})
+        for name, child in module.named_children():
+            result._modules[name] = _without_choices(child, chosen, done)
+    done[id(module)] = result
+    return result

@@ -134,7 +134,7 @@ def _info_spaces(args) -> int:
         cls = space_class(name)
         defaults = cls.Settings()
         settings = {f.name: getattr(defaults, f.name) for f in dataclasses.fields(defaults)}
-        listed[name] = {"description": _description(cls), "module": cls.__module__,
+        listed[name] = {"description": cls.description, "module": cls.__module__,
                         "settings": {k: v for k, v in settings.items() if k not in DATA_SETTINGS}}
     if args.json:
         print(json_text(listed))
@@ -143,12 +143,6 @@ def _info_spaces(args) -> int:
     for name, facts in listed.items():
         print(f"{name:<{width}}  {facts['description']} ({facts['module']})")
     return 0
-
-
-def _description(cls) -> str:
-    """A space's one-line description: its ``description``, else its docstring's first line."""
-    text = getattr(cls, "description", "") or (cls.__doc__ or "").strip().split("\n")[0]
-    return text.strip() or "(no description)"
 
 
 def _info_arch(args, arch, space, table, lut) -> None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from .choice import decisions
+from .choice import Choice, active_path
 
 METRICS = ("mflops", "macs_m", "params_m")  # counted; "latency_ms" comes from a measured table
 UNITS = {"mflops": "MFLOPs", "macs_m": "M MACs", "params_m": "M params", "latency_ms": "ms"}
@@ -120,40 +120,49 @@ def cost_table(model: nn.Module, example: torch.Tensor) -> CostTable:
     is then counted on that input and summed over the modules of its decision. ``base`` is the
     whole model minus the choices.
     """
-    found = decisions(model)
-    modules = [m for _, tied in found for m in tied]
-    saved = [(tied[0].active, tied[0].mask) for _, tied in found]
-    inputs: dict[int, torch.Tensor] = {}
-    handles = [m.register_forward_pre_hook(lambda mod, a, i=i: inputs.__setitem__(i, a[0]))
-               for i, m in enumerate(modules)]
     was_training = model.training
     model.eval()  # counting must not touch BN running statistics
-    entries = {m: [] for m in METRICS}
     try:
-        for _, tied in found:
-            tied[0].active, tied[0].mask = 0, None
-        whole, _ = count(model, example)
-        for h in handles:
-            h.remove()
-        i = 0
-        for _, tied in found:
-            rows = [[0.0] * len(tied[0]) for _ in METRICS]
-            for choice in tied:
-                for k, op in enumerate(choice.candidates):
-                    counted = count(op, inputs[i])[0]
-                    for row, m in zip(rows, METRICS):
-                        row[k] += counted[m]
-                i += 1
-            for row, m in zip(rows, METRICS):
-                entries[m].append(row)
+        with active_path(model) as found:
+            whole, inputs = _count_recording_inputs(model, example, [m for _, tied in found for m in tied])
+            entries = _candidate_entries(found, inputs)
     finally:
-        for h in handles:
-            h.remove()
-        for (_, tied), (active, mask) in zip(found, saved):
-            tied[0].active, tied[0].mask = active, mask
         model.train(was_training)
     base = {m: whole[m] - sum(row[0] for row in entries[m]) for m in METRICS}
     # parameters of unchosen candidates were counted in `whole`; base holds only the fixed parts
     base["params_m"] = (sum(p.numel() for p in model.parameters()) / 1e6
                         - sum(sum(row) for row in entries["params_m"]))
     return CostTable([list(tied[0].names) for _, tied in found], entries, base, [label for label, _ in found])
+
+
+def _count_recording_inputs(model: nn.Module, example: torch.Tensor,
+                            modules: list[Choice]) -> tuple[dict, list[torch.Tensor]]:
+    """The cost of one forward of ``model`` on its active path, and the input each of
+    ``modules`` saw in it: what every candidate of that module is then counted on."""
+    inputs: dict[int, torch.Tensor] = {}
+    handles = [m.register_forward_pre_hook(lambda mod, a, i=i: inputs.__setitem__(i, a[0]))
+               for i, m in enumerate(modules)]
+    try:
+        whole, _ = count(model, example)
+    finally:
+        for h in handles:
+            h.remove()
+    return whole, [inputs[i] for i in range(len(modules))]
+
+
+def _candidate_entries(found: list[tuple[str, list[Choice]]], inputs: list[torch.Tensor]) -> dict[str, list]:
+    """``entries[metric][decision][candidate]``: each candidate counted on the input its module
+    saw, summed over the modules of a decision (``inputs`` in the order of ``found``'s modules)."""
+    entries = {m: [] for m in METRICS}
+    seen = iter(inputs)
+    for _, tied in found:
+        rows = [[0.0] * len(tied[0]) for _ in METRICS]
+        for choice in tied:
+            x = next(seen)
+            for k, op in enumerate(choice.candidates):
+                counted = count(op, x)[0]
+                for row, m in zip(rows, METRICS):
+                    row[k] += counted[m]
+        for row, m in zip(rows, METRICS):
+            entries[m].append(row)
+    return entries

@@ -42,7 +42,7 @@ import torch
 from torch import nn
 
 from . import latency_fit
-from .choice import decisions
+from .choice import active_path
 from .agreement import agreement
 from .errors import DsnasError, quote
 from .files import dump_yaml, read_yaml, write_text
@@ -449,21 +449,16 @@ def _block_inputs(space, x: torch.Tensor) -> tuple[dict, list[list[tuple[nn.Modu
     Each part is timed alone on its input, so what joins them is left out: in a chain of blocks
     nothing, in a cell space the sums of a cell's nodes (a few additions). The calibration on
     whole children (`_fitted`) corrects the table by what is measured end to end."""
-    found = decisions(space)
     named = space.fixed_parts()
     recorded: dict[int, torch.Tensor] = {}
-    modules = [m for _, tied in found for m in tied] + list(named.values())
-    handles = [m.register_forward_pre_hook(lambda mod, a: recorded.__setitem__(id(mod), a[0])) for m in modules]
-    saved = [(tied[0].active, tied[0].mask) for _, tied in found]
-    try:
-        for _, tied in found:
-            tied[0].active, tied[0].mask = 0, None
-        features = space.forward_features(x)
-    finally:
-        for h in handles:
-            h.remove()
-        for (_, tied), (active, mask) in zip(found, saved):
-            tied[0].active, tied[0].mask = active, mask
+    with active_path(space) as found:
+        modules = [m for _, tied in found for m in tied] + list(named.values())
+        handles = [m.register_forward_pre_hook(lambda mod, a: recorded.__setitem__(id(mod), a[0])) for m in modules]
+        try:
+            features = space.forward_features(x)
+        finally:
+            for h in handles:
+                h.remove()
     parts = {name: (m, recorded[id(m)]) for name, m in named.items()}
     return parts, [[(m, recorded[id(m)]) for m in tied] for _, tied in found], features
 

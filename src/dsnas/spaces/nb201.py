@@ -23,13 +23,13 @@ and ``~k`` naming the source node: ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|`` (`to_
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..choice import Choice
-from .registry import Footprint, SpaceMixin, kaiming_init, register_space
+from ..choice import Choice, freeze
+from .registry import Footprint, SpaceMixin, SpaceSettings, kaiming_init, register_space
 
 OPS = ("none", "skip_connect", "nor_conv_1x1", "nor_conv_3x3", "avg_pool_3x3")  # the benchmark's order
 NODES = 4
@@ -106,7 +106,7 @@ def _whole(key: str, value, low: int = 1) -> None:
 
 
 @dataclass(frozen=True)
-class NB201Settings:
+class NB201Settings(SpaceSettings):
     """Everything that fixes the shape of the space (stored in arch files and checkpoints).
     The defaults are the benchmark's CIFAR-10 network."""
 
@@ -131,23 +131,6 @@ class NB201Settings:
         _whole("input_size", self.input_size, low=4)
         if self.input_size % 4:  # each reduction halves the size; its two branches agree on even sizes only
             raise ValueError(f"input_size must be a multiple of 4, got {self.input_size}")
-
-    @classmethod
-    def from_mapping(cls, value) -> "NB201Settings":
-        """Settings read from a file: a mapping of known keys (missing ones take their defaults)."""
-        if not isinstance(value, dict):
-            raise ValueError("space settings must be a mapping")
-        unknown = set(value) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown space setting(s): {', '.join(sorted(map(str, unknown)))} (the nb201 space has "
-                             f"{', '.join(f.name for f in fields(cls))})")
-        return cls(**value)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def replace(self, **changes) -> "NB201Settings":
-        return self.from_mapping({**self.as_dict(), **changes})
 
     def stage_channels(self) -> list[int]:
         return [self.channels * 2**s for s in range(STAGES)]
@@ -323,6 +306,7 @@ class NB201Space(SpaceMixin, _CellNet):
     Settings = NB201Settings
     ops = OPS
     init_schemes = INIT_SCHEMES
+    description = "NAS-Bench-201 cell space: one cell of 6 edges over up to 5 ops, stacked in 3 stages of N cells"
     # A search's defaults here (config ``credit: auto``, ``never_pick: auto``, ``ops`` left empty): the
     # paper's gate credit collapses this space onto parameter-free cells (README, "A cell space:
     # NAS-Bench-201"; BENCHMARKS `nb201_remedies`), so the sampled op is rewarded by the step's loss and
@@ -373,8 +357,8 @@ class NB201Space(SpaceMixin, _CellNet):
         if len(choices) != self.num_blocks:
             raise ValueError(f"expected {self.num_blocks} choices, got {len(choices)}")
         names = [block.names[block.index(c)] for block, c in zip(self.choices, choices)]
-        cells = [Cell([edge.candidates[edge.index(op)] for edge, op in zip(cell.edges, names)])
-                 for cell in self.cells if isinstance(cell, Cell)]
+        # the child keeps its own class (what `child_from` builds and files load into); `freeze` gives its cells
+        cells = [m for m in freeze(self.cells, names) if isinstance(m, Cell)]
         shared = NB201Child(names, self.settings, shared=(self, cells))
         if share:
             return shared

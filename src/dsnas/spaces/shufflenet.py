@@ -18,16 +18,16 @@ drawn per block leave chance within a few hundred steps (BENCHMARKS.md, ``platea
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from functools import partial
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-from ..choice import Choice
+from ..choice import Choice, freeze
 from ..errors import quote
-from .registry import Footprint, SpaceMixin, kaiming_init, register_space
+from .registry import Footprint, SpaceMixin, SpaceSettings, kaiming_init, register_space
 
 OPS = ("shuffle_3x3", "shuffle_5x5", "shuffle_7x7", "shuffle_xception")
 STEM_CHANNELS = 16
@@ -201,7 +201,7 @@ SETTING_MAX = {"num_classes": 100_000, "in_channels": 1024, "input_size": 4096, 
 
 
 @dataclass(frozen=True)
-class ShuffleNetSettings:
+class ShuffleNetSettings(SpaceSettings):
     """Everything that fixes the shape of the space (stored in arch files and checkpoints)."""
 
     num_classes: int = 1000
@@ -260,27 +260,14 @@ class ShuffleNetSettings:
         """The BN of these settings."""
         return nn.BatchNorm2d(channels, eps=self.bn_eps, affine=self.bn_affine)
 
-    @classmethod
-    def from_mapping(cls, value) -> "ShuffleNetSettings":
-        """Settings read from a file: a mapping of known keys (missing ones take their defaults)."""
-        if not isinstance(value, dict):
-            raise ValueError("space settings must be a mapping")
-        unknown = set(value) - {f.name for f in fields(cls)}
-        if unknown:
-            raise ValueError(f"unknown space setting(s): {quote(sorted(map(str, unknown)))}")
-        return cls(**value)
+    def left_out(self) -> dict:
+        """A file holds the block-design settings only where they are not the default, so that
+        files of MMRazor's design read as they always did."""
+        return self.design_defaults()
 
-    def as_dict(self) -> dict:
-        """The settings as files hold them: the block-design ones only where they are not the
-        default, so that files of MMRazor's design read as they always did."""
-        defaults = self.design_defaults()
-        return {k: v for k, v in asdict(self).items() if k not in defaults or v != defaults[k]}
-
-    def replace(self, **changes) -> "ShuffleNetSettings":
-        """These settings with ``changes``; a new input size chooses ``small_input`` anew unless given."""
-        if "input_size" in changes:
-            changes.setdefault("small_input", None)
-        return type(self)(**{**asdict(self), **changes})
+    def chosen_anew(self, changes: dict) -> dict:
+        """A new input size chooses ``small_input`` anew unless the change gives it."""
+        return {"small_input": None} if "input_size" in changes else {}
 
     def layout(self) -> list[tuple[int, int, int]]:
         """(in_channels, out_channels, stride) of every choice block, in order."""
@@ -408,6 +395,7 @@ class ShuffleNetSpace(SpaceMixin, _ShuffleNet):
     Settings = ShuffleNetSettings
     ops = OPS
     init_schemes = INIT_SCHEMES
+    description = "ShuffleNetV2 supernet of DSNAS and SPOS: 20 blocks in 4 stages, each one of 4 ShuffleNet units"
 
     def __init__(self, num_classes: int = 1000, in_channels: int = 3, input_size: int = 224,
                  width: float = 1.0, small_input: bool | None = None, init: str = "aligned", **design):
@@ -440,14 +428,14 @@ class ShuffleNetSpace(SpaceMixin, _ShuffleNet):
         if len(choices) != self.num_blocks:
             raise ValueError(f"expected {self.num_blocks} choices, got {len(choices)}")
         names = [block.names[block.index(c)] for block, c in zip(self.choices, choices)]
+        # the child keeps its own class (what `child_from` builds and files load into); `freeze` gives its blocks
+        blocks = list(freeze(self.blocks, names))
+        shared = ShuffleNetChild(names, self.settings, shared=Parts(self.stem, blocks, self.head, self.classifier))
         if share:
-            chosen = [b.candidates[b.index(n)] for b, n in zip(self.choices, names)]
-            return ShuffleNetChild(names, self.settings, shared=Parts(self.stem, chosen, self.head, self.classifier))
-        child = ShuffleNetChild(names, self.settings, init="torch")  # the weights are copied below
+            return shared
+        # fresh modules, as `child_from` builds them (float32, contiguous, each drawing PyTorch's default
+        # initialisation, so that what a run draws after it stays the same), with the chosen weights loaded
+        child = ShuffleNetChild(names, self.settings, init="torch")
         child.to(next(self.parameters()).device)
-        child.stem.load_state_dict(self.stem.state_dict())
-        for src, dst, name in zip(self.choices, child.blocks, names):
-            dst.load_state_dict(src.candidates[src.index(name)].state_dict())
-        child.head.load_state_dict(self.head.state_dict())
-        child.classifier.load_state_dict(self.classifier.state_dict())
+        child.load_state_dict(shared.state_dict())
         return child
