@@ -15,8 +15,9 @@ Blocks are matched by label, so their order in the file does not matter; a missi
 label is an error. ``dsnas-arch/1`` files (``choices`` a list, one op per block in the space's
 order) still load.
 
-MMRazor's: ``backbone.layers.<stage>.<block>: <op>`` or ``{chosen: <op>}``, keys optionally
-prefixed ``architecture.``.
+MMRazor's: ``<mutable name>: <op>`` or ``{chosen: <op>}``, keys optionally prefixed
+``architecture.``; its space is the one whose labels the keys are (ShuffleNet's
+``backbone.layers.<stage>.<block>``, MobileNet's ``backbone.layer<n>.<block>``, ...).
 
 A space may also have an architecture string (its class's ``to_string`` / ``from_string``): the
 nb201 space's is NAS-Bench-201's ``|op~0|+|op~0|op~1|+|op~0|op~1|op~2|``. `load_arch` reads one
@@ -38,7 +39,7 @@ FORMAT = "dsnas-arch/2"
 FORMAT_V1 = "dsnas-arch/1"  # choices as a list in the space's order
 MMRAZOR_SOURCE = "mmrazor subnet"  # metadata.source of an architecture read from MMRazor's YAML
 STRING_SOURCE = "architecture string"  # metadata.source of one read from a space's string
-_MMRAZOR_KEY = re.compile(r"^(?:architecture\.)?backbone\.layers\.(\d{1,9})\.(\d{1,9})$")  # int() refuses 4300 digits
+_NUMBER = re.compile(r"(?<![^.])0+(?=\d{1,9}(?:\.|$))")  # a label's index with leading zeros: 00.000 is 0.0
 
 
 @dataclass
@@ -126,7 +127,8 @@ def parse_arch(data, source: str = "architecture") -> Architecture:
         if not isinstance(data, dict) or not data:
             raise DsnasError("not a mapping of architecture settings")
         if "format" not in data:
-            return Architecture(_parse_mmrazor(data), metadata={"source": MMRAZOR_SOURCE})  # no settings in the file
+            choices = _parse_mmrazor(data)
+            return Architecture(choices, _mmrazor_space(choices), metadata={"source": MMRAZOR_SOURCE})  # no settings
         if data["format"] not in (FORMAT, FORMAT_V1):
             raise DsnasError(f"unknown format {quote(data['format'])} (this version reads {FORMAT!r} and {FORMAT_V1!r})")
         space = data.get("space", DEFAULT_SPACE)
@@ -151,18 +153,33 @@ def _parse_mmrazor(data: dict) -> dict[str, str]:
     prefix, no leading zeros)."""
     found: dict[str, str] = {}
     for key, value in data.items():
-        m = _MMRAZOR_KEY.match(str(key))
-        if not m:
-            raise DsnasError(f"unknown key {quote(key)} (expected 'format: {FORMAT}' or MMRazor's backbone.layers.<stage>.<block>)")
+        label = _NUMBER.sub("", str(key).removeprefix("architecture."))
+        if not re.fullmatch(r"[A-Za-z_]\w{0,63}(\.\w{1,64}){0,15}", label) or re.search(r"\d{10}", str(key)):
+            raise DsnasError(f"unknown key {quote(key)} (expected 'format: {FORMAT}' or MMRazor's mutable names, "
+                             "such as backbone.layers.<stage>.<block>)")
         if isinstance(value, dict):
             value = value.get("chosen")
         if not isinstance(value, str):
             raise DsnasError(f"{key}: expected an op name or {{chosen: <op>}}")
-        label = f"backbone.layers.{int(m.group(1))}.{int(m.group(2))}"
         if label in found:  # "0.0" and "00.000", or with and without the "architecture." prefix
             raise DsnasError(f"block {label} is named twice (again as {quote(key)})")
         found[label] = value
     return found
+
+
+def _mmrazor_space(choices: dict[str, str]) -> str:
+    """The space whose decisions an MMRazor subnet names: the one whose labels are the file's keys,
+    else the one with most of them (whose check then says what is missing or unknown)."""
+    def shared(name: str) -> int:
+        cls = space_class(name)
+        return len({label for label, _ in cls.decisions(cls.Settings())} & set(choices))
+
+    names = [DEFAULT_SPACE] + [n for n in SPACES if n != DEFAULT_SPACE]
+    best = max(names, key=shared)  # the first of the best: the default space on a tie
+    if shared(best) == 0:
+        raise DsnasError(f"unknown key {quote(next(iter(choices)))}: no space has a block of that name "
+                         f"(expected 'format: {FORMAT}' or MMRazor's mutable names, such as backbone.layers.<s>.<b>)")
+    return best
 
 
 def load_arch(path: str | Path) -> Architecture:

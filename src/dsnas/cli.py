@@ -396,7 +396,8 @@ def cmd_import(args) -> int:
     res = import_checkpoint(args.checkpoint, out, args.arch, args.bn_eps, args.format, args.max_model_gb)
     for note in res["notes"]:
         print(f"note: {note}")
-    print(f"imported {args.checkpoint} ({res['format']}, {res['settings'].get('design', 'mmrazor')} design, "
+    design = f", {res['settings'].get('design', 'mmrazor')} design" if res["space"] == "shufflenet" else ""
+    print(f"imported {args.checkpoint} ({res['format']}, {res['space']} space{design}, "
           f"input {res['input_convention']}) into {out}")
     return 0
 
@@ -505,7 +506,6 @@ def _latency_args(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .data import INPUT_CONVENTIONS
-    from .published import FORMATS as PUBLISHED_FORMATS
 
     parser = _Parser(prog="dsnas", description="DSNAS: direct neural architecture search "
                                      "without parameter retraining.")
@@ -559,7 +559,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--arch", help="architecture (arch file, or 20 op indices like 2,1,0,...): needed for a "
                    "SPOS supernet, overrides the one a file implies")
     p.add_argument("--bn-eps", type=_eps, help="BN eps of the network (DSNAS files do not record it)")
-    p.add_argument("--format", default="auto", choices=("auto", *PUBLISHED_FORMATS), help="layout (default: detected)")
+    p.add_argument("--format", default="auto", help="layout: auto (default: detected), dsnas-supernet, dsnas-child, "
+                   "spos-supernet, spos-child, mmrazor, or one another space brings")
     p.add_argument("--force", action="store_true", help="write into a folder that is not empty")
     _model_limit_arg(p)
     p.set_defaults(func=cmd_import)

@@ -11,6 +11,22 @@ ops, plus ``log_alpha``), ``dsnas-child`` (one op per block, its index kept in t
 ``spos-supernet`` (all four ops, BN without affine; the architecture comes from ``--arch``),
 ``spos-child`` (``features.<block>.…``: the op is read from the shapes) and ``mmrazor`` (a
 subnet, ``backbone.layers.<s>.<b>._candidates.<op>.…``).
+
+Another space brings its own published layouts: its class's ``published_layouts()`` returns
+``{name: layout}``, each layout an object with
+
+- ``detect(state) -> bool``: whether a state dict (wrapper prefixes removed) is in this layout;
+- ``settings(state, config_text, bn_eps) -> (settings, notes)``: the space settings the file
+  implies (``config_text``: the config an MMEngine checkpoint carries, or ''; ``bn_eps``: --bn-eps
+  or None), and a note on where each came from;
+- ``choices(state, arch) -> [op, ...]``: the architecture (``arch``: --arch, or None);
+- ``key(ours, net, choices) -> str``: the published key of our tensor ``ours`` of ``net``, the
+  network built to receive the file (the supernet when ``supernet`` is true, else the child);
+- ``supernet`` (bool), ``input_convention`` (a name of `data.INPUT_CONVENTIONS`), and
+  ``ignored(key) -> bool``: keys the file may hold beyond the network's.
+
+Everything else (reading without pickled code, strict key and shape matching, the run folder
+written) is this module's, the same for every layout.
 """
 
 from __future__ import annotations
@@ -32,7 +48,7 @@ from .spaces.shufflenet import OPS, ShuffleNetSpace
 
 SPACE = ShuffleNetSpace.name  # every published model here is a ShuffleNet
 
-FORMATS = ("dsnas-supernet", "dsnas-child", "spos-supernet", "spos-child", "mmrazor")
+SHUFFLENET_FORMATS = ("dsnas-supernet", "dsnas-child", "spos-supernet", "spos-child", "mmrazor")
 PREFIXES = ("module.", "architecture.")  # DataParallel's and MMRazor's subnet wrapper's
 
 # Files recognised by md5: what their own config says (SNAS-Series DSNAS/configs).
@@ -78,8 +94,31 @@ def state_dict_of(ckpt, path) -> tuple[dict, str]:
     return state, cfg
 
 
+def space_layouts() -> dict[str, tuple[str, object]]:
+    """The published layouts the other spaces bring (their ``published_layouts()``), by name:
+    (space, layout)."""
+    from .spaces import space_class, space_names
+
+    found = {}
+    for name in space_names():
+        for layout_name, layout in getattr(space_class(name), "published_layouts", dict)().items():
+            found[layout_name] = (name, layout)
+    return found
+
+
+def formats() -> tuple[str, ...]:
+    """Every layout `import_checkpoint` reads."""
+    return (*SHUFFLENET_FORMATS, *space_layouts())
+
+
+FORMATS = SHUFFLENET_FORMATS  # the layouts of the published ShuffleNets (`formats` adds those of other spaces)
+
+
 def detect(state: dict) -> str:
-    """The layout of a state dict (one of `FORMATS`)."""
+    """The layout of a state dict (one of `formats`): another space's first, then ShuffleNet's."""
+    for name, (_, layout) in space_layouts().items():
+        if layout.detect(state):
+            return name
     if any(k.startswith("backbone.") for k in state):
         return "mmrazor"
     ops = {m.group(1, 2) for k in state if (m := re.match(r"features\.(\d+)\.(\d+)\.branch_", k))}
@@ -261,10 +300,14 @@ def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None =
                       layout: str = "auto", max_model_gb: float = MAX_MODEL_GB) -> dict:
     """Read a published checkpoint and write the run folder ``out`` (a network past
     ``max_model_gb`` is refused before it is built); returns what was imported."""
+    if layout != "auto" and layout not in formats():
+        raise DsnasError(f"--format {layout}: expected auto or one of {', '.join(formats())}")
     state, cfg = state_dict_of(read_checkpoint(path), path)
     found = detect(state)
     if layout != "auto" and layout != found:
         raise DsnasError(f"checkpoint {path} looks like {found}, not {layout}")
+    if found in space_layouts():
+        return _import_space_layout(path, out, state, cfg, found, arch, bn_eps, max_model_gb)
     md5 = md5_of(path)
     settings, notes = settings_for(state, found, cfg, bn_eps, md5)
     space_settings = settings_of(SPACE, settings)
@@ -284,20 +327,52 @@ def import_checkpoint(path, out, arch: str | None = None, bn_eps: float | None =
         with torch.no_grad():
             _fill(child, state, lambda k: _child_key(k, found, child, choices), used, path)
     _leftover(state, used, found, path)
+    _write_run(out, Architecture(choices, SPACE, space_settings.as_dict()), child, supernet, path, found, md5,
+               convention)
+    if supernet is not None and "log_alpha" in state:
+        from safetensors.torch import save_file
+
+        save_file({"log_alpha": state["log_alpha"].float().contiguous()}, str(Path(out) / "alpha.safetensors"))
+    return {"format": found, "space": SPACE, "choices": choices, "settings": space_settings.as_dict(),
+            "input_convention": convention, "notes": notes}
+
+
+def _write_run(out, arch: Architecture, child, supernet, path, found: str, md5: str, convention: str) -> None:
+    """The run folder of an imported file: arch.yaml, child.safetensors and the supernet's weights."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"source": str(Path(path).name), "source_format": found, "source_md5": md5,
             "input_convention": convention, "created_by": "dsnas import"}
-    save_arch(Architecture(choices, SPACE, space_settings.as_dict(), meta), out / "arch.yaml")
+    save_arch(Architecture(arch.choices, arch.space, arch.settings, meta), out / "arch.yaml")
     save_weights(child.eval(), out / "child.safetensors", {"input_convention": convention})
     if supernet is not None:
         save_weights(supernet, out / "supernet.safetensors", {"input_convention": convention})
-        if "log_alpha" in state:
-            from safetensors.torch import save_file
 
-            save_file({"log_alpha": state["log_alpha"].float().contiguous()}, str(out / "alpha.safetensors"))
-    return {"format": found, "choices": choices, "settings": space_settings.as_dict(),
-            "input_convention": convention, "notes": notes}
+
+def _import_space_layout(path, out, state: dict, cfg: str, found: str, arch: str | None, bn_eps: float | None,
+                         max_model_gb: float) -> dict:
+    """`import_checkpoint` for a layout another space brings (`space_layouts`)."""
+    from .spaces import build_child
+
+    space, layout = space_layouts()[found]
+    settings, notes = layout.settings(state, cfg, bn_eps)
+    space_settings = settings_of(space, settings)
+    choices = list(load_arch(arch).choices) if arch else layout.choices(state, None)
+    used: set = set()
+    if layout.supernet:
+        net = build(space, space_settings, "torch", max_model_gb)
+    else:
+        net = build_child(space, choices, space_settings, "torch", max_model_gb)
+    with torch.no_grad():
+        _fill(net, state, lambda k: layout.key(k, net, choices), used, path)
+    for key in state:
+        if key not in used and not key.endswith("num_batches_tracked") and not layout.ignored(key):
+            raise DsnasError(f"checkpoint {path} has an unexpected key {key}")
+    child = net.child(choices) if layout.supernet else net
+    _write_run(out, Architecture(choices, space, space_settings.as_dict()), child, net if layout.supernet else None,
+               path, found, md5_of(path), layout.input_convention)
+    return {"format": found, "space": space, "choices": choices, "settings": space_settings.as_dict(),
+            "input_convention": layout.input_convention, "notes": notes}
 
 
 def _child_key(ours: str, layout: str, child, choices: list[str]) -> str:
