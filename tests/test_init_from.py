@@ -70,7 +70,7 @@ def test_a_supernet_that_does_not_fit_is_refused_before_training(source, tmp_pat
         assert expected in line and "init_from" in line, line
         assert not out.exists()  # nothing written, nothing trained
     official = _all_settings("shufflenet", {"design": "official", "num_classes": 10})
-    assert "--set design=official" in dsnas_error(
+    assert "--set space.design=official" in dsnas_error(
         check_fits, Source(imported, "shufflenet", official, {}),
         spaces.build("shufflenet", {"num_classes": 10}, init="torch"), imported)
     assert "nb201 space" in dsnas_error(check_fits, Source(imported, "nb201", {}, {}),
