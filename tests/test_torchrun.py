@@ -3,6 +3,7 @@ finishes it with the result of an uninterrupted run, and the same two ranks spre
 nodes (two launchers, one process each) give the same result as on one node."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -52,6 +53,22 @@ SIGNALLING = textwrap.dedent("""
             os.kill(os.getppid(), signal.SIGTERM)
         return real(self, *args, **kwargs)
     search.DSNAS.compute_arch_grads = signalling
+    from dsnas.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+# rank 1 stalls for 12 s at its 6th architecture step (alive: its heartbeat goes on)
+STALLING = textwrap.dedent("""
+    import os, sys, time
+    import dsnas.search as search
+    real, calls = search.DSNAS.compute_arch_grads, {"n": 0}
+    def stalling(self, *args, **kwargs):
+        calls["n"] += 1
+        if os.environ.get("RANK") == "1" and calls["n"] == 6:
+            time.sleep(12)
+        return real(self, *args, **kwargs)
+    search.DSNAS.compute_arch_grads = stalling
     from dsnas.cli import main
     sys.exit(main(sys.argv[1:]))
 """)
@@ -109,11 +126,25 @@ def reference(tmp_path_factory):
 def test_dead_rank_stops_run_and_resume_matches(reference, tmp_path):
     died = _torchrun(_search(tmp_path / "run"), tmp_path, script=DYING)
     assert died.returncode != 0
+    said = [line for line in died.stderr.splitlines() if line.startswith("dsnas: error:")]
+    assert len(said) == 1 and re.search(r"rank 1 of 2 \(last at step \d of epoch 1\) ended or stopped answering",
+                                        said[0]), died.stderr[-3000:]
+    assert "--resume" in said[0]
     assert not (tmp_path / "run" / "child.safetensors").exists()
     assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     resumed = _torchrun(["search", "--quiet", "--resume", str(tmp_path / "run")], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     _same_result(reference, tmp_path / "run")
+
+
+def test_a_stalled_rank_is_named_within_the_timeout(tmp_path):
+    stalled = _torchrun(_search(tmp_path / "run") + ["--set", "dist_timeout_s=4"], tmp_path, script=STALLING)
+    assert stalled.returncode != 0
+    said = [line for line in stalled.stderr.splitlines() if line.startswith("dsnas: error:")]
+    assert len(said) == 1, stalled.stderr[-3000:]
+    assert re.search(r"rank 1 of 2 \(at step 6 of epoch 1\) did not reach the exchange within dist_timeout_s "
+                     r"\(4 s\)", said[0]), said[0]
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").exists()
 
 
 def test_sigterm_to_the_launcher_stops_every_rank_at_one_checkpointed_step(reference, tmp_path):

@@ -8,7 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import DsnasError, Preempted, one_line
+from .errors import DsnasError, Preempted, RankLost, one_line
 from .files import json_text
 
 
@@ -328,13 +328,16 @@ def _start_or_resume(args) -> int:
     if state == "checkpointed":
         saved = load_run_config(out)
         _check_same_run(out, saved, cfg)
-        cfg = saved
+        cfg = dataclasses.replace(saved, **{k: getattr(cfg, k) for k in CHANGES_NOTHING})
     elif launch_env()[1] == 0:
         clear_unstarted(out)  # what a start that never reached its first checkpoint left
     from .train import run_search
 
     run_search(cfg, out, resume=state == "checkpointed", quiet=args.quiet)
     return 0
+
+
+CHANGES_NOTHING = ("dist_timeout_s",)  # keys a resume may give anew: how long to wait, not what is computed
 
 
 def _check_same_run(out: Path, saved, given) -> None:
@@ -349,7 +352,8 @@ def _check_same_run(out: Path, saved, given) -> None:
 
     mine, theirs = keys(saved), keys(given)
     # threads 0 leaves the count to the run, which recorded the one it took
-    differ = [k for k, v in theirs.items() if mine.get(k) != v and not (k == "threads" and v == 0)]
+    differ = [k for k, v in theirs.items() if mine.get(k) != v and not (k == "threads" and v == 0)
+              and k not in CHANGES_NOTHING]
     if differ:
         k = differ[0]
         raise DsnasError(f"{out} holds a run started with {k}={mine.get(k)!r}, this command line gives "
@@ -595,6 +599,10 @@ def main(argv: list[str] | None = None) -> int:
     except Preempted as e:  # the step reached is checkpointed; the message says how to continue
         if e.show:
             print(e, file=sys.stderr)
+        return e.exit_code
+    except RankLost as e:  # another process ended or stalled; the last checkpoint is kept
+        if e.show:
+            print(f"dsnas: error: {e}", file=sys.stderr)
         return e.exit_code
     except OSError as e:  # the file system refused (permissions, disk full, a folder in the way)
         where = f" {e.filename}" if e.filename else ""

@@ -100,6 +100,8 @@ class Config:
     channels_last: bool = True         # channels-last memory format (faster on CPU and GPU)
     compile: bool = False              # torch.compile the model (CUDA only)
     deterministic: bool = False        # deterministic algorithms only: CUDA runs repeat (and resume) bitwise, slower
+    dist_timeout_s: int = 1800         # torchrun: how long an exchange between the processes may wait before
+                                       # the run stops, naming the rank that is lost or stalled (ranks.RankWatch)
     threads: int = 0                   # intra-op CPU threads of every process (0: rank 0's OMP_NUM_THREADS, else torch's
                                        # default); config.yaml records the count, so a resume keeps the numerics
 
@@ -190,7 +192,7 @@ RANGES = {  # every int and float key of Config (a key missing here fails every 
     "penalty": Range(0, 1e4),
     "candidates": Range(0, 100_000), "population": Range(0, 10_000), "mutation_prob": Range(0, 1),
     "select_images": COUNT, "eval_bn_recalibrate": COUNT, "checkpoint_every": COUNT, "seed": Range(0, 2**31 - 1),
-    "threads": Range(0, 1024),
+    "threads": Range(0, 1024), "dist_timeout_s": Range(1, 7 * 24 * 3600),
     "max_model_gb": MODEL_GB,
 }
 COSTS = {"mflops": ("mflops", "budget_mflops"), "params": ("params_m", "budget_params_m"),

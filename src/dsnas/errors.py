@@ -24,6 +24,18 @@ class Preempted(Exception):
         self.exit_code, self.show = 128 + signum, show
 
 
+class RankLost(Exception):
+    """Under torchrun, an exchange between the processes failed because one of them ended or
+    stalled (`ranks.RankWatch` names it): every step up to the last checkpoint is kept, and the
+    CLI prints the message (from the lowest rank that saw it) and exits 3."""
+
+    exit_code = 3
+
+    def __init__(self, message: str, show: bool = True):
+        super().__init__(one_line(message))
+        self.show = show
+
+
 def one_line(text: str) -> str:
     """``text`` with every unprintable character escaped as Python writes it (a newline as
     ``\\n``): a file name holding a newline must not split a message over two lines."""

@@ -28,6 +28,7 @@ from .files import PreemptionSignals, RunLock
 from .latency import load_latency
 from .methods import Method, get_method
 from .plan import check_run, search_rules, space_settings
+from .ranks import RankWatch
 from .report import Logger, RunFiles, alpha_rows, check_run_dir, new_run_dir
 from .runtime import Runtime, check_same_on_every_rank, precision_label, set_threads, setup_runtime
 from .search import DSNAS
@@ -65,6 +66,7 @@ class Run:
     ddp: nn.Module | None = None
     compiled: tuple | None = None      # (network, its torch.compile'd form)
     signals: PreemptionSignals = field(default_factory=PreemptionSignals)  # what the loop stops on
+    watch: RankWatch = field(default_factory=lambda: RankWatch(None, 0, 1, 0))  # names a lost rank (torchrun)
 
     @property
     def precision(self) -> str:
@@ -92,7 +94,7 @@ def open_run(cfg: Config, out: Path | None = None, resume: bool = False, quiet: 
 
 def _prepare(cfg: Config, out: Path | None, resume: bool, quiet: bool, held: contextlib.ExitStack) -> Run:
     started = time.time()
-    rt = setup_runtime(cfg.device, cfg.amp, cfg.deterministic)
+    rt = setup_runtime(cfg.device, cfg.amp, cfg.deterministic, cfg.dist_timeout_s)
     check_same_on_every_rank(int(resume), rt, "whether to resume")
     threads = set_threads(cfg.threads, rt)
     method = get_method(cfg.method)

@@ -3,6 +3,7 @@ of each stage, and the check that every rank holds the same architecture state."
 
 from __future__ import annotations
 
+import datetime
 import os
 import warnings
 from dataclasses import dataclass
@@ -27,6 +28,8 @@ class Runtime:
     device: torch.device = torch.device("cpu")
     amp_dtype: torch.dtype | None = None
     tf32: bool = False  # fp32 convolutions and matmuls run in TF32
+    store: object | None = None  # the launcher's key-value store, this attempt's keys (more than one process)
+    timeout_s: float = 1800.0    # how long an exchange between the processes may wait
 
     @property
     def main(self) -> bool:
@@ -61,9 +64,11 @@ def launch_env(env=os.environ) -> tuple[int, int, int]:
     return world, rank, local_rank
 
 
-def setup_runtime(device: str = "auto", amp: str = "auto", deterministic: bool = False) -> Runtime:
+def setup_runtime(device: str = "auto", amp: str = "auto", deterministic: bool = False,
+                  timeout_s: float = 1800.0) -> Runtime:
     """Join the torchrun process group when launched by torchrun; pick the device (``auto``,
-    ``cpu``, ``cuda`` or ``cuda:N``) and the autocast precision (a config's ``amp``)."""
+    ``cpu``, ``cuda`` or ``cuda:N``) and the autocast precision (a config's ``amp``). An exchange
+    between the processes that waits longer than ``timeout_s`` fails (`ranks.RankWatch` says why)."""
     world, rank, local_rank = launch_env()
     want_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if want_cuda and not torch.cuda.is_available():
@@ -75,10 +80,12 @@ def setup_runtime(device: str = "auto", amp: str = "auto", deterministic: bool =
         torch.cuda.set_device(device)
     else:
         device = torch.device("cpu")
+    store = None
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=_attempt_store(rank, world),
-                                rank=rank, world_size=world)
-    return Runtime(rank, world, device, autocast_dtype(amp, device), set_tf32(device))
+        store = _attempt_store(rank, world)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", store=store, rank=rank,
+                                world_size=world, timeout=datetime.timedelta(seconds=timeout_s))
+    return Runtime(rank, world, device, autocast_dtype(amp, device), set_tf32(device), store, timeout_s)
 
 
 def _attempt_store(rank: int, world: int):

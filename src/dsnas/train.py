@@ -28,6 +28,7 @@ from .errors import DsnasError, Preempted
 from .files import PreemptionSignals
 from .evaluate import accuracy, recalibrate_bn, reset_bn_stats, sync_bn_stats
 from .methods import Stage, Switch
+from .ranks import watched
 from .report import alpha_rows, credit_rows
 from .run import Run, open_run, run_loader
 from .runtime import check_consistent, largest_over_ranks, mean_over_ranks, stage_autocast, wrap_ddp
@@ -75,7 +76,8 @@ class RunResult:
 def run_search(cfg: Config, out: Path | None = None, resume: bool = False, quiet: bool = False) -> RunResult:
     """Run a DSNAS search (or a baseline, or a fixed architecture) with ``cfg``; files go to
     ``out`` (rank 0 writes them)."""
-    with open_run(cfg, out, resume, quiet) as run, PreemptionSignals() as run.signals:
+    with open_run(cfg, out, resume, quiet) as run, PreemptionSignals() as run.signals, \
+            watched(run.rt.store, run.rt.rank, run.rt.world, run.rt.timeout_s, run.out) as run.watch:
         for epoch in range(run.state.epoch, run.cfg.epochs):  # SIGTERM, SIGUSR1: checkpoint, then stop
             stage = run.method.stage(epoch, run.cfg)
             start_step = run.state.step if epoch == run.state.epoch else 0
@@ -129,6 +131,7 @@ def train_epoch(run: Run, net: nn.Module, stage: Stage, epoch: int, start_step: 
     arch_optimizer = run.arch_optimizer if stage.learns_alpha else None
     amp = stage_autocast(cfg.amp, rt.amp_dtype, stage.full_precision)
     for step, (x, y) in enumerate(run.train_loader, start=start_step):
+        run.watch.where = f"step {step + 1} of epoch {epoch + 1}"  # what a lost rank's message says
         if stage.samples_path:
             try:
                 search.sample(gate=stage.gates)
