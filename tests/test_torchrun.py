@@ -194,3 +194,42 @@ def test_two_nodes_match_one_node(reference, tmp_path, layout):
     _same_result(reference, out)
     saved = yaml.safe_load((out / "config.yaml").read_text())
     assert saved["world_size"] == 2 and saved["threads"] == 1
+
+
+# SLURM's commands as the batch script uses them, on one machine: srun runs its command, scontrol
+# names this host and records a requeue.
+FAKE_SRUN = '#!/usr/bin/env bash\nwhile [[ "$1" == --* ]]; do shift; done\nexec "$@"\n'
+FAKE_SCONTROL = ('#!/usr/bin/env bash\nif [ "$1" = show ]; then echo 127.0.0.1; '
+                 'else echo "$@" >> "$REQUEUED"; fi\n')
+
+
+def test_the_slurm_script_checkpoints_requeues_and_resumes_with_its_own_command_line(reference, tmp_path):
+    """SIGUSR1 to the batch shell (--signal=B:USR1), as SLURM sends it before the time limit: the
+    ranks stop at one checkpointed step, the job asks to be requeued, and the same script run
+    again finishes the run with the result of an uninterrupted one."""
+    import time
+
+    fakes = tmp_path / "bin"
+    fakes.mkdir()
+    for name, text in (("srun", FAKE_SRUN), ("scontrol", FAKE_SCONTROL)):
+        (fakes / name).write_text(text)
+        (fakes / name).chmod(0o755)
+    run = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1", "SLURM_JOB_ID": "77", "SLURM_NNODES": "1",
+           "SLURM_JOB_NODELIST": "node1", "GPUS_PER_NODE": "2", "OUT": str(run), "RDZV_PORT": _port(),
+           "REQUEUED": str(tmp_path / "requeued"),
+           "PATH": os.pathsep.join([str(fakes), str(Path(sys.executable).parent), os.environ["PATH"]])}
+    script = Path(__file__).resolve().parents[1] / "scripts" / "slurm_search.sh"
+    args = ["bash", str(script), "--quiet", *sum((["--set", s] for s in SETTINGS), [])]
+    job = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while not (run / "checkpoints" / "last.pt").exists() and time.time() < deadline and job.poll() is None:
+        time.sleep(0.2)
+    job.send_signal(__import__("signal").SIGUSR1)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode != 0 and err.count("SIGTERM: stopped before step") == 1, err[-3000:]
+    assert (tmp_path / "requeued").read_text().split() == ["requeue", "77"]
+    assert not (run / "child.safetensors").exists()
+    again = subprocess.run(args, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    _same_result(reference, run)
