@@ -157,10 +157,32 @@ def test_sigterm_to_the_launcher_stops_every_rank_at_one_checkpointed_step(refer
     _same_result(reference, tmp_path / "run")
 
 
-def test_torchrun_restarts_a_dead_worker_with_the_same_command_line(reference, tmp_path):
+# rank 1 exits abruptly at its DIE_AT-th training step, once (the epoch has 8 steps; the finetune starts at 9)
+DYING_AT_STEP = textwrap.dedent("""
+    import os, sys
+    import dsnas.train as train
+    real, calls, once = train.train_step, {"n": 0}, os.environ["DIE_ONCE"]
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if os.environ.get("RANK") == "1" and calls["n"] == int(os.environ["DIE_AT"]) and not os.path.exists(once):
+            open(once, "w").close()
+            os._exit(17)
+        return real(*args, **kwargs)
+    train.train_step = dying
+    from dsnas.cli import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+@pytest.mark.parametrize("moment, script, at", [
+    ("mid_epoch_after_a_checkpoint", DYING, None),
+    ("last_step_before_the_epoch_end_checkpoint", DYING_AT_STEP, 8),
+    ("in_the_finetune_stage", DYING_AT_STEP, 11),
+])
+def test_torchrun_restarts_a_dead_worker_with_the_same_command_line(reference, tmp_path, moment, script, at):
     once = tmp_path / "died"
-    run = _torchrun([*_search(tmp_path / "run"), "--resume"], tmp_path, script=DYING, restarts=1,
-                    env={"DIE_ONCE": str(once)})
+    run = _torchrun([*_search(tmp_path / "run"), "--resume"], tmp_path, script=script, restarts=1,
+                    env={"DIE_ONCE": str(once), **({"DIE_AT": str(at)} if at else {})})
     assert run.returncode == 0, run.stderr[-2000:]
     assert once.exists()  # rank 1 did die, and the restarted group resumed from the last checkpoint
     _same_result(reference, tmp_path / "run")
