@@ -270,3 +270,39 @@ def test_a_preempted_run_checkpoints_the_step_it_reached_and_resumes_exactly(ref
     arch, search, child, _ = _result(out)
     assert arch == reference[0] and all(torch.equal(child[k], reference[2][k]) for k in reference[2])
     assert all(torch.equal(search["alphas"][k], reference[1]["alphas"][k]) for k in reference[1]["alphas"])
+
+
+# The launcher's way: the signal reaches the rank's whole process group, its loader workers included.
+GROUP_SIGNALLER = SIGNALLER.replace("os.kill(os.getpid(), getattr(signal, name))",
+                                    "os.killpg(os.getpgid(0), getattr(signal, name))")
+STREAMED = ["space.width=0.25", "batch_size=16", "epochs=2", "warmup_epochs=0", "search_epochs=1",
+            "eval_bn_recalibrate=16", "workers=2", "budget_mflops=0", "seed=3"]
+
+
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGUSR1", 138)])
+def test_a_run_on_streamed_images_checkpoints_when_its_whole_process_group_is_signalled(tmp_path, name, code):
+    """torchrun and SLURM signal a rank's process group: the loader's workers must leave the stop to
+    the run, which checkpoints the step it reached and resumes to an uninterrupted run's result."""
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 16), ("val", 4)):
+        for c in range(2):
+            (tmp_path / "images" / split / f"c{c}").mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 256, (80, 80, 3), dtype=np.uint8)).save(
+                    tmp_path / "images" / split / f"c{c}" / f"{i}.jpg")
+    settings = [*STREAMED, f"data={tmp_path / 'images'}"]
+    _run(_search_args(tmp_path / "ref", settings))
+    out = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": SRC, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-c", GROUP_SIGNALLER, name, "1", *_search_args(out, settings)],
+                         capture_output=True, text=True, env=env, start_new_session=True)
+    assert res.returncode == code, res.stderr[-2000:]
+    assert "DataLoader worker" not in res.stderr and f"--resume {out}" in res.stderr, res.stderr[-2000:]
+    assert torch.load(out / "checkpoints" / "last.pt", weights_only=True)["progress"]["global_step"] == 1
+    _run(["search", "--quiet", "--resume", str(out)])
+    arch, search, child, _ = _result(out)
+    ref = _result(tmp_path / "ref")
+    assert arch == ref[0] and all(torch.equal(child[k], ref[2][k]) for k in ref[2])

@@ -156,3 +156,20 @@ def test_jpeg_decode_setting_is_checked():
 
     with pytest.raises(DsnasError, match="jpeg_decode must be one of workers, device"):
         check_run(load_config("demo", ["jpeg_decode=gpu"]))
+
+
+def test_a_streamed_images_crop_depends_on_the_seed_epoch_and_index_alone(tmp_path):
+    """The same batches whatever the number of loader workers and wherever an epoch is entered
+    (a resumed run starts mid-epoch), and other crops in another epoch."""
+    data = load_data(str(_tree(tmp_path, per_class=6)), input_size=48)
+
+    def batches(workers: int, epoch: int = 0, start: int = 0) -> list[torch.Tensor]:
+        loader = Loader(data, "train", 4, 7, torch.device("cpu"), train=True, workers=workers)
+        loader.set_epoch(epoch, start)
+        return [x for x, _ in loader]
+
+    alone = batches(0)
+    assert len(alone) == 3
+    assert all(torch.equal(a, b) for a, b in zip(alone, batches(2)))
+    assert all(torch.equal(a, b) for a, b in zip(alone[1:], batches(1, start=1)))
+    assert not torch.equal(alone[0], batches(0, epoch=1)[0])

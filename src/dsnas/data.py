@@ -18,6 +18,7 @@ import os
 import pickle
 import pickletools
 import shutil
+import signal
 import sys
 import zlib
 from dataclasses import dataclass, field
@@ -446,6 +447,25 @@ class BatchPlan:
                 yield batch
 
 
+class SeededBatches:
+    """The batches of a `BatchPlan`, each index paired with the seed of its image's augmentation,
+    drawn from (run seed, epoch, index) alone: a streamed image gets the same crop and flip in a
+    run resumed mid-epoch, under any number of loader workers, on any rank."""
+
+    MIX = 0x9E3779B97F4A7C15  # an odd 64-bit constant: neighbouring epochs' seeds do not collide
+
+    def __init__(self, plan: BatchPlan):
+        self.plan = plan
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __iter__(self):
+        base = (self.plan.seed * 100_003 + self.plan.epoch) * self.MIX
+        for batch in self.plan:
+            yield [(i, (base + i) % (1 << 63)) for i in batch]
+
+
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """``t`` on ``device``, without waiting for it: a copy from pageable host memory to a GPU
     blocks until every kernel already queued has run (a host-device sync per batch), so a CPU
@@ -501,6 +521,15 @@ def workers_that_fit(workers: int, batch_bytes: int, rank: int = 0) -> int:
     return fit
 
 
+def leave_stop_signals_to_the_run(_worker: int) -> None:
+    """A loader worker ignores SIGTERM and SIGUSR1. torchrun and SLURM signal a rank's whole
+    process group, and a worker that died of it would fail the step in progress; the run's own
+    process checkpoints that step and stops, and shuts its workers down as it exits (a worker
+    whose run has died exits by itself)."""
+    for signum in (signal.SIGTERM, signal.SIGUSR1):
+        signal.signal(signum, signal.SIG_IGN)
+
+
 class Loader:
     """Iterates normalised (images, labels) batches on ``device`` for one split and one rank.
 
@@ -526,9 +555,11 @@ class Loader:
             self.source = self.source.decoded_on(jpeg_decode)
             channels = 1 if self.source.mode == "L" else 3
             workers = workers_that_fit(workers, batch_size * channels * self.source.size ** 2, rank)
-            self.loader = torch.utils.data.DataLoader(self.source, batch_sampler=self.plan, num_workers=workers,
+            self.loader = torch.utils.data.DataLoader(self.source, batch_sampler=SeededBatches(self.plan),
+                                                      num_workers=workers,
                                                       collate_fn=collate, pin_memory=device.type == "cuda",
-                                                      persistent_workers=workers > 0)
+                                                      persistent_workers=workers > 0,
+                                                      worker_init_fn=leave_stop_signals_to_the_run)
 
     def __len__(self) -> int:
         return len(self.plan)

@@ -154,15 +154,16 @@ class ImageFiles(torch.utils.data.Dataset):
             raise DsnasError(f"jpeg_decode must be one of {', '.join(DECODERS)}, got {where!r}")
         return dataclasses.replace(self, decode=where)
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, key: int | tuple[int, int]):
+        """Image ``key`` (an index, or an (index, seed) pair whose seed draws its crop and flip)."""
         from PIL import Image
 
+        i, seed = key if isinstance(key, tuple) else (key, None)
         path, label = self.samples[i]
         try:
             raw = read_image_bytes(path)
             with pil_open(io.BytesIO(raw)) as im:
-                box = train_box(*im.size) if self.train else eval_box(*im.size, self.size)
-                flip = self.train and bool(torch.rand(()) < 0.5)
+                box, flip = self._draws(im.size, seed)
                 if self.decode == "device" and im.format == "JPEG" and im.mode in ("L", "RGB"):
                     return Encoded(torch.frombuffer(bytearray(raw), dtype=torch.uint8), box, flip, path), label
                 im.load()
@@ -173,6 +174,17 @@ class ImageFiles(torch.utils.data.Dataset):
             pixels = pixels.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         t = torch.from_numpy(np.array(pixels, dtype=np.uint8))
         return (t[None] if t.ndim == 2 else t.permute(2, 0, 1)), label
+
+    def _draws(self, size: tuple[int, int], seed: int | None) -> tuple[Box, bool]:
+        """The crop box and flip of an image of ``size``: random when training, from ``seed``
+        where given (else from the worker's RNG), the centre crop otherwise."""
+        if not self.train:
+            return eval_box(*size, self.size), False
+        if seed is None:
+            return train_box(*size), bool(torch.rand(()) < 0.5)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return train_box(*size), bool(torch.rand(()) < 0.5)
 
     def _crop(self, im, box: Box):
         from PIL import Image
