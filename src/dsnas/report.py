@@ -218,7 +218,7 @@ def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
     if not rows:
         return
     blocks = sorted({r["block"] for r in rows})
-    ops = [k for k in rows[0] if k not in ROW_KEYS]
+    ops = list(dict.fromkeys(k for r in rows for k in r if k not in ROW_KEYS))  # blocks may offer different ops
     cols = 5
     nrows = (len(blocks) + cols - 1) // cols
     fig, axes = plt.subplots(nrows, cols, figsize=(3.0 * cols, 2.1 * nrows), sharex=True, sharey=True, squeeze=False)
@@ -227,7 +227,8 @@ def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
         mine = [r for r in rows if r["block"] == b]
         epochs = [r["epoch"] for r in mine]
         for j, op in enumerate(ops):
-            ax.plot(epochs, [r[op] for r in mine], color=colors[j % len(colors)], lw=1.6, label=op)
+            if op in mine[0]:
+                ax.plot(epochs, [r[op] for r in mine], color=colors[j % len(colors)], lw=1.6, label=op)
         fixed = next((r for r in mine if r["fixed"]), None)
         if fixed is not None:
             ax.axvline(fixed["epoch"], color="0.3", ls="--", lw=0.9)
@@ -236,8 +237,10 @@ def plot_alpha(path: Path, rows: list[dict], title: str = "") -> None:
             ax.set_title(f"block {b}", fontsize=8)
         ax.set_ylim(0, 1)
         ax.grid(alpha=0.3)
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    _finish_panels(path, fig, axes, len(blocks), "probability", title or "softmax(alpha) per block", handles, labels)
+    handles = {h.get_label(): h for ax in axes.flat for h in ax.get_legend_handles_labels()[0]}
+    shown = [op for op in ops if op in handles]
+    _finish_panels(path, fig, axes, len(blocks), "probability", title or "softmax(alpha) per block",
+                   [handles[op] for op in shown], shown)
 
 
 def plot_credit(path: Path, rows: list[dict]) -> None:
