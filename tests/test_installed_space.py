@@ -51,7 +51,7 @@ def test_an_installed_space_is_listed_and_described(tmp_path):
     listed = _dsnas(env, "info", "--spaces")
     assert listed.returncode == 0, listed.stderr
     lines = {line.split()[0]: line for line in listed.stdout.splitlines()}
-    assert list(lines) == ["shufflenet", "nb201", "tiny"]
+    assert list(lines) == ["shufflenet", "nb201", "mobilenet", "tiny"]
     assert "example space from another package" in lines["tiny"] and "tiny_space" in lines["tiny"]
     described = _dsnas(env, "info", "--space", "tiny", "--json")
     assert described.returncode == 0, described.stderr

@@ -22,7 +22,8 @@ from dsnas.spaces.shufflenet import ShuffleNetSettings, ShuffleNetSpace
 
 PACKAGE_SPACES = sorted(name for name, cls in spaces.SPACES.items() if cls.__module__.startswith("dsnas."))
 SMALL = {"shufflenet": {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25},
-         "nb201": {"num_classes": 10, "in_channels": 1, "input_size": 28, "channels": 8, "cells_per_stage": 1}}
+         "nb201": {"num_classes": 10, "in_channels": 1, "input_size": 28, "channels": 8, "cells_per_stage": 1},
+         "mobilenet": {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}}
 
 
 def small_space(name: str) -> nn.Module:

@@ -6,6 +6,7 @@ from .registry import (DATA_SETTINGS, MAX_MODEL_GB, SPACES, Footprint, SpaceMixi
                        register_space, settings_of, space_class, space_names)
 from . import shufflenet  # noqa: E402  (registers the space)
 from . import nb201  # noqa: E402,F401  (registers the space)
+from . import mobilenet  # noqa: E402,F401  (registers the space)
 from .shufflenet import OPS, ShuffleNetChild, ShuffleNetSettings, ShuffleNetSpace, init_weights
 from ..config import DEFAULT_SPACE  # what a file that names no space (an MMRazor subnet) is read in
 
