@@ -28,15 +28,9 @@ TINY_RUN = ["space=mobilenet", "space.width=0.25", "train_limit=256", "test_limi
             "warmup_epochs=1", "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=64",
             "checkpoint_every=2", "seed=5", "early_fix=0.05"]
 SPOS_RUN = TINY_RUN + ["method=spos", "candidates=4", "population=2", "select_images=64"]
-# `report.plot_alpha` reads every block's candidates from the first block's row of alpha.csv; this
-# space's first block has a candidate of its own (mb_k3e1), so a DSNAS run stops at alpha.png with a
-# KeyError. The fix belongs to dsnas/report.py; these runs pass with it.
-ALPHA_PLOT = pytest.mark.xfail(strict=True, raises=KeyError,
-                               reason="report.plot_alpha assumes every block has the first block's candidates")
-
 LABELS = (["backbone.layer1.0"] + [f"backbone.layer{n}.{b}" for n in range(2, 7) for b in range(4)]
           + ["backbone.layer7.0"])
-# (in, out, stride) of each block at width 1 (DESIGN.md section 14)
+# (in, out, stride) of each block at width 1 (MMRazor's SearchableMobileNetV2 at widen 1.0)
 LAYOUT = ([(40, 24, 1)] + [(24, 32, 2)] + [(32, 32, 1)] * 3 + [(32, 56, 2)] + [(56, 56, 1)] * 3 + [(56, 112, 2)]
           + [(112, 112, 1)] * 3 + [(112, 128, 1)] + [(128, 128, 1)] * 3 + [(128, 256, 2)] + [(256, 256, 1)] * 3
           + [(256, 432, 1)])
@@ -386,7 +380,6 @@ def test_import_refuses_a_file_that_is_not_this_network(subnet_checkpoint, tmp_p
 # --- runs ----------------------------------------------------------------------------------------
 
 @pytest.mark.slow
-@ALPHA_PLOT
 def test_a_dsnas_search_runs_on_fashion_mnist(tmp_path):
     """The whole DSNAS loop on the embedded 28 px images at width 0.25; the saved child loads,
     computes what the run's child computed and exports to ONNX."""
@@ -471,7 +464,6 @@ def _assert_same_run(ref, run) -> None:
 
 
 @pytest.mark.slow
-@ALPHA_PLOT
 def test_an_interrupted_search_resumes_bit_exact(tmp_path, monkeypatch):
     ref, run = _interrupted_then_resumed(tmp_path, monkeypatch, TINY_RUN)
     _assert_same_run(ref, run)
