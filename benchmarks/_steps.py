@@ -17,12 +17,13 @@ class Pair:
     """The supernet with its DSNAS state and optimizers, and the child of one path with its own."""
 
     def __init__(self, input_size: int, batch: int, width: float = 1.0, num_classes: int = 10, in_channels: int = 3,
-                 device: str = "cpu", channels_last: bool = True, amp: torch.dtype | None = None, seed: int = 0):
+                 device: str = "cpu", channels_last: bool = True, amp: torch.dtype | None = None, seed: int = 0,
+                 space: str = "shufflenet"):
         torch.manual_seed(seed)
         self.device, self.amp = torch.device(device), amp
         set_tf32(self.device)  # fp32 as a run computes it
-        self.space = spaces.build("shufflenet", {"num_classes": num_classes, "in_channels": in_channels,
-                                                 "input_size": input_size, "width": width})
+        self.space = spaces.build(space, {"num_classes": num_classes, "in_channels": in_channels,
+                                          "input_size": input_size, "width": width})
         table = self.space.costs
         self.space.to(self.device)
         self.search = DSNAS(self.space, costs=table, budget=0.0, penalty=1e-3,

@@ -6,7 +6,7 @@ plain child network. The two are interleaved, many repetitions, median time. Mem
 path for both: the bytes autograd keeps for backward in one forward (CPU), or the peak allocated
 memory of a whole step (CUDA).
 
-    python benchmarks/step_overhead.py [--reps 40] [--batch N] [--json] [--no-write]
+    python benchmarks/step_overhead.py [--space shufflenet|mobilenet] [--reps 40] [--batch N] [--json] [--no-write]
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ SETTINGS = [  # (note, input size, batch, width, classes, channels)
 ]
 
 
-def measure(input_size, batch, width, classes, channels, reps, device):
-    pair = Pair(input_size, batch, width, classes, channels, device=device)
+def measure(input_size, batch, width, classes, channels, reps, device, space="shufflenet"):
+    pair = Pair(input_size, batch, width, classes, channels, device=device, space=space)
     search_t, child_t = pair.interleaved(reps)
     if pair.device.type == "cuda":
         peaks = []
@@ -52,6 +52,7 @@ def measure(input_size, batch, width, classes, channels, reps, device):
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--space", default="shufflenet", help="a space with a width setting: shufflenet, mobilenet")
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=0, help="one batch for every setting (default: each its own)")
@@ -59,13 +60,15 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     results = {f"{size} px, batch {args.batch or batch}{note}": measure(size, args.batch or batch, *rest, args.reps,
-                                                                         args.device)
+                                                                         args.device, args.space)
                for note, size, batch, *rest in SETTINGS}
     if args.json:
         print(json.dumps({"device": args.device, "settings": results}, allow_nan=False))
-    lines = ["## Search-step overhead (`benchmarks/step_overhead.py`)", "", f"Machine: {machine()}; device {args.device}.",
-             f"Command: `python benchmarks/step_overhead.py --reps {args.reps}{f' --batch {args.batch}' if args.batch else ''}`. Median of {args.reps} interleaved "
-             "repetitions; synthetic data; ShuffleNet space at width 1.0.", "",
+    where = "" if args.space == "shufflenet" else f", {args.space} space"
+    lines = [f"## Search-step overhead{where} (`benchmarks/step_overhead.py`)", "", f"Machine: {machine()}; device {args.device}.",
+             f"Command: `python benchmarks/step_overhead.py{f' --space {args.space}' if args.space != 'shufflenet' else ''} "
+             f"--reps {args.reps}{f' --batch {args.batch}' if args.batch else ''}`. Median of {args.reps} interleaved "
+             f"repetitions; synthetic data; {args.space} space at width 1.0.", "",
              "| setting | search step (ms) | child step (ms) | time ratio | search mem (MiB) | child mem (MiB) | mem ratio |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
@@ -75,7 +78,8 @@ def main() -> None:
     if not args.json:
         print("\n".join(lines))
     if not args.no_write:
-        write_section(f"step_overhead_{args.device}", "\n".join(lines))
+        name = "step_overhead" if args.space == "shufflenet" else f"step_overhead_{args.space}"
+        write_section(f"{name}_{args.device}", "\n".join(lines))
 
 
 if __name__ == "__main__":
