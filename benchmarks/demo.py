@@ -31,8 +31,9 @@ def run(args, seed: int, extra: list[str], name: str = "") -> dict:
     seedN[-name] of ``args.work``; its metrics.json (a finished run there is read, not rerun)."""
     out = Path(args.work) / (f"seed{seed}" + (f"-{name}" if name else ""))
     m = run_dsnas(["search", "--quiet", *overrides([f"seed={seed}"]), *extra, *overrides(args.set)], out)
-    decisions = load_arch(out / "arch.yaml").decisions
-    return {**m, "blocks": len(decisions), "most_candidates": max(len(c) for _, c in decisions)}
+    arch = load_arch(out / "arch.yaml")
+    decisions = arch.decisions
+    return {**m, "space": arch.space, "blocks": len(decisions), "most_candidates": max(len(c) for _, c in decisions)}
 
 
 def scratch_pick(args, seed: int, budget: float) -> dict:
@@ -96,8 +97,10 @@ def report(args, rows: list, picks: list, scratch: list) -> None:
 
     pick_head = (" random pick top-1 (%) | random pick MFLOPs |" if picks else "") + \
         (" scratch pick top-1 (%) | scratch pick MFLOPs | scratch pick wall (s) |" if scratch else "")
+    beside = (", beside a uniform pick finetuned" if picks else "") + \
+        (", beside a uniform architecture from scratch" if scratch else "")
     title = "Default demo (`dsnas search`)" if args.section == "demo" else \
-        f"The demo preset on {rows[0]['data']} (`benchmarks/demo.py`)"
+        f"The demo preset on {rows[0]['data']}, {rows[0]['space']} space{beside} (`benchmarks/demo.py`)"
     lines = [f"## {title}", "",
              f"Machine: {machine()}.",
              f"Command: `python benchmarks/demo.py --seeds {' '.join(map(str, args.seeds))}"

@@ -235,8 +235,8 @@ def _publish(args, name: str, text: str, record: dict) -> None:
 def write_report(args, per_seed: dict) -> None:
     seeds = args.seeds
     first = per_seed[seeds[0]]["dsnas"]
-    lines = [f"## Search quality: {args.epochs} epochs, {args.search_epochs} of search, {len(seeds)} seed(s) "
-             "(`benchmarks/quality.py`)", "",
+    lines = [f"## Search quality: {args.epochs} epochs, {args.search_epochs} of search, {len(seeds)} seed(s), "
+             f"{_against(args.methods)} (`benchmarks/quality.py`)", "",
              f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each "
              "(finished runs in the work folder are reused, not rerun).", f"Command: `{_command(args, 'methods')}`", "",
              f"Data: {first['data']} ({first['train_images']} training images for "
@@ -269,6 +269,16 @@ def write_report(args, per_seed: dict) -> None:
         lines += ["", _placement(args, per_seed, gt)]
     lines += ["", _methods_figure(args, per_seed, gt)]
     _publish(args, args.name, "\n".join(lines), {"per_seed": per_seed})
+
+
+def _against(methods) -> str:
+    """What the DSNAS child is compared with, for the section's title (which names its setting)."""
+    names = {"scratch": "its architecture retrained", "random": "random search", "spos": "SPOS",
+             "uniform": "a uniform architecture from scratch"}
+    others = [names[m] for m in methods if m != "dsnas"]
+    if not others:
+        return "DSNAS alone"
+    return "DSNAS against " + (others[0] if len(others) == 1 else ", ".join(others[:-1]) + " and " + others[-1])
 
 
 def _read_ground_truth(args) -> dict | None:
@@ -332,8 +342,9 @@ def write_ranking(args, ranking: dict) -> None:
     within = f"within {args.budget} MFLOPs" if args.budget else "from the whole space"
     if args.tau_pool:
         within += f", spread over the MFLOPs range of {args.tau_pool} uniform draws"
-    lines = [f"## Supernet ranking against stand-alone training, architectures {within} "
-             "(`benchmarks/quality.py --parts ranking`)", "",
+    lines = [f"## Supernet ranking against stand-alone training: supernet {_epochs(args.search_epochs)}, "
+             f"stand-alone {_epochs(args.tau_epochs)}, architectures {within} (`benchmarks/quality.py --parts ranking`)",
+             "",
              f"Machine: {machine()}; {args.jobs} runs side by side, {args.threads} thread(s) each.",
              f"Command: `{_command(args, 'ranking')}`", "",
              f"A uniform supernet (`--method random`, the `{args.config}` preset, seed {args.seeds[0]}) trained for "
@@ -392,6 +403,10 @@ def write_ranking(args, ranking: dict) -> None:
                  "data": args.data, "pairs": [{k: q[k] for k in ("inherited", "repeats", "alone", "mflops", "choices")}
                                              for q in pairs]}
         (ROOT / "benchmarks" / f"{args.name}_ground_truth.json").write_text(json.dumps(truth, indent=1, allow_nan=False) + "\n")
+
+
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("" if n == 1 else "s")
 
 
 def _cfg(args, key: str):

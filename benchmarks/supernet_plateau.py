@@ -108,7 +108,8 @@ def main() -> None:
     data = load_data(args.data)
     edges = [round(i * args.steps / args.windows) for i in range(args.windows + 1)]
     head = " | ".join(f"steps {a + 1}-{b}" for a, b in zip(edges, edges[1:]))
-    lines = [f"## Supernet learning from its initial weights, {data.name} (`benchmarks/supernet_plateau.py`)", "",
+    lines = [f"## Supernet learning from its initial weights, {data.name}, batch {args.batch} "
+             "(`benchmarks/supernet_plateau.py`)", "",
              f"Machine: {machine()}.",
              f"Command: `python benchmarks/supernet_plateau.py --data {args.data} --batch {args.batch} --section "
              f"{args.section} --steps {args.steps} --lr {args.lr:g} --seeds "
