@@ -1,6 +1,6 @@
 """Search spaces, built by name through the registry (`build`, `build_child`, `settings_of`):
-the ShuffleNetV2 space of DSNAS and SPOS, the NAS-Bench-201 cell space, and the child networks
-they yield."""
+the ShuffleNetV2 space of DSNAS and SPOS, MMRazor's SPOS MobileNet, the NAS-Bench-201 cell
+space, and the child networks they yield; installed packages add theirs (`space_names`)."""
 
 from .registry import (DATA_SETTINGS, MAX_MODEL_GB, SPACES, Footprint, SpaceMixin, SpaceSettings, build, build_child,
                        register_space, settings_of, space_class, space_names)

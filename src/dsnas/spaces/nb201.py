@@ -308,8 +308,8 @@ class NB201Space(SpaceMixin, _CellNet):
     init_schemes = INIT_SCHEMES
     description = "NAS-Bench-201 cell space: one cell of 6 edges over up to 5 ops, stacked in 3 stages of N cells"
     # A search's defaults here (config ``credit: auto``, ``never_pick: auto``, ``ops`` left empty): the
-    # paper's gate credit collapses this space onto parameter-free cells (README, "A cell space:
-    # NAS-Bench-201"; BENCHMARKS `nb201_remedies`), so the sampled op is rewarded by the step's loss and
+    # paper's gate credit collapses this space onto parameter-free cells (docs/spaces.md, "A cell
+    # space: NAS-Bench-201"; BENCHMARKS `nb201_remedies`), so the sampled op is rewarded by the step's loss and
     # the candidates leave out `none` (4**6 cells); where a config puts `none` back, it is never derived.
     credit = "loss"
     never_pick = "none"
