@@ -4,6 +4,9 @@ All tests run on the CPU. The models here run batch-1 (or tiny-batch) forwards, 
 intra-op threading only costs: on a small shared machine, OpenMP threads spinning against other
 processes make a 224 px forward ~100x slower. So this process and every CLI subprocess use one
 thread.
+
+With pytest-xdist installed (the dev extra), the suite runs on one worker process per CPU core, at
+most MAX_WORKERS; `-n N` asks for N, and `-n 0` or `-p no:xdist` runs it in this one process.
 """
 
 from __future__ import annotations
@@ -24,6 +27,36 @@ SRC_DIR = TESTS_DIR.parent / "src"
 
 # The 20 blocks of the shufflenet space, in order (MMRazor's names).
 BLOCK_KEYS = [f"backbone.layers.{s}.{j}" for s, r in enumerate((4, 4, 8, 4)) for j in range(r)]
+
+MAX_WORKERS = 8  # past this many, the suite's time is that of its longest group of tests, not of its cores
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """One worker per core (pytest-xdist's -n auto) unless the command line names a number, runs
+    in one process (-p no:xdist) or needs one (--pdb, --collect-only)."""
+    if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", 0) is not None:
+        return
+    if config.getoption("usepdb") or config.getoption("collectonly"):
+        return
+    config.option.numprocesses = "auto"
+    config.option.maxprocesses = config.option.maxprocesses or MAX_WORKERS
+    if config.option.dist == "no":
+        config.option.dist = "loadgroup"
+
+
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker under --dist loadgroup: the tests that share a module-scoped fixture (a
+    run made once and read by several tests) form one group, which one worker runs, so that the
+    fixture is made once; and the slow tests come first, so that the quick ones fill in at the end
+    and the workers finish together."""
+    if not getattr(config.option, "loadgroup", False):
+        return
+    for item in items:
+        defs = getattr(item, "_fixtureinfo", None)
+        if defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values()):
+            item.add_marker(pytest.mark.xdist_group(Path(item.nodeid.split("::")[0]).stem))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @dataclass
