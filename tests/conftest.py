@@ -28,6 +28,14 @@ SRC_DIR = TESTS_DIR.parent / "src"
 # The 20 blocks of the shufflenet space, in order (MMRazor's names).
 BLOCK_KEYS = [f"backbone.layers.{s}.{j}" for s, r in enumerate((4, 4, 8, 4)) for j in range(r)]
 
+# The shufflenet space of the embedded Fashion-MNIST subset, at width 0.25.
+SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
+
+# A search of a few seconds on the embedded set: 256 training and 64 test images, an epoch of
+# search and one of finetuning. A test adds the settings it is about (of two key=value, the later wins).
+TINY = ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=2", "warmup_epochs=0",
+        "search_epochs=1", "eval_bn_recalibrate=64"]
+
 MAX_WORKERS = 8  # past this many, the suite's time is that of its longest group of tests, not of its cores
 
 
@@ -76,6 +84,18 @@ def cli_env() -> dict:
 
 def _command(args) -> list[str]:
     return [sys.executable, "-m", "dsnas", *[str(a) for a in args]]
+
+
+def tiny_config(*extra: str):
+    """The run configuration of ``TINY`` and then ``extra``."""
+    from dsnas.config import load_config
+
+    return load_config(None, [*TINY, *extra])
+
+
+def set_flags(settings) -> list[str]:
+    """``--set key=value`` for each of ``settings``, for a command line."""
+    return [flag for s in settings for flag in ("--set", s)]
 
 
 def run_cli(*args, timeout: float = 120) -> CliResult:
@@ -166,3 +186,42 @@ def table_224():
     from dsnas import ShuffleNetSpace
 
     return ShuffleNetSpace().costs
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want||."""
+    return float((got - want).norm() / want.norm())
+
+
+def cifar_folder(folder: Path, data, labels, train_batches: int = 1, test=None) -> Path:
+    """A CIFAR-10 python folder: ``train_batches`` training batches (data_batch_1, ...) of ``data``
+    and ``labels``, and a test_batch of ``test`` (data and labels; by default the same batch)."""
+    import pickle
+
+    folder.mkdir(parents=True)
+    batch = pickle.dumps({b"data": data, b"labels": labels}, protocol=4)
+    for i in range(1, train_batches + 1):
+        (folder / f"data_batch_{i}").write_bytes(batch)
+    (folder / "test_batch").write_bytes(batch if test is None else
+                                        pickle.dumps({b"data": test[0], b"labels": test[1]}, protocol=2))
+    return folder
+
+
+def image_folders(root: Path, classes=("cat", "dog"), per_class: int = 3, draw=None, suffix: str = ".png") -> Path:
+    """An ImageFolder tree, train/ and val/ alike: a folder of ``per_class`` images for each of
+    ``classes`` (or a mapping of class to its number of images); ``draw(rng)`` makes each image as
+    an array (default: 80 x 80 RGB noise, from one generator seeded 0); JPEGs at quality 90."""
+    import numpy as np
+    from PIL import Image
+
+    counts = classes if isinstance(classes, dict) else dict.fromkeys(classes, per_class)
+    rng = np.random.default_rng(0)
+    draw = draw or (lambda rng: rng.integers(0, 256, (80, 80, 3), dtype=np.uint8))
+    for split in ("train", "val"):
+        for name, n in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                options = {"quality": 90} if suffix == ".jpg" else {}
+                Image.fromarray(draw(rng)).save(folder / f"{i}{suffix}", **options)
+    return root

@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY, set_flags
+
 pytestmark = pytest.mark.slow  # every test runs whole searches in child processes
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-SETTINGS = ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=3", "warmup_epochs=1",
-            "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=64",
+SETTINGS = [*TINY, "epochs=3", "warmup_epochs=1", "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05",
             "checkpoint_every=2", "seed=11", "early_fix=0.05"]
 
 # Runs `dsnas search` in a child process that SIGKILLs itself at the chosen point.
@@ -78,10 +79,7 @@ def _run(args, kill=None, check=True, threads=1):
 
 
 def _search_args(out, settings=SETTINGS):
-    args = ["search", "--quiet", "--out", str(out)]
-    for s in settings:
-        args += ["--set", s]
-    return args
+    return ["search", "--quiet", "--out", str(out), *set_flags(settings)]
 
 
 def _reference_and_resumed(tmp_path, settings, kill):
