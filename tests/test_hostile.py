@@ -17,15 +17,13 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import SRC_DIR, assert_one_line_error, cifar_folder, image_folders, random_arch, run_cli
+from conftest import SMALL, SRC_DIR, assert_one_line_error, cifar_folder, image_folders, random_arch, run_cli
 from dsnas import Architecture, DsnasError, ShuffleNetChild, ShuffleNetSpace, load_arch, save_arch
 from dsnas.config import load_config
 from dsnas.data import load_data
 from dsnas.export import export_onnx, load_child, save_weights
 from dsnas.files import RunLock, atomic_path, write_text
 from dsnas.spaces import ShuffleNetSettings
-
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 
 
 @pytest.fixture

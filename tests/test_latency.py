@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from conftest import TINY, assert_one_line_error, set_flags
+from conftest import SMALL, TINY, assert_one_line_error, set_flags
 from dsnas import DSNAS, DsnasError, ShuffleNetSpace
 from dsnas.latency import LatencyTable, load_latency, measure_latency, save_latency
 
-SPACE = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}  # the embedded set's space
+SPACE = SMALL  # the embedded set's space
 
 
 @pytest.fixture(scope="module")
