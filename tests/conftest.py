@@ -11,9 +11,12 @@ most MAX_WORKERS; `-n N` asks for N, and `-n 0` or `-p no:xdist` runs it in this
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,29 +45,78 @@ MAX_WORKERS = 8  # past this many, the suite's time is that of its longest group
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
     """One worker per core (pytest-xdist's -n auto) unless the command line names a number, runs
-    in one process (-p no:xdist) or needs one (--pdb, --collect-only)."""
-    if hasattr(config, "workerinput") or getattr(config.option, "numprocesses", 0) is not None:
+    in one process (-p no:xdist) or needs one (--pdb, --collect-only); on workers, the tests go out
+    by group (--dist loadgroup, see below) unless it names another way."""
+    option = config.option
+    if hasattr(config, "workerinput") or not hasattr(option, "numprocesses"):
         return
-    if config.getoption("usepdb") or config.getoption("collectonly"):
-        return
-    config.option.numprocesses = "auto"
-    config.option.maxprocesses = config.option.maxprocesses or MAX_WORKERS
-    if config.option.dist == "no":
-        config.option.dist = "loadgroup"
+    if option.numprocesses is None and not (config.getoption("usepdb") or config.getoption("collectonly")):
+        option.numprocesses = "auto"
+        option.maxprocesses = option.maxprocesses or MAX_WORKERS
+    if option.numprocesses and option.dist == "no":
+        option.dist = "loadgroup"
 
 
+# Under --dist loadgroup, the tests that share a module-scoped fixture (a run made once and read by
+# several tests) are one group, which one worker runs, so that the fixture is made once. xdist finds
+# groups in the test ids, which pytest 9.2 no longer lets it change (pytest-xdist issue 1386), so the
+# first worker writes the groups to a file that the scheduler reads before it hands out any test.
+def _groups_file(node) -> Path:
+    return Path(tempfile.gettempdir()) / f"dsnas-test-groups-{node.workerinput['testrunuid']}.json"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    if node.config.getoption("dist") == "loadgroup" and node.workerinput["workerid"] == "gw0":
+        node.workerinput["dsnas_groups"] = str(_groups_file(node))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SharedFixtureGroups(LoadGroupScheduling):
+        groups: dict[str, str] = {}
+
+        def schedule(self):
+            if self.collection is None:
+                path = _groups_file(next(iter(self.registered_collections)))
+                try:
+                    self.groups = json.loads(path.read_text())
+                    path.unlink()
+                except (OSError, ValueError):
+                    self.groups = {}
+            super().schedule()
+
+        def _split_scope(self, nodeid):
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return SharedFixtureGroups(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
-    """On an xdist worker under --dist loadgroup: the tests that share a module-scoped fixture (a
-    run made once and read by several tests) form one group, which one worker runs, so that the
-    fixture is made once; and the slow tests come first, so that the quick ones fill in at the end
-    and the workers finish together."""
-    if not getattr(config.option, "loadgroup", False):
+    """On an xdist worker: the slow tests first, so that the quick ones fill in at the end and the
+    workers finish together; and the groups of tests, from the first worker."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None:
         return
-    for item in items:
-        defs = getattr(item, "_fixtureinfo", None)
-        if defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values()):
-            item.add_marker(pytest.mark.xdist_group(Path(item.nodeid.split("::")[0]).stem))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if "dsnas_groups" not in worker:
+        return
+    groups = {}
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        defs = getattr(item, "_fixtureinfo", None)
+        if mark is not None:
+            groups[item.nodeid] = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        elif defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values()):
+            groups[item.nodeid] = item.nodeid.split("::")[0]
+    path = Path(worker["dsnas_groups"])
+    path.with_suffix(".part").write_text(json.dumps(groups))
+    path.with_suffix(".part").replace(path)
 
 
 @dataclass
@@ -96,6 +148,19 @@ def tiny_config(*extra: str):
 def set_flags(settings) -> list[str]:
     """``--set key=value`` for each of ``settings``, for a command line."""
     return [flag for s in settings for flag in ("--set", s)]
+
+
+@contextmanager
+def without_figures():
+    """Runs made inside draw no alpha.png or credit.png: drawing them is most of a tiny run's time
+    (about 4 s a run on one core). For the runs whose figures no test looks at, such as a repeat
+    that is only compared with another run; the runs of test_train and test_credit draw theirs."""
+    import dsnas.report as report
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "plot_alpha", lambda *args, **kwargs: None)
+        mp.setattr(report, "plot_credit", lambda *args, **kwargs: None)
+        yield
 
 
 def run_cli(*args, timeout: float = 120) -> CliResult:
