@@ -12,7 +12,7 @@ from dsnas.config import load_config
 from dsnas.runtime import setup_runtime
 from dsnas.train import run_search
 
-from conftest import assert_one_line_error, tiny_config
+from conftest import assert_one_line_error, tiny_config, without_figures
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +48,8 @@ def _run(tmp_path, name, *extra):
 
 
 def test_a_deterministic_cpu_run_gives_the_same_result(tmp_path):
-    plain = _run(tmp_path, "plain")
+    with without_figures():  # the run compared with
+        plain = _run(tmp_path, "plain")
     det = _run(tmp_path, "det", "deterministic=true")
     assert torch.are_deterministic_algorithms_enabled()
     assert det.metrics["history"][-1]["train_loss"] == plain.metrics["history"][-1]["train_loss"]

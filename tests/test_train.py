@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config
+from conftest import tiny_config, without_figures
 from dsnas.arch import load_arch
 from dsnas.export import load_child
 from dsnas.train import run_search
@@ -95,7 +95,8 @@ def test_finetune_trains_only_the_child_and_resets_bn(tiny_run):
 @pytest.mark.slow
 def test_same_seed_same_result(tiny_run, tmp_path):
     out, metrics = tiny_run
-    again = run_search(tiny_cfg(), tmp_path / "again", quiet=True).metrics
+    with without_figures():
+        again = run_search(tiny_cfg(), tmp_path / "again", quiet=True).metrics
     assert load_arch(tmp_path / "again" / "arch.yaml").choices == load_arch(out / "arch.yaml").choices
     a = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)
