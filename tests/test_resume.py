@@ -157,7 +157,8 @@ def test_spos_killed_at_the_selection_resumes_to_the_same_winner(tmp_path):
 def test_fp16_run_resumes_with_its_loss_scale(tmp_path):
     """Under fp16 the gradient scaler's state (scale, growth tracker) is part of the checkpoint: a
     run killed mid-search resumes to the same alpha, weights and scale as an uninterrupted one."""
-    ref, out = _reference_and_resumed(tmp_path, SETTINGS + ["amp=fp16"], ("after_save", 3))
+    fp16 = SETTINGS + ["amp=fp16", "epochs=2"]  # warm-up and search: save 3 is mid-search, the rest is resumed
+    ref, out = _reference_and_resumed(tmp_path, fp16, ("after_save", 3))
     _run(["search", "--quiet", "--resume", str(out)])
     arch, search, child, history = _result(out)
     ref_arch, ref_search, ref_child, ref_history = _result(ref)
