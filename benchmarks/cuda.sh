@@ -22,8 +22,8 @@
 # Time plan: the whole script ends within DEADLINE seconds (default 470, about 8 minutes of GPU
 # time). Each step runs under its own limit, sized from the estimate written beside it for an
 # H100-class GPU with 16 CPU cores (each step spends ~8 s starting Python and importing torch),
-# and never past the deadline; a step that would start with under 20 s left is skipped. The
-# estimates add up to about 455 s.
+# and never past the deadline; a step that would start with under MIN_LEFT s left (default 20)
+# is skipped. The estimates add up to about 455 s.
 #
 # The CPU rehearsal runs every step at toy sizes under limits of its own, two to four times what
 # each took on a shared 2-core machine (620 s in all, at a load average of 9), and a deadline of
@@ -37,6 +37,7 @@ OUT=${1:-runs/cuda}
 PY=${PYTHON:-python3}
 REHEARSE=${REHEARSE:-0}
 [ "$REHEARSE" = 1 ] && DEADLINE=${DEADLINE:-1200} || DEADLINE=${DEADLINE:-470}
+MIN_LEFT=${MIN_LEFT:-20}
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 mkdir -p "$OUT" || exit 2
 OUT=$(cd "$OUT" && pwd)
@@ -54,7 +55,7 @@ step() {  # name, limit on the GPU (s), limit in the CPU rehearsal (s), command.
     [ "$REHEARSE" = 1 ] && limit=$1
     shift
     local left=$((DEADLINE - SECONDS))
-    if [ "$left" -lt 20 ]; then say "== $name: skipped, ${left} s left before the deadline"; status=1; return; fi
+    if [ "$left" -lt "$MIN_LEFT" ]; then say "== $name: skipped, ${left} s left before the deadline"; status=1; return; fi
     [ "$limit" -gt "$left" ] && limit=$left
     mkdir -p "$WORK/$name"
     echo "== $name (limit $limit s): $*"

@@ -4,13 +4,19 @@ All tests run on the CPU. The models here run batch-1 (or tiny-batch) forwards, 
 intra-op threading only costs: on a small shared machine, OpenMP threads spinning against other
 processes make a 224 px forward ~100x slower. So this process and every CLI subprocess use one
 thread.
+
+With pytest-xdist installed (the dev extra), the suite runs on one worker process per CPU core, at
+most MAX_WORKERS; `-n N` asks for N, and `-n 0` or `-p no:xdist` runs it in this one process.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +30,93 @@ SRC_DIR = TESTS_DIR.parent / "src"
 
 # The 20 blocks of the shufflenet space, in order (MMRazor's names).
 BLOCK_KEYS = [f"backbone.layers.{s}.{j}" for s, r in enumerate((4, 4, 8, 4)) for j in range(r)]
+
+# The shufflenet space of the embedded Fashion-MNIST subset, at width 0.25.
+SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
+
+# A search of a few seconds on the embedded set: 256 training and 64 test images, an epoch of
+# search and one of finetuning. A test adds the settings it is about (of two key=value, the later wins).
+TINY = ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=2", "warmup_epochs=0",
+        "search_epochs=1", "eval_bn_recalibrate=64"]
+
+MAX_WORKERS = 8  # past this many, the suite's time is that of its longest group of tests, not of its cores
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_cmdline_main(config):
+    """One worker per core (pytest-xdist's -n auto) unless the command line names a number, runs
+    in one process (-p no:xdist) or needs one (--pdb, --collect-only); on workers, the tests go out
+    by group (--dist loadgroup, see below) unless it names another way."""
+    option = config.option
+    if hasattr(config, "workerinput") or not hasattr(option, "numprocesses"):
+        return
+    if option.numprocesses is None and not (config.getoption("usepdb") or config.getoption("collectonly")):
+        option.numprocesses = "auto"
+        option.maxprocesses = option.maxprocesses or MAX_WORKERS
+    if option.numprocesses and option.dist == "no":
+        option.dist = "loadgroup"
+
+
+# Under --dist loadgroup, the tests that share a module-scoped fixture (a run made once and read by
+# several tests) are one group, which one worker runs, so that the fixture is made once. xdist finds
+# groups in the test ids, which pytest 9.2 no longer lets it change (pytest-xdist issue 1386), so the
+# first worker writes the groups to a file that the scheduler reads before it hands out any test.
+def _groups_file(node) -> Path:
+    return Path(tempfile.gettempdir()) / f"dsnas-test-groups-{node.workerinput['testrunuid']}.json"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node):
+    if node.config.getoption("dist") == "loadgroup" and node.workerinput["workerid"] == "gw0":
+        node.workerinput["dsnas_groups"] = str(_groups_file(node))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getoption("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SharedFixtureGroups(LoadGroupScheduling):
+        groups: dict[str, str] = {}
+
+        def schedule(self):
+            if self.collection is None:
+                path = _groups_file(next(iter(self.registered_collections)))
+                try:
+                    self.groups = json.loads(path.read_text())
+                    path.unlink()
+                except (OSError, ValueError):
+                    self.groups = {}
+            super().schedule()
+
+        def _split_scope(self, nodeid):
+            return self.groups.get(nodeid) or super()._split_scope(nodeid)
+
+    return SharedFixtureGroups(config, log)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """On an xdist worker: the slow tests first, so that the quick ones fill in at the end and the
+    workers finish together; and the groups of tests, from the first worker."""
+    worker = getattr(config, "workerinput", None)
+    if worker is None:
+        return
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if "dsnas_groups" not in worker:
+        return
+    groups = {}
+    for item in items:
+        mark = item.get_closest_marker("xdist_group")
+        defs = getattr(item, "_fixtureinfo", None)
+        if mark is not None:
+            groups[item.nodeid] = str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+        elif defs is not None and any(d[-1].scope == "module" for d in defs.name2fixturedefs.values()):
+            groups[item.nodeid] = item.nodeid.split("::")[0]
+    path = Path(worker["dsnas_groups"])
+    path.with_suffix(".part").write_text(json.dumps(groups))
+    path.with_suffix(".part").replace(path)
 
 
 @dataclass
@@ -43,6 +136,31 @@ def cli_env() -> dict:
 
 def _command(args) -> list[str]:
     return [sys.executable, "-m", "dsnas", *[str(a) for a in args]]
+
+
+def tiny_config(*extra: str):
+    """The run configuration of ``TINY`` and then ``extra``."""
+    from dsnas.config import load_config
+
+    return load_config(None, [*TINY, *extra])
+
+
+def set_flags(settings) -> list[str]:
+    """``--set key=value`` for each of ``settings``, for a command line."""
+    return [flag for s in settings for flag in ("--set", s)]
+
+
+@contextmanager
+def without_figures():
+    """Runs made inside draw no alpha.png or credit.png: drawing them is most of a tiny run's time
+    (about 4 s a run on one core). For the runs whose figures no test looks at, such as a repeat
+    that is only compared with another run; the runs of test_train and test_credit draw theirs."""
+    import dsnas.report as report
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(report, "plot_alpha", lambda *args, **kwargs: None)
+        mp.setattr(report, "plot_credit", lambda *args, **kwargs: None)
+        yield
 
 
 def run_cli(*args, timeout: float = 120) -> CliResult:
@@ -133,3 +251,42 @@ def table_224():
     from dsnas import ShuffleNetSpace
 
     return ShuffleNetSpace().costs
+
+
+def rel_error(got: torch.Tensor, want: torch.Tensor) -> float:
+    """||got - want|| / ||want||."""
+    return float((got - want).norm() / want.norm())
+
+
+def cifar_folder(folder: Path, data, labels, train_batches: int = 1, test=None) -> Path:
+    """A CIFAR-10 python folder: ``train_batches`` training batches (data_batch_1, ...) of ``data``
+    and ``labels``, and a test_batch of ``test`` (data and labels; by default the same batch)."""
+    import pickle
+
+    folder.mkdir(parents=True)
+    batch = pickle.dumps({b"data": data, b"labels": labels}, protocol=4)
+    for i in range(1, train_batches + 1):
+        (folder / f"data_batch_{i}").write_bytes(batch)
+    (folder / "test_batch").write_bytes(batch if test is None else
+                                        pickle.dumps({b"data": test[0], b"labels": test[1]}, protocol=2))
+    return folder
+
+
+def image_folders(root: Path, classes=("cat", "dog"), per_class: int = 3, draw=None, suffix: str = ".png") -> Path:
+    """An ImageFolder tree, train/ and val/ alike: a folder of ``per_class`` images for each of
+    ``classes`` (or a mapping of class to its number of images); ``draw(rng)`` makes each image as
+    an array (default: 80 x 80 RGB noise, from one generator seeded 0); JPEGs at quality 90."""
+    import numpy as np
+    from PIL import Image
+
+    counts = classes if isinstance(classes, dict) else dict.fromkeys(classes, per_class)
+    rng = np.random.default_rng(0)
+    draw = draw or (lambda rng: rng.integers(0, 256, (80, 80, 3), dtype=np.uint8))
+    for split in ("train", "val"):
+        for name, n in counts.items():
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                options = {"quality": 90} if suffix == ".jpg" else {}
+                Image.fromarray(draw(rng)).save(folder / f"{i}{suffix}", **options)
+    return root

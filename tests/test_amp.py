@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import tiny_config
 from dsnas import DSNAS, ShuffleNetSpace
-from dsnas.config import load_config
 from dsnas.runtime import autocast_dtype, stage_autocast
 from dsnas.train import run_search, train_step
 
@@ -102,9 +102,7 @@ def test_autocast_dtype_choices():
 @pytest.mark.slow
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
 def test_search_end_to_end_under_amp(tmp_path, amp):
-    cfg = load_config(None, ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=2",
-                             "warmup_epochs=0", "search_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=64",
-                             "seed=5", f"amp={amp}"])
+    cfg = tiny_config("arch_lr=0.05", "seed=5", f"amp={amp}")
     res = run_search(cfg, tmp_path / "run", quiet=True)
     assert all(h["train_loss"] == h["train_loss"] for h in res.metrics["history"])  # finite, not NaN
     assert res.metrics["top1"] is not None

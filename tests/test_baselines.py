@@ -8,19 +8,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_one_line_error
+from conftest import TINY, assert_one_line_error, set_flags
 from dsnas.arch import Architecture, load_arch, save_arch
 from dsnas.config import load_config
 from dsnas.data import Split, hold_out, load_data
 from dsnas.train import run_search
 
-TINY = ["width=0.25", "train_limit=384", "test_limit=128", "batch_size=64", "epochs=2", "search_epochs=1",
-        "lr_warmup_epochs=0.5", "eval_bn_recalibrate=64", "select_images=128", "candidates=6", "population=3",
-        "budget_mflops=2.2", "seed=5"]
+SETTINGS = [*TINY, "train_limit=384", "test_limit=128", "lr_warmup_epochs=0.5", "select_images=128", "candidates=6",
+            "population=3", "budget_mflops=2.2", "seed=5"]
 
 
 def cfg(*extra):
-    return load_config(None, TINY + list(extra))
+    return load_config(None, SETTINGS + list(extra))
 
 
 def read_candidates(out):
@@ -103,7 +102,7 @@ def test_train_fixed_architecture_from_scratch(spos_run, tmp_path, dsnas_main):
     out, _ = spos_run
     given = load_arch(out / "arch.yaml")
     run = tmp_path / "scratch"
-    r = dsnas_main("train", out / "arch.yaml", "--quiet", "--out", run, *sum((["--set", s] for s in TINY), []))
+    r = dsnas_main("train", out / "arch.yaml", "--quiet", "--out", run, *set_flags(SETTINGS))
     assert r.returncode == 0, r.stderr
     m = json.loads((run / "metrics.json").read_text())
     assert m["method"] == "fixed" and [h["stage"] for h in m["history"]] == ["train", "train"]
@@ -122,7 +121,7 @@ def test_train_an_mmrazor_subnet_on_the_runs_own_data(spos_run, tmp_path, dsnas_
     subnet = tmp_path / "subnet.yaml"
     save_arch(given, subnet, mmrazor=True)
     run = tmp_path / "from_mmrazor"
-    r = dsnas_main("train", subnet, "--quiet", "--out", run, *sum((["--set", s] for s in TINY + ["epochs=1"]), []))
+    r = dsnas_main("train", subnet, "--quiet", "--out", run, *set_flags(SETTINGS + ["epochs=1"]))
     assert r.returncode == 0, r.stderr
     trained = load_arch(run / "arch.yaml")
     assert trained.choices == given.choices and trained.settings == given.settings
@@ -134,7 +133,7 @@ def test_train_refuses_an_architecture_of_another_space(spos_run, tmp_path, dsna
     arch = load_arch(out / "arch.yaml")
     other = tmp_path / "wide.yaml"
     save_arch(Architecture(arch.choices, "shufflenet", {**arch.settings, "width": 0.5}), other)
-    r = dsnas_main("train", other, "--out", tmp_path / "x", *sum((["--set", s] for s in TINY), []))
+    r = dsnas_main("train", other, "--out", tmp_path / "x", *set_flags(SETTINGS))
     assert r.returncode == 2
     assert "does not fit this run's space: width 0.5 (this run: 0.25)" in r.stderr
     assert not (tmp_path / "x").exists()
@@ -152,7 +151,7 @@ def test_train_refuses_an_architecture_of_another_space(spos_run, tmp_path, dsna
     (["method=spos", "mutation_prob=1.5"], "mutation_prob must be in [0, 1]"),
 ])
 def test_bad_method_settings_are_one_line_errors(sets, message, dsnas_main, tmp_path):
-    r = dsnas_main("search", "--out", tmp_path / "r", *sum((["--set", s] for s in sets), []))
+    r = dsnas_main("search", "--out", tmp_path / "r", *set_flags(sets))
     assert message in assert_one_line_error(r.returncode, r.stderr)
 
 
@@ -163,7 +162,7 @@ def test_method_flag_and_resume_conflict(dsnas_main, tmp_path):
 
 def test_over_tight_budget_is_reported_before_training(tmp_path, dsnas_main):
     r = dsnas_main("search", "--method", "random", "--out", tmp_path / "r",
-                   *sum((["--set", s] for s in TINY + ["budget_mflops=1.0", "epochs=1"]), []))
+                   *set_flags(SETTINGS + ["budget_mflops=1.0", "epochs=1"]))
     assert r.returncode == 2 and "budget_mflops 1 is below the cheapest architecture of this space (1.8" in r.stderr
     assert not (tmp_path / "r").exists()
 

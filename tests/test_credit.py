@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import dsnas_error
+from conftest import dsnas_error, tiny_config
 from dsnas.plan import check_run, search_rules, space_settings
 from dsnas import DSNAS, Choice
 from dsnas.config import load_config
@@ -253,9 +253,8 @@ def test_credit_and_never_pick_resolve_by_space_and_are_checked(tmp_path):
 def test_a_search_writes_the_credit_of_every_epoch(tmp_path):
     from dsnas.train import run_search
 
-    cfg = load_config(None, ["space=nb201", "channels=4", "cells_per_stage=1", "train_limit=256", "test_limit=64",
-                             "batch_size=32", "epochs=3", "search_epochs=2", "eval_bn_recalibrate=0",
-                             "credit=loss"])
+    cfg = tiny_config("space=nb201", "channels=4", "cells_per_stage=1", "batch_size=32", "epochs=3", "search_epochs=2",
+                      "eval_bn_recalibrate=0", "credit=loss")
     run_search(cfg, tmp_path / "run", quiet=True)
     rows = list(csv.DictReader(open(tmp_path / "run" / "credit.csv")))
     assert {r["epoch"] for r in rows} == {"1", "2"} and {r["stage"] for r in rows} == {"search"}

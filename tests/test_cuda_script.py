@@ -53,7 +53,7 @@ def test_a_step_that_dies_or_overruns_loses_only_itself(tmp_path):
                     "esac\n")
     fake.chmod(0o755)
     out = tmp_path / "out"
-    r = _run(out, tmp_path, str(fake), timeout=60, DEADLINE="21")
+    r = _run(out, tmp_path, str(fake), timeout=60, DEADLINE="8", MIN_LEFT="4")
     assert r.returncode == 1, r.stdout + r.stderr
     _check_returned_files(out)
     summary = (out / "summary.txt").read_text()

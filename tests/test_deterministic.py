@@ -12,7 +12,7 @@ from dsnas.config import load_config
 from dsnas.runtime import setup_runtime
 from dsnas.train import run_search
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, tiny_config, without_figures
 
 
 @pytest.fixture(autouse=True)
@@ -43,13 +43,13 @@ def test_a_value_that_is_not_a_bool_is_refused(dsnas_main):
 
 
 def _run(tmp_path, name, *extra):
-    cfg = load_config(None, ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=2",
-                             "warmup_epochs=0", "search_epochs=1", "eval_bn_recalibrate=64", "seed=3", *extra])
+    cfg = tiny_config("seed=3", *extra)
     return run_search(cfg, tmp_path / name, quiet=True)
 
 
 def test_a_deterministic_cpu_run_gives_the_same_result(tmp_path):
-    plain = _run(tmp_path, "plain")
+    with without_figures():  # the run compared with
+        plain = _run(tmp_path, "plain")
     det = _run(tmp_path, "det", "deterministic=true")
     assert torch.are_deterministic_algorithms_enabled()
     assert det.metrics["history"][-1]["train_loss"] == plain.metrics["history"][-1]["train_loss"]

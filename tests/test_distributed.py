@@ -9,6 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import tiny_config
 from dsnas import DSNAS, Choice, DsnasError
 
 pytestmark = pytest.mark.slow  # two gloo processes per test
@@ -34,12 +35,10 @@ SPACES = {"shufflenet": [], "official": ["design=official", "width=0.5", "bn_aff
 
 def _search_worker(rank, world, port, folder, extra=()):
     _env(rank, world, port)
-    from dsnas.config import load_config
     from dsnas.train import run_search
 
-    cfg = load_config(None, ["width=0.25", "train_limit=256", "test_limit=128", "batch_size=64", "epochs=3",
-                             "warmup_epochs=1", "search_epochs=2", "arch_lr=0.05", "eval_bn_recalibrate=0",
-                             "seed=5", "early_fix=0.05", *extra])
+    cfg = tiny_config("test_limit=128", "epochs=3", "warmup_epochs=1", "search_epochs=2", "arch_lr=0.05",
+                      "eval_bn_recalibrate=0", "seed=5", "early_fix=0.05", *extra)
     res = run_search(cfg, os.path.join(folder, "run"), quiet=True)
     torch.save({"alphas": [a.detach() for a in res.search.alphas], "fixed": res.search.fixed(),
                 "arch": res.search.derive(), "model": res.space.state_dict(), "paths": res.search.path,

@@ -17,15 +17,13 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from conftest import SRC_DIR, assert_one_line_error, random_arch, run_cli
+from conftest import SMALL, SRC_DIR, assert_one_line_error, cifar_folder, image_folders, random_arch, run_cli
 from dsnas import Architecture, DsnasError, ShuffleNetChild, ShuffleNetSpace, load_arch, save_arch
 from dsnas.config import load_config
 from dsnas.data import load_data
 from dsnas.export import export_onnx, load_child, save_weights
 from dsnas.files import RunLock, atomic_path, write_text
 from dsnas.spaces import ShuffleNetSettings
-
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 
 
 @pytest.fixture
@@ -149,41 +147,24 @@ def test_weights_with_wrong_dtype_or_values_are_refused(child_files, bad):
         load_child(load_arch(arch), weights)
 
 
-def _cifar(root: Path, images: int, labels: list[int]) -> None:
-    import pickle
-
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    batch = {b"data": np.zeros((images, 3072), np.uint8), b"labels": labels}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        (folder / name).write_bytes(pickle.dumps(batch))
-
-
 @pytest.mark.parametrize("images, labels, message", [
     (64, list(range(10)) * 6, "64 images and 60 labels"),
     (4, [0, 1, 99, 2], "label 99 is outside 0..9"),
     (4, [0, 1, -1, 2], "label -1 is outside 0..9"),
 ])
 def test_cifar_labels_must_match_the_images(tmp_path, images, labels, message):
-    _cifar(tmp_path, images, labels)
+    cifar_folder(tmp_path / "cifar-10-batches-py", np.zeros((images, 3072), np.uint8), labels, train_batches=5)
     with pytest.raises(DsnasError, match=message):
         load_data(str(tmp_path))
 
 
-def _tree(root: Path, classes: dict[str, int], size: int = 8, mode: str = "L", value: int = 100):
-    from PIL import Image
-
-    for split in ("train", "val"):
-        for name, n in classes.items():
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                dtype = np.uint16 if mode == "I;16" else np.uint8  # PIL reads uint16 as I;16
-                Image.fromarray(np.full((size, size), value, dtype)).save(folder / f"{i}.png")
+def _gray(value: int = 100, size: int = 8, dtype=np.uint8):
+    """Images of one gray ``value`` for `image_folders` (PIL reads uint16 as I;16)."""
+    return lambda rng: np.full((size, size), value, dtype)
 
 
 def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
-    _tree(tmp_path, {"a": 2, "b": 2}, mode="I;16", value=32896)  # 32896 / 65535 * 255 = 128
+    image_folders(tmp_path, {"a": 2, "b": 2}, draw=_gray(32896, dtype=np.uint16))  # 32896 / 65535 * 255 = 128
     data = load_data(str(tmp_path))
     assert data.in_channels == 1
     assert int(data.train.images.min()) == int(data.train.images.max()) == 128
@@ -192,7 +173,7 @@ def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path):
 def test_decompression_bomb_is_an_error(tmp_path, monkeypatch):
     from PIL import Image
 
-    _tree(tmp_path, {"a": 1, "b": 1}, size=32)
+    image_folders(tmp_path, {"a": 1, "b": 1}, draw=_gray(size=32))
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)  # 32 x 32 is then more than twice the limit
     with pytest.raises(DsnasError, match="cannot be read: .*decompression bomb"):
         load_data(str(tmp_path))
@@ -212,10 +193,10 @@ def test_zero_pixel_idx_images_and_single_image_batches(tmp_path, capsys):
 
 
 def test_one_class_or_an_empty_class_folder_is_refused(tmp_path):
-    _tree(tmp_path / "one", {"a": 3})
+    image_folders(tmp_path / "one", {"a": 3}, draw=_gray())
     with pytest.raises(DsnasError, match="one class folder"):
         load_data(str(tmp_path / "one"))
-    _tree(tmp_path / "empty", {"a": 3, "b": 0})
+    image_folders(tmp_path / "empty", {"a": 3, "b": 0}, draw=_gray())
     with pytest.raises(DsnasError, match="class folder b holds no images"):
         load_data(str(tmp_path / "empty"))
 

@@ -9,7 +9,7 @@ import zlib
 import numpy as np
 import pytest
 
-from conftest import dsnas_error
+from conftest import cifar_folder, dsnas_error
 from dsnas.data import load_data, read_idx
 
 
@@ -97,16 +97,9 @@ def test_a_streamed_image_file_larger_than_any_image_is_not_read(tmp_path):
     assert "huge.jpg cannot be read" in msg and "MiB" in msg
 
 
-def _cifar(folder, data, labels, raw: bytes | None = None):
-    """A CIFAR-10 python folder: one training batch and a test batch, the training one hostile."""
-    import pickle
-
-    folder.mkdir()
-    good = {b"data": np.zeros((2, 3072), np.uint8), b"labels": [0, 1]}
-    (folder / "test_batch").write_bytes(pickle.dumps(good, protocol=2))
-    (folder / "data_batch_1").write_bytes(raw if raw is not None else
-                                          pickle.dumps({b"data": data, b"labels": labels}, protocol=4))
-    return folder
+def _cifar(folder, data, labels):
+    """A CIFAR-10 python folder: one training batch, hostile, and a good test batch."""
+    return cifar_folder(folder, data, labels, test=(np.zeros((2, 3072), np.uint8), [0, 1]))
 
 
 @pytest.mark.parametrize("data, labels, expected", [

@@ -9,13 +9,11 @@ import gzip
 import numpy as np
 import torch
 
-from conftest import dsnas_error
+from conftest import SMALL, dsnas_error
 from dsnas import ShuffleNetChild
 from dsnas.arch import Architecture
 from dsnas.evaluate import evaluate_child, recalibrate_bn
 from dsnas.spaces import ShuffleNetSettings
-
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 
 
 def _idx(path, array: np.ndarray) -> None:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import yaml
 
+import conftest
 from conftest import assert_one_line_error, dsnas_error
 from dsnas import spaces
 from dsnas.choice import labelled_choices
@@ -19,7 +20,7 @@ HUGE = {"shufflenet": {"num_classes": 100_000, "in_channels": 1024, "input_size"
         "nb201": {"num_classes": 100_000, "in_channels": 1024, "input_size": 4096, "channels": 256,
                   "cells_per_stage": 32},
         "mobilenet": {"num_classes": 100_000, "in_channels": 1024, "input_size": 4096, "width": 8.0}}
-SMALL = {"shufflenet": {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25},
+SMALL = {"shufflenet": conftest.SMALL,
          "nb201": {"num_classes": 10, "in_channels": 1, "input_size": 28, "channels": 8, "cells_per_stage": 2},
          "mobilenet": {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}}
 # the candidate with the most feature maps (a block that lacks it, such as mobilenet's first, has one candidate)

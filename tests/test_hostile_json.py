@@ -11,13 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import TESTS_DIR, assert_one_line_error, dsnas_error
+from conftest import SMALL, TESTS_DIR, assert_one_line_error, dsnas_error
 from dsnas import Architecture, ShuffleNetChild, save_arch
 from dsnas.export import save_weights
 from dsnas.files import json_text
 from dsnas.spaces import ShuffleNetSettings
-
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])

@@ -13,13 +13,11 @@ import textwrap
 import pytest
 import torch
 
-from conftest import assert_one_line_error, cli_env, dsnas_error, random_arch
+from conftest import SMALL, assert_one_line_error, cli_env, dsnas_error, random_arch
 from dsnas import Architecture, ShuffleNetChild, save_arch
 from dsnas.export import export_onnx, save_weights
 from dsnas.files import write_text
 from dsnas.spaces import ShuffleNetSettings
-
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, without_figures
 
 pytestmark = pytest.mark.slow  # each resume trains an epoch of a search
 
@@ -25,8 +25,16 @@ def finished(tmp_path_factory, request):
     from dsnas.cli import main
 
     out = tmp_path_factory.mktemp("payload") / "run"
-    assert main(["search", *RUN, "--out", str(out)]) == 0
+    with without_figures():
+        assert main(["search", *RUN, "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(autouse=True)
+def _no_figures():
+    """Every resume here finishes its run; what a test looks at is the warning, or the checkpoints."""
+    with without_figures():
+        yield
 
 
 def _tamper(ckpt: dict, change) -> dict:

@@ -9,13 +9,11 @@ import subprocess
 import sys
 import textwrap
 
-from conftest import cli_env, random_arch
+from conftest import SMALL, cli_env, random_arch
 from dsnas import Architecture, ShuffleNetChild, save_arch
 from dsnas.export import save_weights
 from dsnas.files import write_text
 from dsnas.spaces import ShuffleNetSettings
-
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 
 
 def _python(code: str, timeout: float = 120) -> subprocess.CompletedProcess:

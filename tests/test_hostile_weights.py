@@ -7,12 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import dsnas_error
+from conftest import SMALL, dsnas_error
 from dsnas import Architecture, ShuffleNetChild
 from dsnas.export import load_child
 from dsnas.spaces import ShuffleNetSettings
 
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 ARCH = Architecture(["shuffle_5x5"] * 20, settings=SMALL)
 
 

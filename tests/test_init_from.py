@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_one_line_error, dsnas_error
+from conftest import assert_one_line_error, dsnas_error, set_flags
 from dsnas import spaces
 from dsnas.published import import_checkpoint
 from dsnas.warm_start import Source, _all_settings, check_fits, start_from
@@ -37,10 +37,8 @@ def source(tmp_path_factory):
 
 
 def _args(out, init_from, images, *extra, command="search"):
-    args = [command, "--quiet", "--out", str(out), "--data", str(images)]
-    for s in [*FITS, *SHORT, f"init_from={init_from}", *extra]:
-        args += ["--set", s]
-    return args
+    return [command, "--quiet", "--out", str(out), "--data", str(images),
+            *set_flags([*FITS, *SHORT, f"init_from={init_from}", *extra])]
 
 
 def test_the_supernet_weights_replace_the_initialisation(source):

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, rel_error
 from dsnas.arch import load_arch
 from dsnas.data import Loader, load_data, to_input
 from dsnas.export import load_child
@@ -36,10 +36,6 @@ def _fed(data) -> torch.Tensor:
     return x
 
 
-def _rel_error(got, want):
-    return float((got - want).norm() / want.norm())
-
-
 @pytest.mark.parametrize("fmt", ["spos-child", "dsnas-child"])
 def test_the_eval_data_with_the_recorded_convention_gives_the_authors_logits(tmp_path, fmt):
     fx = fixture(fmt)
@@ -49,14 +45,14 @@ def test_the_eval_data_with_the_recorded_convention_gives_the_authors_logits(tmp
     data = load_data(str(tmp_path / "images"), 224)
     child, want = _child(run), torch.tensor(fx["logits"])
     with torch.no_grad():
-        assert _rel_error(child(_fed(data.with_convention(convention))), want) <= 1e-4
+        assert rel_error(child(_fed(data.with_convention(convention))), want) <= 1e-4
         other = "dsnas" if convention == "spos" else "spos"
-        assert _rel_error(child(_fed(data.with_convention(other))), want) > 1e-2
+        assert rel_error(child(_fed(data.with_convention(other))), want) > 1e-2
         if convention != "dsnas":  # a large-image folder's own normalisation is ImageNet mean/std
-            assert _rel_error(child(_fed(data)), want) > 1e-2
+            assert rel_error(child(_fed(data)), want) > 1e-2
         if convention == "spos":  # the right mean/std in RGB order: BGR/RGB swapped
             swapped = dataclasses.replace(data.with_convention("spos"), channel_order="rgb")
-            assert _rel_error(child(_fed(swapped)), want) > 1e-2
+            assert rel_error(child(_fed(swapped)), want) > 1e-2
 
 
 @pytest.fixture(scope="module")

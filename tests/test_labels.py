@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from conftest import BLOCK_KEYS, dsnas_error, random_arch
+from conftest import BLOCK_KEYS, SMALL, dsnas_error, random_arch
 from dsnas import DSNAS, Choice
 from dsnas.arch import Architecture, load_arch, parse_arch, save_arch
 from dsnas.choice import labelled_choices
@@ -18,8 +18,6 @@ from dsnas.files import dump_yaml
 from dsnas.latency import LatencyTable, load_latency, save_latency
 from dsnas.spaces import ShuffleNetSpace
 from dsnas.spaces.shufflenet import block_keys
-
-SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}
 
 
 def test_the_shufflenet_blocks_are_labelled_with_mmrazors_names():

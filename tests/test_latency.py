@@ -9,11 +9,11 @@ import json
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import SMALL, TINY, assert_one_line_error, set_flags
 from dsnas import DSNAS, DsnasError, ShuffleNetSpace
 from dsnas.latency import LatencyTable, load_latency, measure_latency, save_latency
 
-SPACE = {"num_classes": 10, "in_channels": 1, "input_size": 28, "width": 0.25}  # the embedded set's space
+SPACE = SMALL  # the embedded set's space
 
 
 @pytest.fixture(scope="module")
@@ -164,10 +164,9 @@ def test_search_under_a_binding_latency_budget(lut, tmp_path, dsnas_main):
     rows, base = table.entries([list(b) for b in table.blocks.values()], list(table.blocks))
     low, mean = base + sum(min(r) for r in rows), base + sum(sum(r) / len(r) for r in rows)
     budget = low + 0.3 * (mean - low)  # below what a uniform draw costs on average: it binds
-    sets = ["width=0.25", "train_limit=384", "test_limit=128", "batch_size=64", "epochs=2", "search_epochs=1",
-            "lr_warmup_epochs=0.5", "eval_bn_recalibrate=64", "arch_lr=0.3", "cost=latency", f"latency_table={path}",
-            f"budget_ms={budget}", "penalty=1.0", "seed=3"]
-    r = dsnas_main("search", "--quiet", "--out", tmp_path / "run", *sum((["--set", s] for s in sets), []))
+    sets = [*TINY, "train_limit=384", "test_limit=128", "lr_warmup_epochs=0.5", "arch_lr=0.3", "cost=latency",
+            f"latency_table={path}", f"budget_ms={budget}", "penalty=1.0", "seed=3"]
+    r = dsnas_main("search", "--quiet", "--out", tmp_path / "run", *set_flags(sets))
     assert r.returncode == 0, r.stderr
     m = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert m["cost"] == "latency" and m["within_budget"] is True

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import assert_one_line_error, dsnas_error
+from conftest import TINY, assert_one_line_error, dsnas_error
 from dsnas.plan import check_run, search_rules, space_settings
 from dsnas import spaces
 from dsnas.arch import Architecture, load_arch, parse_arch_string, save_arch
@@ -18,9 +18,8 @@ from dsnas.spaces.nb201 import EDGE_LABELS, OPS, NB201Space, from_string, to_str
 
 SMALL = {"num_classes": 10, "in_channels": 1, "input_size": 28, "channels": 4, "cells_per_stage": 2}
 BEST = "|nor_conv_3x3~0|+|nor_conv_3x3~0|nor_conv_3x3~1|+|skip_connect~0|nor_conv_3x3~1|nor_conv_3x3~2|"
-TINY_RUN = ["space=nb201", "channels=4", "cells_per_stage=1", "train_limit=256", "test_limit=64", "batch_size=64",
-            "epochs=3", "warmup_epochs=1", "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05",
-            "eval_bn_recalibrate=64", "checkpoint_every=2", "seed=5", "early_fix=0.05", "budget_mflops=0"]
+TINY_RUN = [*TINY, "space=nb201", "channels=4", "cells_per_stage=1", "epochs=3", "warmup_epochs=1", "search_epochs=2",
+            "lr_warmup_epochs=1", "arch_lr=0.05", "checkpoint_every=2", "seed=5", "early_fix=0.05", "budget_mflops=0"]
 
 
 def _archs(n: int, seed: int = 0) -> list[list[str]]:

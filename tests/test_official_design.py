@@ -7,14 +7,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import assert_one_line_error, dsnas_error, run_cli
+from conftest import assert_one_line_error, dsnas_error, run_cli, set_flags
 from dsnas.arch import Architecture, load_arch, save_arch
 from dsnas.spaces import build, settings_of
 from dsnas.spaces.shufflenet import OPS, ShuffleNetSettings, ShuffleUnit
 
 DSNAS_SEARCH240 = [0, 0, 3, 0, 3, 2, 0, 0, 3, 3, 2, 3, 3, 3, 2, 0, 0, 3, 3, 0]
 SPOS_PAPER = [2, 1, 0, 1, 2, 0, 2, 0, 2, 0, 2, 3, 0, 0, 0, 0, 3, 2, 3, 3]
-TINY = ["width=0.5", "train_limit=64", "test_limit=32", "batch_size=32", "epochs=2", "warmup_epochs=0",
+RUN = ["width=0.5", "train_limit=64", "test_limit=32", "batch_size=32", "epochs=2", "warmup_epochs=0",
         "search_epochs=1", "lr_warmup_epochs=0", "seed=3", "budget_mflops=0", "design=official", "bn_eps=1e-5", "dropout=0.1"]
 
 
@@ -87,10 +87,7 @@ def test_official_child_equals_supernet_path():
 @pytest.mark.slow
 def test_tiny_search_eval_export_in_the_official_design(tmp_path):
     out = tmp_path / "run"
-    args = ["search", "--quiet", "--out", out]
-    for s in TINY:
-        args += ["--set", s]
-    res = run_cli(*args, timeout=600)
+    res = run_cli("search", "--quiet", "--out", out, *set_flags(RUN), timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     arch = load_arch(out / "arch.yaml")
     assert arch.settings["design"] == "official" and arch.settings["bn_eps"] == 1e-5

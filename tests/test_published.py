@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from conftest import assert_one_line_error, dsnas_error
+from conftest import assert_one_line_error, dsnas_error, rel_error
 from dsnas.arch import load_arch
 from dsnas.export import load_child
 from dsnas.published import import_checkpoint, to_input
@@ -29,10 +29,6 @@ def _logits(out, convention=None):
         return child(to_input(images(0), convention or arch.metadata["input_convention"]))
 
 
-def _rel_error(got, want):
-    return float((got - want).norm() / want.norm())
-
-
 def _import(tmp_path, fmt, **kwargs):
     fx = fixture(fmt)
     path = _save(tmp_path, fx)
@@ -50,7 +46,7 @@ def test_import_matches_the_authors_network(tmp_path, fmt):
     assert res["format"] == fmt
     want = torch.tensor(fx["logits"])
     got = _logits(out)
-    assert _rel_error(got, want) <= 1e-4
+    assert rel_error(got, want) <= 1e-4
     assert torch.equal(got.argmax(-1), want.argmax(-1))
     from dsnas.spaces.shufflenet import OPS
 
@@ -63,15 +59,15 @@ def test_import_matches_the_authors_network(tmp_path, fmt):
 def test_wrong_eps_convention_or_architecture_is_caught(tmp_path):
     fx, _, out = _import(tmp_path, "dsnas-child", bn_eps=1e-5)  # the file's network uses 0.01
     want = torch.tensor(fx["logits"])
-    assert _rel_error(_logits(out), want) > 1e-3
+    assert rel_error(_logits(out), want) > 1e-3
     fx, _, out = _import(tmp_path / "b", "spos-child")
-    assert _rel_error(_logits(out, "dsnas"), torch.tensor(fx["logits"])) > 1e-2
+    assert rel_error(_logits(out, "dsnas"), torch.tensor(fx["logits"])) > 1e-2
     flipped = to_input(images(0), "spos").flip(1)  # RGB where the network wants BGR
     child = load_child(load_arch(out / "arch.yaml"), out / "child.safetensors").eval()
     with torch.no_grad():
-        assert _rel_error(child(flipped), torch.tensor(fx["logits"])) > 1e-2
+        assert rel_error(child(flipped), torch.tensor(fx["logits"])) > 1e-2
     fx, _, out = _import(tmp_path / "c", "spos-supernet", arch=",".join(["0"] * 20))
-    assert _rel_error(_logits(out), torch.tensor(fx["logits"])) > 1e-2
+    assert rel_error(_logits(out), torch.tensor(fx["logits"])) > 1e-2
 
 
 @pytest.mark.slow

@@ -13,11 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from conftest import TINY, set_flags
+
 pytestmark = pytest.mark.slow  # every test runs whole searches in child processes
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-SETTINGS = ["width=0.25", "train_limit=256", "test_limit=64", "batch_size=64", "epochs=3", "warmup_epochs=1",
-            "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=64",
+SETTINGS = [*TINY, "epochs=3", "warmup_epochs=1", "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05",
             "checkpoint_every=2", "seed=11", "early_fix=0.05"]
 
 # Runs `dsnas search` in a child process that SIGKILLs itself at the chosen point.
@@ -78,10 +79,7 @@ def _run(args, kill=None, check=True, threads=1):
 
 
 def _search_args(out, settings=SETTINGS):
-    args = ["search", "--quiet", "--out", str(out)]
-    for s in settings:
-        args += ["--set", s]
-    return args
+    return ["search", "--quiet", "--out", str(out), *set_flags(settings)]
 
 
 def _reference_and_resumed(tmp_path, settings, kill):
@@ -159,7 +157,8 @@ def test_spos_killed_at_the_selection_resumes_to_the_same_winner(tmp_path):
 def test_fp16_run_resumes_with_its_loss_scale(tmp_path):
     """Under fp16 the gradient scaler's state (scale, growth tracker) is part of the checkpoint: a
     run killed mid-search resumes to the same alpha, weights and scale as an uninterrupted one."""
-    ref, out = _reference_and_resumed(tmp_path, SETTINGS + ["amp=fp16"], ("after_save", 3))
+    fp16 = SETTINGS + ["amp=fp16", "epochs=2"]  # warm-up and search: save 3 is mid-search, the rest is resumed
+    ref, out = _reference_and_resumed(tmp_path, fp16, ("after_save", 3))
     _run(["search", "--quiet", "--resume", str(out)])
     arch, search, child, history = _result(out)
     ref_arch, ref_search, ref_child, ref_history = _result(ref)

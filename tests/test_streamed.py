@@ -6,25 +6,13 @@ import pytest
 import torch
 from PIL import Image
 
+from conftest import image_folders
 from dsnas import DsnasError
 from dsnas.data import Loader, load_data
 
 
-def _tree(root, per_class=3, draw=None, suffix=".png"):
-    """train/ and val/ with two class folders; ``draw(rng)`` makes each image (default: 80x80 noise)."""
-    rng = np.random.default_rng(0)
-    draw = draw or (lambda rng: rng.integers(0, 256, (80, 80, 3), dtype=np.uint8))
-    for split in ("train", "val"):
-        for cls in ("cat", "dog"):
-            folder = root / split / cls
-            folder.mkdir(parents=True)
-            for i in range(per_class):
-                Image.fromarray(draw(rng)).save(folder / f"{i}{suffix}", **({"quality": 90} if suffix == ".jpg" else {}))
-    return root
-
-
 def test_large_images_stream_with_standard_transforms(tmp_path):
-    data = load_data(str(_tree(tmp_path)), input_size=64)
+    data = load_data(str(image_folders(tmp_path)), input_size=64)
     assert not data.in_memory and (data.num_classes, data.in_channels, data.input_size) == (2, 3, 64)
     x, y = next(iter(Loader(data, "train", 4, 0, torch.device("cpu"), train=True, workers=0)))
     assert x.shape == (4, 3, 64, 64) and x.dtype == torch.float32
@@ -34,7 +22,7 @@ def test_large_images_stream_with_standard_transforms(tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 def test_corrupt_streamed_image_is_one_line_error(tmp_path, workers):
-    root = _tree(tmp_path)
+    root = image_folders(tmp_path)
     (root / "train" / "dog" / "0.png").write_bytes(b"this is not a png")
     data = load_data(str(root), input_size=64)
     loader = Loader(data, "train", 6, 0, torch.device("cpu"), train=True, workers=workers)
@@ -47,7 +35,7 @@ def test_held_out_streamed_images_use_the_evaluation_crop(tmp_path):
     disjoint from the images left for training."""
     from dsnas.data import hold_out
 
-    data = load_data(str(_tree(tmp_path, per_class=4)), input_size=64)
+    data = load_data(str(image_folders(tmp_path, per_class=4)), input_size=64)
     kept, held = hold_out(data, 3, seed=0)
     assert len(kept.train) == 5 and len(held.test) == 3
     assert not {p for p, _ in kept.train.samples} & {p for p, _ in held.test.samples}
@@ -68,8 +56,8 @@ def _photo(rng, width, height, channels=3):
 
 def _jpeg_tree(root, per_class=3, channels=3, png_too=False):
     """Photo-like JPEGs of varied sizes; with ``png_too`` one PNG more in every class folder."""
-    _tree(root, per_class, lambda rng: _photo(rng, int(rng.integers(120, 200)), int(rng.integers(90, 150)), channels),
-          ".jpg")
+    image_folders(root, per_class=per_class, suffix=".jpg",
+                  draw=lambda rng: _photo(rng, int(rng.integers(120, 200)), int(rng.integers(90, 150)), channels))
     if png_too:
         rng = np.random.default_rng(2)
         for folder in sorted(root.glob("*/*")):
@@ -161,7 +149,7 @@ def test_jpeg_decode_setting_is_checked():
 def test_a_streamed_images_crop_depends_on_the_seed_epoch_and_index_alone(tmp_path):
     """The same batches whatever the number of loader workers and wherever an epoch is entered
     (a resumed run starts mid-epoch), and other crops in another epoch."""
-    data = load_data(str(_tree(tmp_path, per_class=6)), input_size=48)
+    data = load_data(str(image_folders(tmp_path, per_class=6)), input_size=48)
 
     def batches(workers: int, epoch: int = 0, start: int = 0) -> list[torch.Tensor]:
         loader = Loader(data, "train", 4, 7, torch.device("cpu"), train=True, workers=workers)

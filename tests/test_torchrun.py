@@ -15,11 +15,12 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from conftest import TINY, set_flags
+
 pytestmark = pytest.mark.slow  # every test runs searches under torchrun
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
-SETTINGS = ["width=0.25", "train_limit=512", "test_limit=64", "batch_size=64", "epochs=2", "warmup_epochs=0",
-            "search_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=0", "checkpoint_every=2", "seed=2",
+SETTINGS = [*TINY, "train_limit=512", "arch_lr=0.05", "eval_bn_recalibrate=0", "checkpoint_every=2", "seed=2",
             "early_fix=0.05"]
 
 # rank 1 exits abruptly at its 6th architecture step (mid-epoch, after the step-4 checkpoint)
@@ -96,10 +97,7 @@ def _torchrun(args, tmp_path, script=None, restarts=0, env=None):
 
 
 def _search(out):
-    args = ["search", "--quiet", "--out", str(out)]
-    for s in SETTINGS:
-        args += ["--set", s]
-    return args
+    return ["search", "--quiet", "--out", str(out), *set_flags(SETTINGS)]
 
 
 def _same_result(a: Path, b: Path) -> None:

@@ -8,17 +8,18 @@ import pytest
 import torch
 import yaml
 
+from conftest import tiny_config, without_figures
 from dsnas.arch import load_arch
-from dsnas.config import load_config
 from dsnas.export import load_child
 from dsnas.train import run_search
 
-TINY = ["width=0.25", "train_limit=256", "test_limit=200", "batch_size=64", "epochs=3", "warmup_epochs=1",
-        "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05", "eval_bn_recalibrate=128", "seed=3"]
+# three epochs (warm-up, search, finetune) and 200 test images
+SETTINGS = ["test_limit=200", "epochs=3", "warmup_epochs=1", "search_epochs=2", "lr_warmup_epochs=1", "arch_lr=0.05",
+            "eval_bn_recalibrate=128", "seed=3"]
 
 
 def tiny_cfg(*extra):
-    return load_config(None, TINY + list(extra))
+    return tiny_config(*SETTINGS, *extra)
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +95,8 @@ def test_finetune_trains_only_the_child_and_resets_bn(tiny_run):
 @pytest.mark.slow
 def test_same_seed_same_result(tiny_run, tmp_path):
     out, metrics = tiny_run
-    again = run_search(tiny_cfg(), tmp_path / "again", quiet=True).metrics
+    with without_figures():
+        again = run_search(tiny_cfg(), tmp_path / "again", quiet=True).metrics
     assert load_arch(tmp_path / "again" / "arch.yaml").choices == load_arch(out / "arch.yaml").choices
     a = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     b = torch.load(tmp_path / "again" / "checkpoints" / "last.pt", weights_only=True)
