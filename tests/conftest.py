@@ -44,15 +44,16 @@ MAX_WORKERS = 8  # past this many, the suite's time is that of its longest group
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_cmdline_main(config):
-    """One worker per core (pytest-xdist's -n auto) unless the command line names a number, runs
-    in one process (-p no:xdist) or needs one (--pdb, --collect-only); on workers, the tests go out
-    by group (--dist loadgroup, see below) unless it names another way."""
+    """One worker per core (pytest-xdist's -n auto), where there are several, unless the command
+    line names a number, runs in one process (-p no:xdist) or needs one (--pdb, --collect-only);
+    the tests go out to the workers by group (--dist loadgroup, see below) unless it names a way."""
     option = config.option
     if hasattr(config, "workerinput") or not hasattr(option, "numprocesses"):
         return
     if option.numprocesses is None and not (config.getoption("usepdb") or config.getoption("collectonly")):
-        option.numprocesses = "auto"
-        option.maxprocesses = option.maxprocesses or MAX_WORKERS
+        if config.hook.pytest_xdist_auto_num_workers(config=config) > 1:
+            option.numprocesses = "auto"
+            option.maxprocesses = option.maxprocesses or MAX_WORKERS
     if option.numprocesses and option.dist == "no":
         option.dist = "loadgroup"
 
