@@ -62,14 +62,22 @@ class Pair:
         if self.device.type == "cuda":
             torch.cuda.synchronize()
 
-    def interleaved(self, reps: int, warmup: int = 3) -> tuple[list[float], list[float]]:
-        """Seconds of ``reps`` search steps and ``reps`` child steps, taken in turn."""
+    def search_step_on_the_childs_path(self) -> None:
+        """A search step that samples a path (its cost counted) and then trains the child's: where
+        the candidates' costs differ, a sampled path would not cost what the child's does."""
+        self.search.sample()
+        self.search_step(self.child_path)
+
+    def interleaved(self, reps: int, warmup: int = 3, same_path: bool = False) -> tuple[list[float], list[float]]:
+        """Seconds of ``reps`` search steps and ``reps`` child steps, taken in turn; with
+        ``same_path`` every search step trains the child's path."""
+        search = self.search_step_on_the_childs_path if same_path else self.search_step
         for _ in range(warmup):
-            self.search_step()
+            search()
             self.child_step()
         search_t, child_t = [], []
         for _ in range(reps):
-            search_t.append(self.timed(self.search_step))
+            search_t.append(self.timed(search))
             child_t.append(self.timed(self.child_step))
         return search_t, child_t
 

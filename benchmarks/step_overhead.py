@@ -26,9 +26,9 @@ SETTINGS = [  # (note, input size, batch, width, classes, channels)
 ]
 
 
-def measure(input_size, batch, width, classes, channels, reps, device, space="shufflenet"):
+def measure(input_size, batch, width, classes, channels, reps, device, space="shufflenet", same_path=False):
     pair = Pair(input_size, batch, width, classes, channels, device=device, space=space)
-    search_t, child_t = pair.interleaved(reps)
+    search_t, child_t = pair.interleaved(reps, same_path=same_path)
     if pair.device.type == "cuda":
         peaks = []
         for step in (lambda: pair.search_step(pair.child_path), pair.child_step):
@@ -53,6 +53,8 @@ def measure(input_size, batch, width, classes, channels, reps, device, space="sh
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--space", default="shufflenet", help="a space with a width setting: shufflenet, mobilenet")
+    p.add_argument("--same-path", action="store_true", help="every search step trains the child's path (spaces "
+                   "whose candidates differ in cost: a sampled path costs what it costs, not what the child does)")
     p.add_argument("--reps", type=int, default=40)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--batch", type=int, default=0, help="one batch for every setting (default: each its own)")
@@ -60,15 +62,17 @@ def main() -> None:
     p.add_argument("--no-write", action="store_true")
     args = p.parse_args()
     results = {f"{size} px, batch {args.batch or batch}{note}": measure(size, args.batch or batch, *rest, args.reps,
-                                                                         args.device, args.space)
+                                                                         args.device, args.space, args.same_path)
                for note, size, batch, *rest in SETTINGS}
     if args.json:
         print(json.dumps({"device": args.device, "settings": results}, allow_nan=False))
     where = "" if args.space == "shufflenet" else f", {args.space} space"
     lines = [f"## Search-step overhead{where} (`benchmarks/step_overhead.py`)", "", f"Machine: {machine()}; device {args.device}.",
-             f"Command: `python benchmarks/step_overhead.py{f' --space {args.space}' if args.space != 'shufflenet' else ''} "
+             f"Command: `python benchmarks/step_overhead.py{f' --space {args.space}' if args.space != 'shufflenet' else ''}"
+             f"{' --same-path' if args.same_path else ''} "
              f"--reps {args.reps}{f' --batch {args.batch}' if args.batch else ''}`. Median of {args.reps} interleaved "
-             f"repetitions; synthetic data; {args.space} space at width 1.0.", "",
+             f"repetitions; synthetic data; {args.space} space at width 1.0"
+             + ("; each search step samples a path and trains the child's." if args.same_path else "."), "",
              "| setting | search step (ms) | child step (ms) | time ratio | search mem (MiB) | child mem (MiB) | mem ratio |",
              "|---|---|---|---|---|---|---|"]
     for name, r in results.items():
